@@ -1,0 +1,3 @@
+"""jdiff: DDPM-family image diffusion in JAX/Flax."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,106 @@
+"""U-Net building blocks (Ho et al. 2020), NHWC."""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# Ho et al. initialise with variance_scaling(scale, 'fan_avg', 'uniform'); the last conv of a
+# residual branch starts at (almost) zero so every block starts as the identity.
+def default_init(scale: float = 1.0):
+  return nn.initializers.variance_scaling(max(scale, 1e-10), "fan_avg", "uniform")
+
+
+def timestep_embedding(timesteps: jax.Array, dim: int) -> jax.Array:
+  """Sinusoidal embedding of real-valued steps (FastDPM feeds continuous steps)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
+  args = timesteps.astype(jnp.float32)[:, None] * freqs[None, :]
+  emb = jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+def group_norm(num_groups: int = 32, dtype=jnp.float32, name=None):
+  return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, dtype=dtype, name=name)
+
+
+class Conv3x3(nn.Module):
+  features: int
+  init_scale: float = 1.0
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Conv(self.features, (3, 3), strides=(self.strides, self.strides), padding="SAME",
+                   kernel_init=default_init(self.init_scale), dtype=self.dtype)(x)
+
+
+class Dense(nn.Module):
+  features: int
+  init_scale: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.features, kernel_init=default_init(self.init_scale), dtype=self.dtype)(x)
+
+
+class ResBlock(nn.Module):
+  """GN-swish-conv, + dense(temb), GN-swish-dropout-conv(zero init), 1x1 shortcut if needed."""
+  out_ch: int
+  dropout: float = 0.0
+  num_groups: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, train: bool):
+    h = nn.swish(group_norm(self.num_groups, self.dtype)(x))
+    h = Conv3x3(self.out_ch, dtype=self.dtype)(h)
+    h = h + Dense(self.out_ch, dtype=self.dtype)(nn.swish(temb))[:, None, None, :]
+    h = nn.swish(group_norm(self.num_groups, self.dtype)(h))
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = Conv3x3(self.out_ch, init_scale=0.0, dtype=self.dtype)(h)
+    if x.shape[-1] != self.out_ch:
+      x = Dense(self.out_ch, dtype=self.dtype, name="shortcut")(x)
+    return x + h
+
+
+class AttnBlock(nn.Module):
+  """Single-head self-attention over all pixels, residual."""
+  num_groups: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    batch, height, width, channels = x.shape
+    h = group_norm(self.num_groups, self.dtype)(x)
+    q = Dense(channels, dtype=self.dtype, name="q")(h).reshape(batch, height * width, channels)
+    k = Dense(channels, dtype=self.dtype, name="k")(h).reshape(batch, height * width, channels)
+    v = Dense(channels, dtype=self.dtype, name="v")(h).reshape(batch, height * width, channels)
+    weights = jnp.einsum("bqc,bkc->bqk", q, k) * (channels ** -0.5)
+    weights = jax.nn.softmax(weights.astype(jnp.float32), axis=-1).astype(v.dtype)
+    h = jnp.einsum("bqk,bkc->bqc", weights, v).reshape(batch, height, width, channels)
+    return x + Dense(channels, init_scale=0.0, dtype=self.dtype, name="proj_out")(h)
+
+
+class Downsample(nn.Module):
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    return Conv3x3(x.shape[-1], strides=2, dtype=self.dtype)(x)
+
+
+class Upsample(nn.Module):
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    batch, height, width, channels = x.shape
+    x = jax.image.resize(x, (batch, height * 2, width * 2, channels), "nearest")
+    return Conv3x3(channels, dtype=self.dtype)(x)

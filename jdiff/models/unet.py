@@ -1,0 +1,118 @@
+"""The DDPM U-Net (Ho et al. 2020) with a shortcut depth (Giladi et al., papers/adaptive_unet.txt).
+
+With N = len(ch_mult) resolution levels, `shortcut_depth` k in 0..N-1 skips the k
+lowest-resolution levels and the middle block; k = 0 is the full network. The first active
+expansive block lacks its input from below and gets, by `skip_type`:
+  zero:        zeros;
+  duplicate:   the contracting-path tensor of that level again (channels tiled to fit);
+  interpolate: that tensor taken to the middle block's size (1x1 conv + bicubic resize),
+               through the middle block, and back (bicubic resize + 1x1 conv).
+Submodules carry explicit names so that one set of parameters serves every depth.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jdiff.models import layers
+
+SKIP_TYPES = ("zero", "duplicate", "interpolate")
+
+
+class UNet(nn.Module):
+  ch: int = 128
+  ch_mult: Sequence[int] = (1, 2, 2, 2)
+  num_res_blocks: int = 2
+  attn_resolutions: Sequence[int] = (16,)
+  dropout: float = 0.1
+  out_ch: int = 3
+  num_groups: int = 32
+  skip_type: str = "zero"
+  remat: bool = False
+  dtype: Any = jnp.float32
+
+  @property
+  def num_levels(self) -> int:
+    return len(self.ch_mult)
+
+  def _res_block(self, out_ch, name):
+    block_cls = nn.remat(layers.ResBlock, static_argnums=(3,)) if self.remat else layers.ResBlock
+    return block_cls(out_ch, dropout=self.dropout, num_groups=self.num_groups, dtype=self.dtype,
+                     name=name)
+
+  def _attn(self, name):
+    return layers.AttnBlock(num_groups=self.num_groups, dtype=self.dtype, name=name)
+
+  def _middle(self, h, temb, train):
+    h = self._res_block(h.shape[-1], "mid_res_0")(h, temb, train)
+    h = self._attn("mid_attn")(h)
+    return self._res_block(h.shape[-1], "mid_res_1")(h, temb, train)
+
+  def _missing_input(self, h_end, level, temb, train):
+    """The input from below for the first active expansive block at `level`."""
+    below_ch = self.ch * self.ch_mult[level + 1]
+    batch, height, width, channels = h_end.shape
+    if self.skip_type == "zero":
+      return jnp.zeros((batch, height, width, below_ch), h_end.dtype)
+    if self.skip_type == "duplicate":
+      reps = -(-below_ch // channels)
+      return jnp.tile(h_end, (1, 1, 1, reps))[..., :below_ch]
+    if self.skip_type == "interpolate":
+      mid_ch = self.ch * self.ch_mult[-1]
+      mid_size = height // 2 ** (self.num_levels - 1 - level)
+      h = layers.Dense(mid_ch, dtype=self.dtype, name=f"interp_in_{level}")(h_end)
+      h = jax.image.resize(h, (batch, mid_size, mid_size, mid_ch), "cubic")
+      h = self._middle(h, temb, train)
+      h = jax.image.resize(h, (batch, height, width, mid_ch), "cubic")
+      return layers.Dense(below_ch, dtype=self.dtype, name=f"interp_out_{level}")(h)
+    raise ValueError(f"skip_type {self.skip_type!r}: allowed {SKIP_TYPES}")
+
+  @nn.compact
+  def __call__(self, x, t, *, shortcut_depth: int = 0, train: bool = False):
+    """x: [B, H, W, C] in [-1, 1]; t: [B] real-valued steps; shortcut_depth: a Python int."""
+    if not 0 <= shortcut_depth < self.num_levels:
+      raise ValueError(f"shortcut_depth={shortcut_depth}: allowed 0..{self.num_levels - 1}")
+    last_level = self.num_levels - 1 - shortcut_depth  # the lowest-resolution active level
+    x = x.astype(self.dtype)
+
+    temb = layers.timestep_embedding(t, self.ch)
+    temb = layers.Dense(self.ch * 4, dtype=self.dtype, name="temb_0")(temb)
+    temb = layers.Dense(self.ch * 4, dtype=self.dtype, name="temb_1")(nn.swish(temb))
+
+    # Contracting path.
+    hs = [layers.Conv3x3(self.ch, dtype=self.dtype, name="conv_in")(x)]
+    for level in range(last_level + 1):
+      for block in range(self.num_res_blocks):
+        h = self._res_block(self.ch * self.ch_mult[level], f"down_{level}_res_{block}")(
+            hs[-1], temb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = self._attn(f"down_{level}_attn_{block}")(h)
+        hs.append(h)
+      if level != self.num_levels - 1 and level < last_level:
+        hs.append(layers.Downsample(dtype=self.dtype, name=f"down_{level}_downsample")(hs[-1]))
+
+    if shortcut_depth == 0:
+      h = self._middle(hs[-1], temb, train)
+    else:
+      h = self._missing_input(hs[-1], last_level, temb, train)
+
+    # Expansive path.
+    for level in reversed(range(last_level + 1)):
+      for block in range(self.num_res_blocks + 1):
+        h = self._res_block(self.ch * self.ch_mult[level], f"up_{level}_res_{block}")(
+            jnp.concatenate([h, hs.pop()], axis=-1), temb, train)
+        if h.shape[1] in self.attn_resolutions:
+          h = self._attn(f"up_{level}_attn_{block}")(h)
+      if level != 0:
+        h = layers.Upsample(dtype=self.dtype, name=f"up_{level}_upsample")(h)
+    assert not hs
+
+    h = nn.swish(layers.group_norm(self.num_groups, self.dtype, name="norm_out")(h))
+    h = layers.Conv3x3(self.out_ch, init_scale=0.0, dtype=self.dtype, name="conv_out")(h)
+    return h.astype(jnp.float32)
+
+  def init_all_depths(self, x, t):
+    """Runs every depth once, so that `init` creates the parameters of all of them."""
+    return [self(x, t, shortcut_depth=k) for k in range(self.num_levels)]

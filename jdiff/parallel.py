@@ -1,0 +1,41 @@
+"""Data parallelism: one Mesh over all devices of all processes, batch sharded on 'data'."""
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def maybe_initialize_distributed(enabled: bool) -> None:
+  """jax.distributed.initialize() when the launcher asks for several processes."""
+  if enabled:
+    jax.distributed.initialize()
+    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def make_mesh() -> Mesh:
+  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch_from_local(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
+  """Assembles the per-process shards of a batch into one global array sharded on 'data'."""
+  sharding = batch_sharding(mesh)
+  global_shape = (local_batch.shape[0] * jax.process_count(),) + local_batch.shape[1:]
+  return jax.make_array_from_process_local_data(sharding, local_batch, global_shape)
+
+
+def check_batch_divisible(batch_size: int, field: str) -> None:
+  if batch_size % jax.device_count():
+    raise ValueError(f"{field}={batch_size}: must be a multiple of the device count "
+                     f"({jax.device_count()})")

@@ -1,0 +1,221 @@
+"""Training: train state, optimizer, the jitted data-parallel train step, and the train loop."""
+
+import functools
+import signal
+from typing import Any, Callable, Dict
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from jdiff import checkpoint as checkpoint_lib
+from jdiff import data as data_lib
+from jdiff import depth as depth_lib
+from jdiff import diffusion as diffusion_lib
+from jdiff import objectives
+from jdiff import parallel
+from jdiff import schedules
+from jdiff.models import build_model
+
+
+class NonFiniteLossError(RuntimeError):
+  pass
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+
+def build_diffusion(config) -> diffusion_lib.GaussianDiffusion:
+  d = config.diffusion
+  return diffusion_lib.GaussianDiffusion.from_betas(
+      schedules.get_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end))
+
+
+def make_optimizer(training_config) -> optax.GradientTransformation:
+  """Adam with linear warmup and global-norm clipping (Ho et al.)."""
+  warmup = max(training_config.warmup_steps, 1)
+  learning_rate = lambda step: training_config.learning_rate * jnp.minimum(1.0, (step + 1) / warmup)
+  return optax.chain(optax.clip_by_global_norm(training_config.grad_clip),
+                     optax.adam(learning_rate))
+
+
+def image_shape(config):
+  return (config.data.image_size, config.data.image_size, config.data.num_channels)
+
+
+def init_params(model, config, rng):
+  dummy_x = jnp.zeros((1,) + image_shape(config), jnp.float32)
+  dummy_t = jnp.zeros((1,), jnp.float32)
+  return model.init(rng, dummy_x, dummy_t, method=type(model).init_all_depths)["params"]
+
+
+def init_state(config, model, optimizer, mesh) -> TrainState:
+  @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+  def init():
+    params = init_params(model, config, jax.random.key(config.seed))
+    return TrainState(step=jnp.int32(0), params=params, ema_params=params,
+                      opt_state=optimizer.init(params))
+  return init()
+
+
+def abstract_state(config, model, optimizer, mesh):
+  """Shapes, dtypes and shardings of the train state, for restoring without initialising."""
+  sharding = parallel.replicated(mesh)
+  shapes = jax.eval_shape(lambda: TrainState(
+      step=jnp.int32(0), params=init_params(model, config, jax.random.key(0)),
+      ema_params=init_params(model, config, jax.random.key(0)),
+      opt_state=optimizer.init(init_params(model, config, jax.random.key(0)))))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def make_model_fn(model, params, *, depth=None, train=False, dropout_rng=None) -> Callable:
+  """(x_t, t) -> model output at a traced shortcut depth (None = full network)."""
+  rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+  num_levels = model.num_levels
+
+  def model_fn(x, t):
+    return depth_lib.apply_at_depth(
+        lambda x, t, shortcut_depth: model.apply(
+            {"params": params}, x, t, shortcut_depth=shortcut_depth, train=train, rngs=rngs),
+        num_levels, depth, x, t)
+  return model_fn
+
+
+def make_train_step(config, model, diffusion, optimizer, mesh):
+  """Jitted (state, uint8 batch) -> (state, metrics); batch sharded, state replicated."""
+  base_key = jax.random.key(config.seed)
+  num_timesteps = config.diffusion.num_timesteps
+  ema_decay = config.training.ema_decay
+
+  def loss_fn(params, images, rng):
+    flip_rng, time_rng, noise_rng, dropout_rng = jax.random.split(rng, 4)
+    x_start = data_lib.to_float(images)
+    if config.data.random_flip:
+      flip = jax.random.bernoulli(flip_rng, 0.5, (x_start.shape[0], 1, 1, 1))
+      x_start = jnp.where(flip, x_start[:, :, ::-1, :], x_start)
+    depth, t = depth_lib.sample_depth_and_timesteps(
+        time_rng, config.depth.training, x_start.shape[0], model.num_levels, config.depth.power,
+        num_timesteps)
+    model_fn = make_model_fn(model, params, depth=None if config.depth.training == "full" else depth,
+                             train=True, dropout_rng=dropout_rng)
+    noise = jax.random.normal(noise_rng, x_start.shape)
+    losses = objectives.l_simple(diffusion, model_fn, x_start, t, noise, config.diffusion.variance_type)
+    return jnp.mean(losses), {"depth": depth}
+
+  def train_step(state: TrainState, images):
+    rng = jax.random.fold_in(base_key, state.step)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, images, rng)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                              state.ema_params, params)
+    new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
+                           opt_state=opt_state)
+    # A non-finite loss leaves the state untouched, so non-finite params are never written.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "depth": aux["depth"]}
+    return new_state, metrics
+
+  replicated = parallel.replicated(mesh)
+  return jax.jit(train_step, in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+
+class _PreemptionFlag:
+  """Set by SIGTERM; the loop saves a checkpoint at the next step and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    logging.warning("SIGTERM received: saving a checkpoint and stopping")
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+  def any_process(self) -> bool:
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
+
+
+def _summarise(pending) -> Dict[str, float]:
+  fetched = jax.device_get(pending)
+  summary = {key: float(np.mean([m[key] for m in fetched])) for key in ("loss", "grad_norm")}
+  summary["all_finite"] = all(bool(m["finite"]) for m in fetched)
+  return summary
+
+
+def restore_or_init(config, workdir, model, optimizer, mesh):
+  checkpointer = checkpoint_lib.Checkpointer(workdir, config.training.keep_checkpoints)
+  state = checkpointer.restore_latest(abstract_state(config, model, optimizer, mesh))
+  if state is None:
+    state = init_state(config, model, optimizer, mesh)
+  else:
+    logging.info("resumed from %s at step %d", checkpointer.directory, int(state.step))
+  return state, checkpointer
+
+
+def train(config, workdir: str) -> TrainState:
+  """Trains until config.training.num_steps, resuming from the latest checkpoint in workdir."""
+  mesh = parallel.make_mesh()
+  parallel.check_batch_divisible(config.training.batch_size, "training.batch_size")
+  images = data_lib.load_images(config.data)
+  stream = data_lib.BatchStream(images, config.training.batch_size, config.seed)
+  logging.info("data: %s, %d images of shape %s", config.data.source, len(images), images.shape[1:])
+
+  model = build_model(config)
+  diffusion = build_diffusion(config)
+  optimizer = make_optimizer(config.training)
+  state, checkpointer = restore_or_init(config, workdir, model, optimizer, mesh)
+  train_step = make_train_step(config, model, diffusion, optimizer, mesh)
+
+  num_steps = config.training.num_steps
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_secs=30)
+  preemption = _PreemptionFlag()
+  pending = []
+  step = int(state.step)
+  try:
+    while step < num_steps:
+      if preemption.any_process():
+        checkpointer.save(step, state)
+        logging.warning("saved checkpoint at step %d after SIGTERM", step)
+        break
+      batch = parallel.global_batch_from_local(stream.batch(step), mesh)
+      state, metrics = train_step(state, batch)
+      pending.append(metrics)
+      step += 1
+      progress(step)
+      is_last = step == num_steps
+      if step % config.training.log_every == 0 or step % config.training.checkpoint_every == 0 or is_last:
+        summary = _summarise(pending)
+        pending = []
+        if not summary.pop("all_finite"):
+          raise NonFiniteLossError(
+              f"non-finite loss or gradient before step {step}: stopping. The state kept the last "
+              "finite parameters; the last checkpoint is good. Lower training.learning_rate or "
+              "check the data.")
+        writer.write_scalars(step, summary)
+        if step % config.training.checkpoint_every == 0 or is_last:
+          checkpointer.save(step, state)
+  finally:
+    preemption.restore()
+    checkpointer.close()
+    writer.flush()
+  return state
