@@ -1,6 +1,5 @@
 """--mode=sample: samples from the EMA params of the latest checkpoint; .npz (uint8) + PNG grid."""
 
-import functools
 import os
 import time
 
@@ -32,22 +31,14 @@ def restore_ema_params(config, workdir, model, mesh):
   return state.ema_params, int(state.step)
 
 
-def build_sampler(config, diffusion):
-  """sampler(model_fn, x_T, rng) for the configured sampler."""
-  return functools.partial(sampling.ancestral_sample, diffusion=diffusion,
-                           variance_type=config.diffusion.variance_type,
-                           clip_denoised=config.sampling.clip_denoised)
-
-
 def generate(config, workdir: str) -> str:
   """Writes <workdir>/samples/samples.npz and grid.png; returns the grid's path."""
   mesh = parallel.make_mesh()
   model = build_model(config)
   diffusion = train_lib.build_diffusion(config)
   params, step = restore_ema_params(config, workdir, model, mesh)
-  sampler = build_sampler(config, diffusion)
   sample_fn = sampling.make_sample_fn(
-      lambda model_fn, x_T, rng: sampler(model_fn, x_T=x_T, rng=rng),
+      sampling.build_sampler(config, diffusion),
       lambda p: train_lib.make_model_fn(model, p), mesh, train_lib.image_shape(config),
       config.sampling.batch_size)
 

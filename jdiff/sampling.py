@@ -52,6 +52,15 @@ def ancestral_sample(model_fn: Callable, diffusion: diffusion_lib.GaussianDiffus
   return run_step_table(step, x_T, table)
 
 
+def build_sampler(config, diffusion: diffusion_lib.GaussianDiffusion) -> Callable:
+  """sampler(model_fn, x_T, rng) for config.sampling."""
+  def sampler(model_fn, x_T, rng):
+    return ancestral_sample(model_fn, diffusion, x_T, rng,
+                            variance_type=config.diffusion.variance_type,
+                            clip_denoised=config.sampling.clip_denoised)
+  return sampler
+
+
 def make_sample_fn(sampler: Callable, model_fn_from_params: Callable, mesh, image_shape,
                    batch_size: int):
   """Jitted (params, rng) -> images [batch_size, *image_shape], the batch sharded on the mesh.
