@@ -10,8 +10,10 @@ import ml_collections
 
 from jdiff import depth as depth_lib
 from jdiff import diffusion as diffusion_lib
+from jdiff import objectives
+from jdiff import sampling
 from jdiff import schedules
-from jdiff.models import unet
+from jdiff.models import presets, unet
 
 DATA_SOURCES = ("digits", "cifar10", "mnist", "fashion_mnist", "celeb_a", "folder", "npz", "idx")
 MODES = ("train", "sample", "summary", "bench")
@@ -73,6 +75,8 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("model.dropout", in_range(0.0, 1.0, high_open=True)),
     ("model.num_groups", POSITIVE_INT),
     ("model.skip_type", one_of(*unet.SKIP_TYPES)),
+    ("model.block_type", one_of(*unet.BLOCK_TYPES)),
+    ("model.preset", one_of("", *presets.PRESETS)),
     ("model.remat", BOOL),
     ("model.dtype", one_of("float32", "bfloat16")),
     ("diffusion.num_timesteps", POSITIVE_INT),
@@ -91,11 +95,42 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("training.log_every", POSITIVE_INT),
     ("training.checkpoint_every", POSITIVE_INT),
     ("training.keep_checkpoints", POSITIVE_INT),
+    ("training.loss", one_of(*objectives.LOSSES)),
+    ("training.iwdiff_k", POSITIVE_INT),
+    ("training.iwdiff_accumulate", BOOL),
+    ("training.timestep_sampler", one_of(*objectives.TIMESTEP_SAMPLERS)),
+    ("training.extra_updates", NON_NEGATIVE_INT),
     ("sampling.batch_size", POSITIVE_INT),
     ("sampling.num_samples", POSITIVE_INT),
     ("sampling.clip_denoised", BOOL),
+    ("sampling.name", one_of(*sampling.SAMPLERS)),
+    ("sampling.steps", POSITIVE_INT),
+    ("sampling.respacing", one_of(*schedules.RESPACINGS)),
+    ("sampling.schedule", one_of(*schedules.STEP_SCHEDULES, "linear")),
+    ("sampling.eta", in_range(0.0, 1.0)),
+    ("sampling.kappa", in_range(0.0, 1.0)),
+    ("sampling.fastdpm_kind", one_of(*sampling.FASTDPM_KINDS)),
+    ("model.kind", one_of("unet", "sngan")),
+    ("gan.z_dim", POSITIVE_INT),
+    ("gan.g_ch", POSITIVE_INT),
+    ("gan.d_ch", POSITIVE_INT),
+    ("gan.n_dis", POSITIVE_INT),
+    ("gan.learning_rate", in_range(0.0, 1.0, low_open=True)),
+    ("gan.beta1", in_range(0.0, 1.0, high_open=True)),
+    ("gan.beta2", in_range(0.0, 1.0, high_open=True)),
+    ("surrogate.kind", one_of("none", "sngan", "ddpm")),
+    ("surrogate.t_mid", NON_NEGATIVE_INT),
+    ("surrogate.t_mids", ((lambda value: isinstance(value, (tuple, list)) and len(value) > 0
+                           and all(non_negative_int(v) for v in value)),
+                          "a non-empty list of integers >= 0")),
     ("bench.batch_sizes", POSITIVE_INTS),
+    ("bench.kind", one_of("core", "depth", "samplers")),
     ("bench.num_iters", POSITIVE_INT),
+    ("bench.sampler_steps", NON_NEGATIVE_INT),
+    ("bench.samplers", ((lambda value: isinstance(value, (tuple, list)) and all(
+        v in ("ddpm", "respaced", "ddim", "fastdpm", "surrogate") for v in value)),
+                        "a list of sampler families from ddpm, respaced, ddim, fastdpm, surrogate")),
+    ("bench.quality_samples", NON_NEGATIVE_INT),
 )
 
 
@@ -114,10 +149,29 @@ def _check(ok: bool, field: str, value, allowed: str):
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first bad field."""
+  """Raises ConfigError naming the first bad field.
+
+  Also writes the fields of config.model.preset (Table 4.3) into config.model, so everything
+  downstream sees the preset's architecture.
+  """
   for field, (check, allowed) in RULES:
     _check(check(get_field(config, field)), field, get_field(config, field), allowed)
+  presets.apply_preset(config.model)
   # Relations between fields.
+  training = config.training
+  if training.loss == "hybrid":
+    _check(config.diffusion.variance_type == "learned_range", "diffusion.variance_type",
+           config.diffusion.variance_type, "'learned_range' with training.loss='hybrid'")
+  else:
+    _check(config.diffusion.variance_type != "learned_range", "training.loss", training.loss,
+           "'hybrid' with diffusion.variance_type='learned_range' (only it trains the variance)")
+  if training.timestep_sampler == "loss_aware":
+    _check(config.depth.training == "full", "training.timestep_sampler", training.timestep_sampler,
+           "'uniform' when depth.training is not 'full' (the depth schemes draw t themselves); "
+           f"depth.training is {config.depth.training!r}")
+  else:
+    _check(training.extra_updates == 0, "training.extra_updates", training.extra_updates,
+           "0 unless training.timestep_sampler='loss_aware' (they only feed its loss history)")
   model, data = config.model, config.data
   _check(data.image_size % 2 ** (len(model.ch_mult) - 1) == 0, "data.image_size", data.image_size,
          f"divisible by 2**(len(model.ch_mult) - 1) = {2 ** (len(model.ch_mult) - 1)}")
@@ -129,6 +183,47 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if data.source in ("folder", "npz", "idx"):
     _check(isinstance(data.path, str) and data.path != "", "data.path", data.path,
            f"a file or folder path when data.source={data.source!r}")
+  _validate_sampling(config)
+
+
+def _validate_sampling(config: ml_collections.ConfigDict) -> None:
+  """Sampler fields that depend on each other (sampling.name, schedule, steps; surrogate)."""
+  s, d = config.sampling, config.diffusion
+  if s.name != "ancestral":
+    _check(s.steps <= d.num_timesteps, "sampling.steps", s.steps,
+           f"<= diffusion.num_timesteps ({d.num_timesteps})")
+  if s.name in ("ddim", "fastdpm"):
+    _check(s.steps >= 2, "sampling.steps", s.steps, f">= 2 for sampling.name={s.name!r}")
+  if s.name == "respaced" and s.respacing == "ddim":
+    _check(any(len(range(0, d.num_timesteps, stride)) == s.steps
+               for stride in range(1, d.num_timesteps + 1)), "sampling.steps", s.steps,
+           f"a count that some stride of range(0, {d.num_timesteps}, stride) gives exactly, "
+           "with sampling.respacing='ddim' (or use 'even')")
+  var = s.name == "fastdpm" and s.fastdpm_kind == "var"
+  if s.name == "ddim" or (s.name == "fastdpm" and not var):
+    _check(s.schedule in schedules.STEP_SCHEDULES, "sampling.schedule", s.schedule,
+           f"one of {list(schedules.STEP_SCHEDULES)} for sampling.name={s.name!r} "
+           f"(fastdpm_kind={s.fastdpm_kind!r})")
+  if var:
+    _check(s.schedule in schedules.VAR_SCHEDULES, "sampling.schedule", s.schedule,
+           f"one of {list(schedules.VAR_SCHEDULES)} for FastDPM VAR")
+  if s.name == "fastdpm":
+    _check(d.beta_schedule == "linear" and d.beta_end > d.beta_start and d.num_timesteps >= 2,
+           "diffusion.beta_schedule", d.beta_schedule,
+           "'linear' with beta_end > beta_start and num_timesteps >= 2 for FastDPM (its "
+           "continuous noise map is that of a linear schedule)")
+  size = config.data.image_size
+  if config.model.kind == "sngan":
+    _check(size >= 4 and size & (size - 1) == 0, "data.image_size", size,
+           "4 * 2^k (a power of two >= 4) for model.kind='sngan'")
+  surrogate = config.surrogate
+  if surrogate.kind != "none":
+    for field, value in (("t_mid", surrogate.t_mid), ("t_mids", max(surrogate.t_mids))):
+      _check(value <= d.num_timesteps, f"surrogate.{field}", surrogate[field],
+             f"<= diffusion.num_timesteps ({d.num_timesteps})")
+    _check(bool(surrogate.workdir) and bool(surrogate.config), "surrogate.workdir",
+           surrogate.workdir, "the surrogate's trained workdir, with surrogate.config its config "
+           f"file, when surrogate.kind={surrogate.kind!r}")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -149,6 +244,10 @@ def default_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
       num_groups=32, skip_type="zero", remat=False, dtype="float32",
+      kind="unet",       # unet (the diffusion model) | sngan (config.gan; a surrogate for sampling)
+      block_type="res",  # res | mbconv (MBConv + squeeze-excitation, Table 4.3)
+      preset="",         # "" or a Table 4.3 name (jdiff/models/presets.py); sets block_type,
+                         # ch_mult, num_res_blocks and ch
   ))
   config.diffusion = ml_collections.ConfigDict(dict(
       num_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
@@ -161,9 +260,40 @@ def default_config() -> ml_collections.ConfigDict:
   config.training = ml_collections.ConfigDict(dict(
       batch_size=128, num_steps=800_000, learning_rate=2e-4, warmup_steps=5000, grad_clip=1.0,
       ema_decay=0.9999, log_every=100, checkpoint_every=5000, keep_checkpoints=3,
+      loss="simple",              # simple | hybrid (needs variance_type=learned_range) | iwdiff
+      iwdiff_k=2,                 # IWDiff noise draws per example
+      iwdiff_accumulate=False,    # IWDiff: one draw's gradient at a time (memory flat in k)
+      timestep_sampler="uniform", # uniform | loss_aware (p_t ∝ sqrt(E[L_t^2]), needs full depth)
+      extra_updates=0,            # loss_aware: forward-only history updates per step (paper: 2)
   ))
   config.sampling = ml_collections.ConfigDict(dict(
       batch_size=64, num_samples=64, clip_denoised=True,
+      name="ancestral",     # ancestral | respaced | ddim | fastdpm
+      steps=50,             # respaced / ddim / fastdpm: network evaluations per sample
+      respacing="even",     # respaced: even (round(linspace(0, T-1, K))) | ddim (one stride)
+      schedule="uniform",   # ddim, fastdpm step: uniform | quadratic; fastdpm var: linear | quadratic
+      eta=0.0,              # ddim: 0 deterministic, 1 DDPM-like
+      kappa=0.0,            # fastdpm: 0 DDIM-rev, 1 DDPM-rev
+      fastdpm_kind="step",  # var | step
   ))
-  config.bench = ml_collections.ConfigDict(dict(batch_sizes=(1, 8, 32), num_iters=5))
+  # Surrogate diffusion (Algorithm 4): start the reverse process at t_mid from a cheaper model.
+  config.surrogate = ml_collections.ConfigDict(dict(
+      kind="none",          # none | sngan | ddpm (a low-resolution jdiff DDPM, upsampled)
+      config="",            # the surrogate's config file (configs/*.py)
+      workdir="",           # where it was trained
+      t_mid=500,            # 1-based step the reverse process starts from (T: no surrogate)
+      t_mids=(0, 250, 500, 750),  # the bench's sweep
+  ))
+  # SNGAN (model.kind = 'sngan'): ResNet generator, spectrally normalised discriminator, hinge loss.
+  config.gan = ml_collections.ConfigDict(dict(
+      z_dim=128, g_ch=128, d_ch=128, n_dis=5, learning_rate=2e-4, beta1=0.0, beta2=0.9,
+  ))
+  config.bench = ml_collections.ConfigDict(dict(
+      kind="core",        # core | depth | samplers
+      batch_sizes=(1, 8, 32),
+      num_iters=5,
+      sampler_steps=0,    # 0: time the full T-step sampler; else only its first N steps
+      samplers=(),        # samplers bench: families to run (() = all; DDPM always, as baseline)
+      quality_samples=0,  # samplers bench on digits: samples per row for the digits FD (0: none)
+  ))
   return config

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 from absl import logging
 
+from jdiff import depth as depth_lib
 from jdiff import images as images_lib
 from jdiff import parallel
 from jdiff import sampling
@@ -39,7 +40,8 @@ def generate(config, workdir: str) -> str:
   params, step = restore_ema_params(config, workdir, model, mesh)
   sample_fn = sampling.make_sample_fn(
       sampling.build_sampler(config, diffusion),
-      lambda p: train_lib.make_model_fn(model, p), mesh, train_lib.image_shape(config),
+      # Called as model_fn(x, t, k) when config.depth.power > 0 (adaptive depth), else (x, t).
+      lambda p: depth_lib.depth_model_fn(model, p), mesh, train_lib.image_shape(config),
       config.sampling.batch_size)
 
   num_batches = -(-config.sampling.num_samples // config.sampling.batch_size)

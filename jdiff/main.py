@@ -51,7 +51,11 @@ def main(argv):
   parallel.maybe_initialize_distributed(config.distributed)
 
   try:
-    if mode == "train":
+    if mode == "train" and config.model.kind == "sngan":
+      from jdiff import gan_train  # pylint: disable=g-import-not-at-top
+      gan_train.train(config, workdir)
+      print(f"trained SNGAN to step {config.training.num_steps}; checkpoints in {workdir}/checkpoints")
+    elif mode == "train":
       train.train(config, workdir)
       print(f"trained to step {config.training.num_steps}; checkpoints in {workdir}/checkpoints")
     elif mode == "sample":
@@ -64,6 +68,11 @@ def main(argv):
       for name, count in table:
         print(f"  {name:<{width}}  {count:>12,}")
       print(f"parameters: {sum(count for _, count in table)}")
+      if config.model.preset:
+        from jdiff.models import presets  # pylint: disable=g-import-not-at-top
+        print("Table 4.3 presets (parameters here | paper, M):")
+        for name, count in presets.parameter_counts(config).items():
+          print(f"  {name:<12}  {count:>12,}  |  {presets.PAPER_PARAMETERS_M[name]:.2f}")
     elif mode == "bench":
       from jdiff import bench  # pylint: disable=g-import-not-at-top
       bench.run(config, workdir)

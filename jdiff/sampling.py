@@ -3,10 +3,27 @@
 A model function maps (x_t, t) -> model output, t a float [B] vector of steps; with a depth
 schedule it is called as model_fn(x_t, t, depth) with depth a traced int32 scalar. The
 samplers are pure and jittable; `make_sample_fn` jits one with the batch sharded on the mesh.
+
+Every reverse process is a `Plan`: a table of rows from the noisiest step down and the update
+of one row. Rows carry "t" (the network's step, integer or real), "index" (folded into the rng
+for that row's noise) and "sqrt_a" / "sqrt_1ma" (sqrt(abar), sqrt(1 - abar) of the row's
+input), so any plan can also start part-way down from a surrogate sample (Algorithm 4).
+
+  ancestral  Ho et al.'s Algorithm 2 over all T steps.
+  respaced   Algorithm 2 on a subsequence s_i with betas 1 - abar_{s_i} / abar_{s_{i-1}}
+             (improved DDPM); learned variances interpolate between the respaced beta and
+             beta-tilde, so they rescale with it.
+  ddim       x' = sqrt(a') x0 + sqrt(1 - a' - sigma^2) eps + sigma z,
+             sigma = eta sqrt((1 - a') / (1 - a) (1 - a / a')).
+  fastdpm    the same update at FastDPM's continuous steps / noise levels (VAR or STEP) with
+             kappa in place of eta (kappa = 1 DDPM-rev, 0 DDIM-rev).
+Adaptive depth: depth_schedule[t] = k(t) for integer steps 0..T-1; a real step t uses
+k(floor(t)), the deeper (never cheaper) of its two neighbours' networks.
 """
 
+import dataclasses
 import functools
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +31,10 @@ import numpy as np
 
 from jdiff import diffusion as diffusion_lib
 from jdiff import parallel
+from jdiff import schedules
+
+SAMPLERS = ("ancestral", "respaced", "ddim", "fastdpm")
+FASTDPM_KINDS = ("var", "step")
 
 
 def call_model(model_fn: Callable, x, t, depth=None):
@@ -31,33 +52,204 @@ def run_step_table(step_fn: Callable, x_init, table: dict):
   return x
 
 
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """A reverse process as data: table rows (noisiest first) and step(model_fn, x, row, rng) -> x."""
+  table: Dict[str, np.ndarray]
+  step: Callable
+
+  @property
+  def num_evaluations(self) -> int:
+    """Network evaluations per sample (one per row)."""
+    return len(self.table["t"])
+
+  def rows_up_to(self, t_max: float) -> "Plan":
+    """The rows whose network step is <= t_max (a suffix, since steps decrease)."""
+    keep = np.asarray(self.table["t"], np.float64) <= t_max + 1e-6
+    return Plan({k: v[keep] for k, v in self.table.items()}, self.step)
+
+
+def run_plan(plan: Plan, model_fn: Callable, x_init, rng):
+  return run_step_table(lambda x, row: plan.step(model_fn, x, row, rng), x_init, plan.table)
+
+
+def _with_depth(table: dict, depth_schedule: Optional[np.ndarray]) -> dict:
+  if depth_schedule is not None:
+    depth_schedule = np.asarray(depth_schedule, np.int32)
+    steps = np.clip(np.floor(np.asarray(table["t"], np.float64)), 0, len(depth_schedule) - 1)
+    table["depth"] = depth_schedule[steps.astype(np.int64)]
+  return table
+
+
+def _ancestral_plan(diffusion: diffusion_lib.GaussianDiffusion, model_steps: np.ndarray,
+                    variance_type: str, clip_denoised: bool, depth_schedule) -> Plan:
+  """Algorithm 2 over every index of `diffusion`; index i calls the network at model_steps[i]."""
+  index = np.arange(diffusion.num_timesteps - 1, -1, -1, dtype=np.int32)
+  table = _with_depth({
+      "t": np.asarray(model_steps)[index], "index": index,
+      "sqrt_a": diffusion.sqrt_alphas_cumprod[index],
+      "sqrt_1ma": diffusion.sqrt_one_minus_alphas_cumprod[index],
+  }, depth_schedule)
+
+  def step(model_fn, x, row, rng):
+    i = jnp.full(x.shape[:1], row["index"])
+    output = call_model(model_fn, x, row["t"], row.get("depth"))
+    mean, log_variance, _, _ = diffusion_lib.p_mean_variance(
+        diffusion, output, x, i, variance_type=variance_type, clip_denoised=clip_denoised)
+    noise = jax.random.normal(jax.random.fold_in(rng, row["index"]), x.shape, x.dtype)
+    return mean + jnp.where(row["index"] > 0, jnp.exp(0.5 * log_variance), 0.0) * noise
+
+  return Plan(table, step)
+
+
+def ancestral_plan(diffusion: diffusion_lib.GaussianDiffusion, *, variance_type="fixedlarge",
+                   clip_denoised=True, depth_schedule=None) -> Plan:
+  steps = np.arange(diffusion.num_timesteps, dtype=np.int32)
+  return _ancestral_plan(diffusion, steps, variance_type, clip_denoised, depth_schedule)
+
+
+def respaced_plan(betas: np.ndarray, steps: np.ndarray, *, variance_type="fixedlarge",
+                  clip_denoised=True, depth_schedule=None) -> Plan:
+  """Algorithm 2 on the increasing subsequence `steps` of the schedule `betas` (float64)."""
+  steps = np.asarray(steps, np.int32)
+  alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, np.float64))
+  respaced = diffusion_lib.GaussianDiffusion.from_betas(
+      schedules.respaced_betas(alphas_cumprod, steps))
+  return _ancestral_plan(respaced, steps, variance_type, clip_denoised, depth_schedule)
+
+
+def generalized_plan(steps: np.ndarray, log_levels: np.ndarray, *, kappa: float,
+                     variance_type="fixedlarge", clip_denoised=True, depth_schedule=None) -> Plan:
+  """DDIM / FastDPM reverse process over increasing (possibly real) steps with log abar levels.
+
+  From level a to the next lower step's a' (a' = 1 after the last row):
+  sigma = kappa sqrt((1 - a') / (1 - a) (1 - a / a')), x' = sqrt(a') x0 + sqrt(1 - a' - sigma^2)
+  eps + sigma z with x0 = (x - sqrt(1 - a) eps) / sqrt(a); unclipped this is FastDPM's
+  x' = sqrt(a'/a) x + (sqrt(1 - a' - sigma^2) - sqrt(1 - a) sqrt(a'/a)) eps + sigma z.
+  Coefficients are formed in float64 (1 - a ~ 1e-4 near t = 0 loses digits in float32).
+  Learned variances are not used: only the eps half of the output is read.
+  """
+  log_a = np.asarray(log_levels, np.float64)[::-1]
+  log_a_next = np.append(log_a[1:], 0.0)
+  one_minus_a, one_minus_a_next = -np.expm1(log_a), -np.expm1(log_a_next)
+  sigma2 = kappa ** 2 * one_minus_a_next / one_minus_a * -np.expm1(log_a - log_a_next)
+  f32 = lambda v: np.asarray(v, np.float32)
+  table = _with_depth({
+      "t": f32(np.asarray(steps, np.float64)[::-1]),
+      "index": np.arange(len(log_a) - 1, -1, -1, dtype=np.int32),
+      "sqrt_a": f32(np.exp(0.5 * log_a)), "sqrt_1ma": f32(np.sqrt(one_minus_a)),
+      "sqrt_a_next": f32(np.exp(0.5 * log_a_next)),
+      "dir": f32(np.sqrt(np.maximum(one_minus_a_next - sigma2, 0.0))), "sigma": f32(np.sqrt(sigma2)),
+  }, depth_schedule)
+
+  def step(model_fn, x, row, rng):
+    output = call_model(model_fn, x, row["t"], row.get("depth"))
+    eps, _ = diffusion_lib.split_model_output(output, variance_type)
+    x0 = (x - row["sqrt_1ma"] * eps) / row["sqrt_a"]
+    if clip_denoised:
+      x0 = jnp.clip(x0, -1.0, 1.0)
+      eps = (x - row["sqrt_a"] * x0) / row["sqrt_1ma"]
+    noise = jax.random.normal(jax.random.fold_in(rng, row["index"]), x.shape, x.dtype)
+    return row["sqrt_a_next"] * x0 + row["dir"] * eps + row["sigma"] * noise
+
+  return Plan(table, step)
+
+
+def _log_alphas_cumprod(betas: np.ndarray) -> np.ndarray:
+  return np.cumsum(np.log1p(-np.asarray(betas, np.float64)))
+
+
+def ddim_plan(betas: np.ndarray, steps: np.ndarray, *, eta: float, **kwargs) -> Plan:
+  """DDIM(eta) on the increasing integer steps of the schedule `betas` (float64)."""
+  steps = np.asarray(steps)
+  return generalized_plan(steps, _log_alphas_cumprod(betas)[steps], kappa=eta, **kwargs)
+
+
+def fastdpm_plan(betas: np.ndarray, num_steps: int, *, kind: str, schedule: str, kappa: float,
+                 **kwargs) -> Plan:
+  """FastDPM VAR (continuous steps from S variances) or STEP (S integer steps), any kappa."""
+  if kind == "step":
+    steps = schedules.step_schedule(len(betas), num_steps, schedule)
+    return generalized_plan(steps, _log_alphas_cumprod(betas)[steps], kappa=kappa, **kwargs)
+  if kind == "var":
+    steps, log_levels = schedules.var_steps(float(betas[0]), float(betas[-1]), len(betas),
+                                            num_steps, schedule)
+    return generalized_plan(steps, log_levels, kappa=kappa, **kwargs)
+  raise ValueError(f"FastDPM kind {kind!r}: allowed {FASTDPM_KINDS}")
+
+
 def ancestral_sample(model_fn: Callable, diffusion: diffusion_lib.GaussianDiffusion, x_T, rng, *,
                      variance_type: str = "fixedlarge", clip_denoised: bool = True,
                      depth_schedule: Optional[np.ndarray] = None):
   """Ho et al.'s Algorithm 2 from x_T over all T steps; depth_schedule[t] is k(t) if given."""
-  num_timesteps = diffusion.num_timesteps
-  steps = np.arange(num_timesteps - 1, -1, -1, dtype=np.int32)
-  table = {"t": steps}
-  if depth_schedule is not None:
-    table["depth"] = np.asarray(depth_schedule, np.int32)[steps]
+  plan = ancestral_plan(diffusion, variance_type=variance_type, clip_denoised=clip_denoised,
+                        depth_schedule=depth_schedule)
+  return run_plan(plan, model_fn, x_T, rng)
 
-  def step(x, row):
-    t = jnp.full(x.shape[:1], row["t"])
-    output = call_model(model_fn, x, t, row.get("depth"))
-    mean, log_variance, _, _ = diffusion_lib.p_mean_variance(
-        diffusion, output, x, t, variance_type=variance_type, clip_denoised=clip_denoised)
-    noise = jax.random.normal(jax.random.fold_in(rng, row["t"]), x.shape, x.dtype)
-    return mean + jnp.where(row["t"] > 0, jnp.exp(0.5 * log_variance), 0.0) * noise
 
-  return run_step_table(step, x_T, table)
+def surrogate_sample(plan: Plan, model_fn: Callable, surrogate_fn: Callable, t_mid: int,
+                     num_timesteps: int, x_T, rng):
+  """Surrogate diffusion (Algorithm 4): x~0 = surrogate_fn(key), noised to the first row of the
+  plan at or below 1-based step t_mid (0-based t_mid - 1), then the plan's remaining rows.
+
+  t_mid = T is the ordinary sampler from x_T (the prior stands in for q(x_T | x~0), whose
+  abar_T ~ 0, and the surrogate is not run); t_mid = 0 returns x~0. x_T doubles as the noise
+  of q(x_tmid | x~0). surrogate_fn(key) returns images of x_T's shape.
+  """
+  if t_mid >= num_timesteps:
+    return run_plan(plan, model_fn, x_T, rng)
+  surrogate_rng, plan_rng = jax.random.split(rng)
+  x0 = surrogate_fn(surrogate_rng)
+  rest = plan.rows_up_to(t_mid - 1)
+  if rest.num_evaluations == 0:
+    return x0
+  x_start = rest.table["sqrt_a"][0] * x0 + rest.table["sqrt_1ma"][0] * x_T
+  return run_plan(rest, model_fn, x_start, plan_rng)
+
+
+def depth_schedule_for(config) -> Optional[np.ndarray]:
+  """k(t) for t = 0..T-1 when the config asks for adaptive depth (depth.power > 0), else None."""
+  if config.depth.power == 0:
+    return None
+  from jdiff import depth as depth_lib  # pylint: disable=g-import-not-at-top
+  return depth_lib.depth_schedule(len(config.model.ch_mult), config.depth.power,
+                                  config.diffusion.num_timesteps)
+
+
+def build_plan(config, diffusion: diffusion_lib.GaussianDiffusion, name: Optional[str] = None,
+               steps: Optional[int] = None, **overrides) -> Plan:
+  """The plan of config.sampling (name / steps / other sampling fields overridable)."""
+  s = config.sampling
+  name = name or s.name
+  steps = steps or s.steps
+  get = lambda field: overrides.get(field, s[field])
+  d = config.diffusion
+  betas = schedules.get_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end)
+  common = dict(variance_type=d.variance_type, clip_denoised=get("clip_denoised"),
+                depth_schedule=depth_schedule_for(config))
+  if name == "ancestral":
+    return ancestral_plan(diffusion, **common)
+  if name == "respaced":
+    return respaced_plan(betas, schedules.respaced_steps(d.num_timesteps, steps, get("respacing")),
+                         **common)
+  if name == "ddim":
+    return ddim_plan(betas, schedules.step_schedule(d.num_timesteps, steps, get("schedule")),
+                     eta=get("eta"), **common)
+  if name == "fastdpm":
+    return fastdpm_plan(betas, steps, kind=get("fastdpm_kind"), schedule=get("schedule"),
+                        kappa=get("kappa"), **common)
+  raise ValueError(f"sampler {name!r}: allowed {SAMPLERS}")
 
 
 def build_sampler(config, diffusion: diffusion_lib.GaussianDiffusion) -> Callable:
-  """sampler(model_fn, x_T, rng) for config.sampling."""
+  """sampler(model_fn, x_T, rng) for config.sampling.
+
+  With depth.power > 0 the model function is called as model_fn(x, t, depth).
+  """
+  plan = build_plan(config, diffusion)
+
   def sampler(model_fn, x_T, rng):
-    return ancestral_sample(model_fn, diffusion, x_T, rng,
-                            variance_type=config.diffusion.variance_type,
-                            clip_denoised=config.sampling.clip_denoised)
+    return run_plan(plan, model_fn, x_T, rng)
   return sampler
 
 

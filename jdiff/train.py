@@ -32,6 +32,8 @@ class TrainState:
   params: Any
   ema_params: Any
   opt_state: Any
+  # objectives.LossHistory of the loss-aware timestep sampler; None with uniform sampling.
+  loss_history: Any = None
 
 
 def build_diffusion(config) -> diffusion_lib.GaussianDiffusion:
@@ -58,12 +60,18 @@ def init_params(model, config, rng):
   return model.init(rng, dummy_x, dummy_t, method=type(model).init_all_depths)["params"]
 
 
+def init_loss_history(config):
+  if config.training.timestep_sampler == "loss_aware":
+    return objectives.init_loss_history(config.diffusion.num_timesteps)
+  return None
+
+
 def init_state(config, model, optimizer, mesh) -> TrainState:
   @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
   def init():
     params = init_params(model, config, jax.random.key(config.seed))
     return TrainState(step=jnp.int32(0), params=params, ema_params=params,
-                      opt_state=optimizer.init(params))
+                      opt_state=optimizer.init(params), loss_history=init_loss_history(config))
   return init()
 
 
@@ -73,7 +81,8 @@ def abstract_state(config, model, optimizer, mesh):
   shapes = jax.eval_shape(lambda: TrainState(
       step=jnp.int32(0), params=init_params(model, config, jax.random.key(0)),
       ema_params=init_params(model, config, jax.random.key(0)),
-      opt_state=optimizer.init(init_params(model, config, jax.random.key(0)))))
+      opt_state=optimizer.init(init_params(model, config, jax.random.key(0))),
+      loss_history=init_loss_history(config)))
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
@@ -94,37 +103,70 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
   """Jitted (state, uint8 batch) -> (state, metrics); batch sharded, state replicated."""
   base_key = jax.random.key(config.seed)
   num_timesteps = config.diffusion.num_timesteps
-  ema_decay = config.training.ema_decay
+  training = config.training
+  ema_decay = training.ema_decay
+  loss_aware = training.timestep_sampler == "loss_aware"
+  num_draws = training.iwdiff_k if training.loss == "iwdiff" else 1
 
-  def loss_fn(params, images, rng):
-    flip_rng, time_rng, noise_rng, dropout_rng = jax.random.split(rng, 4)
+  def make_draw_loss_fn(x_start, t, depth):
+    """(params, noise, dropout_rng) -> per-example losses of one noise draw."""
+    def draw_loss_fn(params, noise, dropout_rng):
+      model_fn = make_model_fn(model, params, depth=depth, train=True, dropout_rng=dropout_rng)
+      return objectives.example_losses(training.loss, diffusion, model_fn, x_start, t, noise,
+                                       config.diffusion.variance_type)
+    return draw_loss_fn
+
+  def draws(rng, x_shape):
+    """k noise draws and k dropout keys (k = 1 unless IWDiff)."""
+    noise_rng, dropout_rng = jax.random.split(rng)
+    return (jax.random.normal(noise_rng, (num_draws,) + x_shape),
+            jax.random.split(dropout_rng, num_draws))
+
+  def loss_and_grads(params, loss_history, images, rng):
+    flip_rng, time_rng, draw_rng = jax.random.split(rng, 3)
     x_start = data_lib.to_float(images)
+    batch_size = x_start.shape[0]
     if config.data.random_flip:
-      flip = jax.random.bernoulli(flip_rng, 0.5, (x_start.shape[0], 1, 1, 1))
+      flip = jax.random.bernoulli(flip_rng, 0.5, (batch_size, 1, 1, 1))
       x_start = jnp.where(flip, x_start[:, :, ::-1, :], x_start)
-    depth, t = depth_lib.sample_depth_and_timesteps(
-        time_rng, config.depth.training, x_start.shape[0], model.num_levels, config.depth.power,
-        num_timesteps)
-    model_fn = make_model_fn(model, params, depth=None if config.depth.training == "full" else depth,
-                             train=True, dropout_rng=dropout_rng)
-    noise = jax.random.normal(noise_rng, x_start.shape)
-    losses = objectives.l_simple(diffusion, model_fn, x_start, t, noise, config.diffusion.variance_type)
-    return jnp.mean(losses), {"depth": depth}
+    if loss_aware:
+      # config_lib allows loss-aware sampling only with the full network (depth.training=full).
+      depth = jnp.int32(0)
+      t, time_weights = objectives.sample_timesteps(loss_history, time_rng, batch_size)
+    else:
+      depth, t = depth_lib.sample_depth_and_timesteps(
+          time_rng, config.depth.training, batch_size, model.num_levels, config.depth.power,
+          num_timesteps)
+      time_weights = jnp.ones((batch_size,), jnp.float32)
+    model_depth = None if config.depth.training == "full" else depth
+    loss, grads, example_losses = objectives.objective_value_and_grad(
+        make_draw_loss_fn(x_start, t, model_depth), params, *draws(draw_rng, x_start.shape),
+        time_weights, accumulate=training.iwdiff_accumulate)
+    if loss_aware:
+      loss_history = objectives.update_loss_history(loss_history, t, example_losses)
+
+      def forward_only_losses(extra_t, extra_rng):
+        return objectives.forward_only_losses(make_draw_loss_fn(x_start, extra_t, None), params,
+                                              *draws(extra_rng, x_start.shape))
+      loss_history = objectives.refresh_loss_history(
+          loss_history, forward_only_losses, jax.random.fold_in(rng, 1), batch_size,
+          training.extra_updates)
+    return loss, grads, loss_history, depth
 
   def train_step(state: TrainState, images):
     rng = jax.random.fold_in(base_key, state.step)
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, images, rng)
+    loss, grads, loss_history, depth = loss_and_grads(state.params, state.loss_history, images, rng)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                               state.ema_params, params)
     new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
-                           opt_state=opt_state)
+                           opt_state=opt_state, loss_history=loss_history)
     # A non-finite loss leaves the state untouched, so non-finite params are never written.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "depth": aux["depth"]}
+    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "depth": depth}
     return new_state, metrics
 
   replicated = parallel.replicated(mesh)

@@ -132,7 +132,7 @@ class InceptionE(nn.Module):
 
 
 class InceptionV3(nn.Module):
-  """[N, H, W, 3] network input (299x299 after fid_inception_input) -> (pool3 [N, 2048], logits [N, 1008])."""
+  """Network input [N, 299, 299, 3] (from fid_inception_input) -> (pool3 [N, 2048], logits [N, 1008])."""
 
   @nn.compact
   def __call__(self, x):
@@ -181,6 +181,7 @@ def bilinear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
   rows = np.arange(out_size)
   np.add.at(matrix, (rows, lower), np.float32(1) - upper_weight)
   np.add.at(matrix, (rows, upper), upper_weight)
+  matrix.setflags(write=False)  # shared by every caller through the cache
   return matrix
 
 
@@ -209,30 +210,37 @@ def inception_apply(variables, images: jax.Array) -> Tuple[jax.Array, jax.Array]
   return InceptionV3().apply(variables, fid_inception_input(images))
 
 
-# Jitted for one batch; for many images use fid_inception_features (batched, sharded).
-inception_apply_jit = jax.jit(inception_apply)
-
-
-def init_inception_variables(rng: jax.Array) -> dict:
-  """Random variables of the right structure (for tests and file-format round trips).
-
-  Running statistics are set to random positive variances so a forward pass stays finite.
-  """
+def _variable_shapes():
   # Parameter shapes do not depend on the spatial size; 75x75 is the smallest valid input.
-  variables = jax.jit(InceptionV3().init)(rng, jnp.zeros((1, 75, 75, 3)))
-  stats_rng = jax.random.fold_in(rng, 1)
-  leaves, treedef = jax.tree_util.tree_flatten(variables["batch_stats"])
-  keys = jax.random.split(stats_rng, len(leaves))
-  leaves = [jax.random.uniform(k, leaf.shape, minval=0.5, maxval=1.5) for k, leaf in zip(keys, leaves)]
-  return {"params": variables["params"], "batch_stats": jax.tree_util.tree_unflatten(treedef, leaves)}
+  smallest_input = jax.ShapeDtypeStruct((1, 75, 75, 3), jnp.float32)
+  return jax.eval_shape(InceptionV3().init, jax.random.key(0), smallest_input)
+
+
+def init_inception_variables(seed: int) -> dict:
+  """Random variables of the right structure, for tests and file-format round trips.
+
+  He-normal kernels and unit-scale batch statistics keep activations O(1) through all 94
+  layers. Drawn with numpy: jitting Flax's initializers for 94 shapes takes many seconds.
+  """
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      fan_in = int(np.prod(leaf.shape[:-1]))
+      return rng.normal(0.0, np.sqrt(2.0 / fan_in), leaf.shape).astype(np.float32)
+    if name in ("scale", "var"):
+      return rng.uniform(0.5, 1.5, leaf.shape).astype(np.float32)
+    return rng.normal(0.0, 0.1, leaf.shape).astype(np.float32)  # biases and means
+
+  return jax.tree_util.tree_map_with_path(draw, _variable_shapes())
 
 
 def load_fid_inception_variables(path: str = "") -> dict:
   """Flax variables of the pytorch-fid weight file at `path`, or of the cached download."""
   state_dict = torch_weights.load_state_dict(torch_weights.fid_inception_weights_path(path))
   variables = torch_weights.inception_variables_from_state_dict(state_dict)
-  expected = jax.eval_shape(InceptionV3().init, jax.random.key(0), jnp.zeros((1, 75, 75, 3)))
-  expected_shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), expected)
+  expected_shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), _variable_shapes())
   loaded_shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), variables)
   if loaded_shapes != expected_shapes:
     raise ValueError(f"{path or 'the weight file'} does not hold the pytorch-fid Inception-v3 weights")

@@ -6,6 +6,7 @@ The metrics take features and logits as numpy arrays and compute in float64 on t
 
 import os
 import re
+import warnings
 from typing import Callable, Dict, Iterable, Mapping, Tuple, Union
 
 import jax
@@ -31,16 +32,21 @@ def feature_statistics(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
   """||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)) between two Gaussians.
 
-  As in the reference FID code: if the matrix square root is not finite (a singular product),
-  eps * I is added to both covariances; an imaginary part from numerical error is dropped when
+  As in the reference FID code: if the product is singular (scipy warns) or its square root is
+  not finite, eps * I is added to both covariances; an imaginary part from numerical error is dropped when
   below 1e-3 on the diagonal, and is an error otherwise.
   """
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-  sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+  sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+  sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
   if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-    raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
-  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-  if not np.isfinite(covmean).all():
+    raise ValueError(f"mismatched statistics: mu {mu1.shape} vs {mu2.shape}, "
+                     f"sigma {sigma1.shape} vs {sigma2.shape}")
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always", scipy.linalg.LinAlgWarning)
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+  singular = any(issubclass(w.category, scipy.linalg.LinAlgWarning) for w in caught)
+  if singular or not np.isfinite(covmean).all():
     offset = np.eye(len(mu1)) * eps
     covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
   if np.iscomplexobj(covmean):
@@ -142,7 +148,8 @@ def _fixed_size_batches(images, batch_size: int):
   """Yields (batch of exactly batch_size rows, number of real rows); the last one is zero-padded,
   so one compiled function serves every batch."""
   if isinstance(images, (np.ndarray, jax.Array)):
-    images = (images[i:i + batch_size] for i in range(0, len(images), batch_size))
+    array = images
+    images = (array[i:i + batch_size] for i in range(0, len(array), batch_size))
   pending, pending_rows = [], 0
   for chunk in images:
     chunk = np.asarray(chunk)

@@ -9,6 +9,7 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 import struct
 import tempfile
 import urllib.request
@@ -136,26 +137,29 @@ def _read_zip(path: str) -> Dict[str, np.ndarray]:
       raise ValueError(f"{path}: big-endian tensor data is not supported")
     obj = _StateDictUnpickler(io.BytesIO(archive.read(pickle_names[0]))).load()
     storage_prefix = prefix + "data/"
-    storage_bytes = {n[len(storage_prefix):]: archive.read(n) for n in names if n.startswith(storage_prefix)}
+    storage_bytes = {name[len(storage_prefix):]: archive.read(name)
+                     for name in names if name.startswith(storage_prefix)}
   return _build_state_dict(obj, storage_bytes)
 
 
 def _read_legacy(path: str) -> Dict[str, np.ndarray]:
   with open(path, "rb") as f:
+    # Every pickle in the file, headers included, goes through the restricted unpickler.
+    load = lambda: _StateDictUnpickler(f).load()
     try:
-      magic = pickle.load(f)
+      magic = load()
     except Exception as e:
       raise ValueError(f"{path}: neither a zip archive nor a legacy torch file") from e
     if magic != LEGACY_MAGIC_NUMBER:
       raise ValueError(f"{path}: neither a zip archive nor a legacy torch file (bad magic number)")
-    if pickle.load(f) != LEGACY_PROTOCOL_VERSION:
+    if load() != LEGACY_PROTOCOL_VERSION:
       raise ValueError(f"{path}: unsupported legacy protocol version")
-    sys_info = pickle.load(f)
+    sys_info = load()
     if not sys_info.get("little_endian", True):
       raise ValueError(f"{path}: big-endian tensor data is not supported")
     unpickler = _StateDictUnpickler(f)
     obj = unpickler.load()
-    storage_keys = pickle.load(f)
+    storage_keys = load()
     storage_bytes = {}
     for key in storage_keys:
       spec = unpickler.storages[str(key)]
@@ -279,7 +283,8 @@ def inception_variables_from_state_dict(state_dict: Mapping[str, np.ndarray]) ->
     if leaf is None:
       raise ValueError(f"unexpected entry {name!r} in the Inception state dict")
     collection, layer, param = leaf
-    flat[(collection,) + parts[:-2] + (layer, param)] = np.ascontiguousarray(_torch_to_flax_layout(np.asarray(value)))
+    flax_value = np.ascontiguousarray(_torch_to_flax_layout(np.asarray(value)))
+    flat[(collection,) + parts[:-2] + (layer, param)] = flax_value
   return traverse_util.unflatten_dict(flat)
 
 
@@ -309,7 +314,7 @@ def _sha256(path: str) -> str:
 def fid_inception_weights_path(path: str = "", directory: str = "") -> str:
   """Path of the pytorch-fid Inception weights: `path` if given, else the cached download.
 
-  The file is downloaded once into `directory` (default: jdiff.evaluation.cache_dir()) and its
+  The file is downloaded once into `directory` (default: jdiff.evaluation.cache_dir()), and its
   sha256 checked. Without network access, put the file there yourself.
   """
   if path:
@@ -318,17 +323,21 @@ def fid_inception_weights_path(path: str = "", directory: str = "") -> str:
     return path
   directory = directory or cache_dir()
   cached = os.path.join(directory, FID_WEIGHTS_FILENAME)
-  if not os.path.isfile(cached):
-    os.makedirs(directory, exist_ok=True)
-    fd, partial = tempfile.mkstemp(dir=directory, suffix=".partial")
-    os.close(fd)
-    try:
-      urllib.request.urlretrieve(FID_WEIGHTS_URL, partial)
-    except OSError as e:
-      os.remove(partial)
-      raise RuntimeError(f"could not download the FID Inception weights ({e}); download {FID_WEIGHTS_URL} "
-                         f"to {cached} or pass its path") from None
-    os.replace(partial, cached)
-  if _sha256(cached) != FID_WEIGHTS_SHA256:
-    raise RuntimeError(f"{cached} has the wrong sha256 (expected {FID_WEIGHTS_SHA256}); delete it and retry")
+  if os.path.isfile(cached):
+    if _sha256(cached) != FID_WEIGHTS_SHA256:
+      raise RuntimeError(f"{cached} has the wrong sha256 (expected {FID_WEIGHTS_SHA256}); "
+                         "delete it and retry")
+    return cached
+  os.makedirs(directory, exist_ok=True)
+  fd, partial = tempfile.mkstemp(dir=directory, suffix=".partial")
+  try:
+    with os.fdopen(fd, "wb") as out, urllib.request.urlopen(FID_WEIGHTS_URL, timeout=60) as response:
+      shutil.copyfileobj(response, out)
+    if _sha256(partial) != FID_WEIGHTS_SHA256:
+      raise OSError("the downloaded file has the wrong sha256")
+  except OSError as e:
+    os.remove(partial)
+    raise RuntimeError(f"could not download the FID Inception weights ({e}); download {FID_WEIGHTS_URL} "
+                       f"to {cached} or pass its path") from None
+  os.replace(partial, cached)
   return cached

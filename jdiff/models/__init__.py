@@ -17,7 +17,7 @@ def build_model(config) -> UNet:
       ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
       attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
       out_ch=output_channels(config), num_groups=model.num_groups, skip_type=model.skip_type,
-      remat=model.remat, dtype=jnp.dtype(model.dtype))
+      block_type=model.block_type, remat=model.remat, dtype=jnp.dtype(model.dtype))
 
 
 def parameter_table(params) -> list:

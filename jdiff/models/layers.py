@@ -104,3 +104,46 @@ class Upsample(nn.Module):
     batch, height, width, channels = x.shape
     x = jax.image.resize(x, (batch, height * 2, width * 2, channels), "nearest")
     return Conv3x3(channels, dtype=self.dtype)(x)
+
+
+class SqueezeExcitation(nn.Module):
+  """Channel gates from the global average: dense(reduce)-swish-dense-sigmoid (Hu et al.)."""
+  reduced_ch: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = nn.swish(Dense(self.reduced_ch, dtype=self.dtype, name="reduce")(s))
+    return x * nn.sigmoid(Dense(x.shape[-1], dtype=self.dtype, name="expand")(s))
+
+
+class MBConvBlock(nn.Module):
+  """MBConv with squeeze-excitation (MobileNetV2 / CoAtNet) for the U-Net.
+
+  GN-swish-1x1 expand (input channels x expansion, as MobileNetV2), + dense(temb) as in ResBlock, GN-swish-depthwise 3x3,
+  GN-swish-SE (input channels x se_ratio, as EfficientNet), dropout, 1x1 projection (zero init), 1x1 shortcut if needed.
+  """
+  out_ch: int
+  dropout: float = 0.0
+  num_groups: int = 32
+  expansion: int = 4
+  se_ratio: float = 0.25
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, temb, train: bool):
+    hidden_ch = x.shape[-1] * self.expansion
+    h = nn.swish(group_norm(self.num_groups, self.dtype)(x))
+    h = Dense(hidden_ch, dtype=self.dtype, name="expand")(h)
+    h = h + Dense(hidden_ch, dtype=self.dtype, name="temb")(nn.swish(temb))[:, None, None, :]
+    h = nn.swish(group_norm(self.num_groups, self.dtype)(h))
+    h = nn.Conv(hidden_ch, (3, 3), padding="SAME", feature_group_count=hidden_ch,
+                kernel_init=default_init(), dtype=self.dtype, name="depthwise")(h)
+    h = nn.swish(group_norm(self.num_groups, self.dtype)(h))
+    h = SqueezeExcitation(max(1, int(x.shape[-1] * self.se_ratio)), dtype=self.dtype, name="se")(h)
+    h = nn.Dropout(self.dropout, deterministic=not train)(h)
+    h = Dense(self.out_ch, init_scale=0.0, dtype=self.dtype, name="project")(h)
+    if x.shape[-1] != self.out_ch:
+      x = Dense(self.out_ch, dtype=self.dtype, name="shortcut")(x)
+    return x + h

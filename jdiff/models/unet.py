@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jdiff.models import layers
 
 SKIP_TYPES = ("zero", "duplicate", "interpolate")
+BLOCK_TYPES = ("res", "mbconv")
 
 
 class UNet(nn.Module):
@@ -30,6 +31,7 @@ class UNet(nn.Module):
   out_ch: int = 3
   num_groups: int = 32
   skip_type: str = "zero"
+  block_type: str = "res"   # res: Ho et al.'s residual block; mbconv: MBConv + SE (Table 4.3)
   remat: bool = False
   dtype: Any = jnp.float32
 
@@ -38,7 +40,10 @@ class UNet(nn.Module):
     return len(self.ch_mult)
 
   def _res_block(self, out_ch, name):
-    block_cls = nn.remat(layers.ResBlock, static_argnums=(3,)) if self.remat else layers.ResBlock
+    if self.block_type not in BLOCK_TYPES:
+      raise ValueError(f"block_type {self.block_type!r}: allowed {BLOCK_TYPES}")
+    block_cls = layers.ResBlock if self.block_type == "res" else layers.MBConvBlock
+    block_cls = nn.remat(block_cls, static_argnums=(3,)) if self.remat else block_cls
     return block_cls(out_ch, dropout=self.dropout, num_groups=self.num_groups, dtype=self.dtype,
                      name=name)
 
@@ -61,9 +66,9 @@ class UNet(nn.Module):
       return jnp.tile(h_end, (1, 1, 1, reps))[..., :below_ch]
     if self.skip_type == "interpolate":
       mid_ch = self.ch * self.ch_mult[-1]
-      mid_size = height // 2 ** (self.num_levels - 1 - level)
+      scale = 2 ** (self.num_levels - 1 - level)  # this level's size over the middle block's
       h = layers.Dense(mid_ch, dtype=self.dtype, name=f"interp_in_{level}")(h_end)
-      h = jax.image.resize(h, (batch, mid_size, mid_size, mid_ch), "cubic")
+      h = jax.image.resize(h, (batch, height // scale, width // scale, mid_ch), "cubic")
       h = self._middle(h, temb, train)
       h = jax.image.resize(h, (batch, height, width, mid_ch), "cubic")
       return layers.Dense(below_ch, dtype=self.dtype, name=f"interp_out_{level}")(h)

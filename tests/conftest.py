@@ -1,0 +1,56 @@
+"""Shared test helpers: tiny configs, the shared data folder, subprocess runs of the CLI."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+sys.path.insert(0, os.path.join(REPO, "configs"))
+
+
+def tiny_config():
+  """The quickstart config shrunk so a train step compiles and runs in seconds."""
+  import quickstart  # pylint: disable=g-import-not-at-top
+  config = quickstart.get_config()
+  config.model.ch = 8
+  config.model.ch_mult = (1, 2)
+  config.model.attn_resolutions = (4,)
+  config.model.num_groups = 4
+  config.diffusion.num_timesteps = 20
+  config.training.batch_size = 8
+  config.training.num_steps = 6
+  config.training.warmup_steps = 2
+  config.training.log_every = 2
+  config.training.checkpoint_every = 3
+  config.sampling.batch_size = 4
+  config.sampling.num_samples = 4
+  config.bench.batch_sizes = (2,)
+  config.bench.num_iters = 1
+  return config
+
+
+def config_overrides(config_dict_items):
+  return [f"--config.{key}={value}" for key, value in config_dict_items]
+
+
+TINY_OVERRIDES = config_overrides([
+    ("model.ch", 8), ("model.ch_mult", "'(1,2)'"), ("model.attn_resolutions", "'(4,)'"),
+    ("model.num_groups", 4), ("diffusion.num_timesteps", 20), ("training.batch_size", 8),
+    ("training.warmup_steps", 2), ("training.log_every", 2), ("sampling.batch_size", 4),
+    ("sampling.num_samples", 4),
+])
+
+
+def cli(args, env=None, **kwargs):
+  """Runs `python -m jdiff.main ARGS` in a fresh process."""
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
+  return subprocess.run([sys.executable, "-m", "jdiff.main", *args], cwd=REPO, env=full_env,
+                        capture_output=True, text=True, **kwargs)
+
+
+def requires_shared_data(*parts):
+  path = os.path.join(SHARED_DATA, *parts)
+  return pytest.mark.skipif(not os.path.exists(path), reason=f"{path} absent (no ../shared/data)")

@@ -1,0 +1,269 @@
+"""Adaptive depth: shortcut U-Net, k(t), bucketed training draws, dispatch without recompiling."""
+
+import contextlib
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdiff import depth
+from jdiff import parallel
+from jdiff import sampling
+from jdiff import train as train_lib
+from jdiff.models import build_model
+from jdiff.models.unet import SKIP_TYPES, UNet
+
+from conftest import tiny_config
+
+NUM_LEVELS = 3  # resolutions 8, 4, 2
+IMAGE = (8, 8, 1)
+
+
+def tiny_unet(skip_type="zero"):
+  # No attention: the shortcut logic does not depend on it, and it keeps compiles short.
+  return UNet(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+              out_ch=1, num_groups=4, skip_type=skip_type)
+
+
+def inputs(batch=2):
+  x = jax.random.normal(jax.random.key(1), (batch,) + IMAGE)
+  return x, jnp.array([3.0, 700.0][:batch])
+
+
+@functools.lru_cache(maxsize=None)
+def random_params(model):
+  """Params with every leaf randomised: at init the zero-initialised output convs would hide
+  which levels contribute. Cached per model (modules are hashable), jitted for speed."""
+  x, t = inputs()
+
+  @jax.jit
+  def make():
+    params = model.init(jax.random.key(0), x, t, method=UNet.init_all_depths)["params"]
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    return jax.tree.unflatten(treedef, [leaf + 0.2 * jax.random.normal(key, leaf.shape)
+                                        for leaf, key in zip(leaves, keys)])
+  return make()
+
+
+def skipped_modules(params, skip_type, shortcut_depth):
+  """Top-level module names that depth k must not use: levels below the last active one, the
+  middle block (except on the interpolate path), and the other levels' interpolate paths."""
+  last_level = NUM_LEVELS - 1 - shortcut_depth
+  skipped = set()
+  for name in params:
+    parts = name.split("_")
+    if parts[0] in ("down", "up") and int(parts[1]) > last_level:
+      skipped.add(name)
+    elif name == f"down_{last_level}_downsample":
+      skipped.add(name)
+    elif parts[0] == "mid" and skip_type != "interpolate":
+      skipped.add(name)
+    elif parts[0] == "interp" and int(parts[2]) != last_level:
+      skipped.add(name)
+  return skipped
+
+
+def apply_fn(model, params):
+  return lambda x, t, shortcut_depth: model.apply({"params": params}, x, t,
+                                                  shortcut_depth=shortcut_depth)
+
+
+@contextlib.contextmanager
+def count_compiles():
+  """Counts XLA backend compilations while the block runs."""
+  events = []
+
+  def listener(event, duration, **kwargs):
+    del duration, kwargs
+    if event == "/jax/core/compile/backend_compile_duration":
+      events.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield events
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_depth_zero_through_switch_equals_full_network():
+  model = tiny_unet()
+  params = random_params(model)
+  x, t = inputs()
+  static_depth = jax.jit(lambda k: model.apply({"params": params}, x, t, shortcut_depth=k),
+                         static_argnums=0)
+  full = static_depth(0)
+  dispatch = jax.jit(lambda d: depth.apply_at_depth(apply_fn(model, params), NUM_LEVELS, d, x, t))
+  np.testing.assert_allclose(dispatch(jnp.int32(0)), full, rtol=1e-5, atol=1e-5)
+  # Every traced k runs the same computation as that static depth.
+  for k in range(1, NUM_LEVELS):
+    static = static_depth(k)
+    np.testing.assert_allclose(dispatch(jnp.int32(k)), static, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(static, full, atol=1e-3)
+
+
+@pytest.mark.parametrize("skip_type", SKIP_TYPES)
+def test_skipped_levels_do_not_affect_output(skip_type):
+  model = tiny_unet(skip_type)
+  params = random_params(model)
+  x, t = inputs()
+  forward = jax.jit(lambda p, k: model.apply({"params": p}, x, t, shortcut_depth=k),
+                    static_argnums=1)
+  for k in range(1, NUM_LEVELS):
+    out = forward(params, k)
+    assert out.shape == (2,) + IMAGE
+    skipped = skipped_modules(params, skip_type, k)
+    assert any(name.startswith("up_") for name in skipped)
+    perturbed = {name: jax.tree.map(lambda p: p + 1.0, sub) if name in skipped else sub
+                 for name, sub in params.items()}
+    np.testing.assert_array_equal(forward(perturbed, k), out)
+    # The same perturbation of an active level does change the output.
+    active = dict(params, up_0_res_0=jax.tree.map(lambda p: p + 1.0, params["up_0_res_0"]))
+    assert not np.allclose(forward(active, k), out)
+
+
+@pytest.mark.parametrize("skip_type", SKIP_TYPES)
+def test_gradients_reach_only_active_levels(skip_type):
+  model = tiny_unet(skip_type)
+  params = random_params(model)
+  x, t = inputs()
+
+  @jax.jit
+  def grads(params, k):
+    loss = lambda p: jnp.sum(depth.apply_at_depth(apply_fn(model, p), NUM_LEVELS, k, x, t) ** 2)
+    return jax.grad(loss)(params)
+
+  for k in range(NUM_LEVELS):
+    g = grads(params, jnp.int32(k))
+    skipped = skipped_modules(params, skip_type, k) if k else {
+        name for name in params if name.startswith("interp")}
+    for name, sub in g.items():
+      norm = float(sum(jnp.sum(jnp.abs(leaf)) for leaf in jax.tree.leaves(sub)))
+      if name in skipped:
+        assert norm == 0.0, (k, name)
+      else:
+        assert norm > 0.0, (k, name)
+
+
+@pytest.mark.parametrize("num_levels,power,num_timesteps,expected", [
+    # t = s/T; k = min(N-1, floor(N - N (1 - t)^c)), worked out by hand.
+    (3, 1, 10, [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]),        # 3t = 0, .3, ..., 2.7
+    (2, 1, 4, [0, 0, 1, 1]),                           # 2t = 0, .5, 1 (exact boundary), 1.5
+    (4, 2, 4, [0, 1, 3, 3]),                           # 4 - 4(1-t)^2 = 0, 1.75, 3, 3.75
+    (3, 2, 6, [0, 0, 1, 2, 2, 2]),                     # 0, .92, 1.67, 2.25, 2.67, 2.92
+    (4, 5, 5, [0, 2, 3, 3, 3]),                        # 0, 2.69, 3.69, 3.96, 3.999
+    (4, 0, 5, [0, 0, 0, 0, 0]),                        # c = 0: the full network
+    (4, 1, 12, [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]),  # 4t = s/3
+])
+def test_depth_schedule_hand_computed(num_levels, power, num_timesteps, expected):
+  np.testing.assert_array_equal(depth.depth_schedule(num_levels, power, num_timesteps), expected)
+  buckets = depth.depth_buckets(num_levels, power, num_timesteps)
+  for k, steps in enumerate(buckets):
+    np.testing.assert_array_equal(steps, [s for s, e in enumerate(expected) if e == k])
+
+
+def test_config_depth_power_reaches_the_sampler_plan():
+  config = tiny_config()
+  config.model.ch_mult = (1, 2, 2, 2)
+  config.diffusion.num_timesteps = 4
+  diffusion = train_lib.build_diffusion(config)
+  assert "depth" not in sampling.build_plan(config, diffusion, name="ancestral").table  # c = 0
+  config.depth.power = 2.0
+  table = sampling.build_plan(config, diffusion, name="ancestral").table
+  expected = {0: 0, 1: 1, 2: 3, 3: 3}  # the (4, 2, 4) case above
+  np.testing.assert_array_equal(table["depth"], [expected[int(t)] for t in table["t"]])
+
+
+def test_bucketed_batches_share_one_depth_and_t_is_uniform():
+  num_timesteps, batch, num_batches, power = 20, 8, 4000, 2.0
+  schedule = depth.depth_schedule(NUM_LEVELS, power, num_timesteps)
+  draw = jax.jit(jax.vmap(lambda rng: depth.sample_depth_and_timesteps(
+      rng, "bucketed", batch, NUM_LEVELS, power, num_timesteps)))
+  depths, t = jax.device_get(draw(jax.random.split(jax.random.key(0), num_batches)))
+  np.testing.assert_array_equal(schedule[t], np.repeat(depths[:, None], batch, axis=1))
+  # Examples of one batch share a bucket, so they are not independent draws; one example per
+  # batch is: its t must be uniform over all T steps, and the buckets drawn by their sizes.
+  for observed, probabilities, quantile in [
+      (t[:, 0], np.full(num_timesteps, 1 / num_timesteps), 43.8),  # 99.9% of chi2(19)
+      (depths, np.bincount(schedule) / num_timesteps, 13.8)]:         # 99.9% of chi2(2)
+    counts = np.bincount(observed, minlength=len(probabilities))
+    expected = num_batches * probabilities
+    assert np.sum((counts - expected) ** 2 / expected) < quantile
+
+
+def test_random_scheme_draws_every_depth_uniformly():
+  num_batches = 3000
+  draw = jax.jit(jax.vmap(lambda rng: depth.sample_depth_and_timesteps(
+      rng, "random", 4, NUM_LEVELS, 2.0, 20)[0]))
+  counts = np.bincount(jax.device_get(draw(jax.random.split(jax.random.key(0), num_batches))),
+                       minlength=NUM_LEVELS)
+  np.testing.assert_allclose(counts / num_batches, 1 / NUM_LEVELS, atol=0.04)
+
+
+def test_forward_does_not_recompile_when_depth_changes():
+  model = tiny_unet()
+  params = random_params(model)
+  x, t = inputs()
+  forward = jax.jit(lambda params, d: depth.depth_model_fn(model, params)(x, t, d))
+  with count_compiles() as compiles:
+    outputs = [forward(params, jnp.int32(k)) for k in (0, 2, 1, 0)]
+  assert len(compiles) == 1
+  assert not np.allclose(outputs[0], outputs[1])
+
+
+def test_train_step_does_not_recompile_when_depth_changes():
+  config = tiny_config()  # 2 levels: k in {0, 1}
+  config.depth.training = "random"
+  config.depth.power = 2.0
+  mesh = parallel.make_mesh()
+  model = build_model(config)
+  optimizer = train_lib.make_optimizer(config.training)
+  state = train_lib.init_state(config, model, optimizer, mesh)
+  train_step = train_lib.make_train_step(config, model, train_lib.build_diffusion(config),
+                                         optimizer, mesh)
+  images = jnp.zeros((config.training.batch_size,) + IMAGE, jnp.uint8)
+  images = jax.device_put(images, parallel.batch_sharding(mesh))
+  seen = set()
+  with count_compiles() as compiles:
+    for _ in range(8):
+      state, metrics = train_step(state, images)
+      seen.add(int(metrics["depth"]))
+  assert len(seen) > 1
+  assert len(compiles) == 1
+
+
+def test_sampler_runs_every_depth_in_one_compile():
+  """The --mode=sample path: build_sampler from the config, depth_model_fn, make_sample_fn."""
+  config = tiny_config()  # 2 levels: k in {0, 1}
+  config.depth.power = 2.0
+  model = build_model(config)
+  diffusion = train_lib.build_diffusion(config)
+  plan_depths = sampling.build_plan(config, diffusion).table["depth"]
+  assert set(plan_depths) == {0, 1}
+  sample_fn = sampling.make_sample_fn(
+      sampling.build_sampler(config, diffusion), lambda p: depth.depth_model_fn(model, p),
+      parallel.make_mesh(), IMAGE, batch_size=4)
+  params = random_params(model)
+  rngs = [jax.random.key(seed) for seed in (0, 1)]
+  with count_compiles() as compiles:
+    images = [sample_fn(params, rng) for rng in rngs]
+  assert len(compiles) == 1
+  assert images[0].shape == (4,) + IMAGE and np.all(np.isfinite(images[0]))
+
+
+def test_scan_by_depth_matches_one_scan_with_switch():
+  model = tiny_unet()
+  params = random_params(model)
+  model_fn = depth.depth_model_fn(model, params)
+  table = {"t": np.arange(9, -1, -1, dtype=np.float32),
+           "depth": np.array([2, 2, 2, 1, 1, 1, 0, 0, 0, 0], np.int32)}
+
+  def step(x, row):
+    return x - 0.05 * model_fn(x, jnp.broadcast_to(row["t"], x.shape[:1]), row["depth"])
+
+  x, _ = inputs()
+  switched = jax.jit(lambda x: sampling.run_step_table(step, x, table))(x)
+  segmented = jax.jit(lambda x: depth.scan_by_depth(step, x, table))(x)
+  np.testing.assert_allclose(segmented, switched, rtol=1e-4, atol=1e-4)
