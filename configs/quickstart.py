@@ -3,7 +3,7 @@
   bash launch/local.sh     # or: python -m jdiff.main --config=configs/quickstart.py \
                            #       --workdir=workdirs/quickstart --mode=train  (then --mode=sample)
 
-Expected on 2 CPU cores: training (3000 steps, batch 64) in about 4 minutes, then a sample grid
+Expected on 2 CPU cores: training (2500 steps, batch 64) in about 5 minutes, then a sample grid
 at workdirs/quickstart/samples/grid.png in which the digits 0-9 are recognisable.
 """
 
@@ -27,7 +27,7 @@ def get_config():
   config.diffusion.num_timesteps = 1000
 
   config.training.batch_size = 64
-  config.training.num_steps = 3000
+  config.training.num_steps = 2500
   config.training.learning_rate = 1e-3
   config.training.warmup_steps = 200
   config.training.ema_decay = 0.999
