@@ -16,6 +16,8 @@ class Checkpointer:
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
   def save(self, step: int, state: Any) -> None:
+    if step in self.manager.all_steps():  # e.g. SIGTERM right after a periodic save
+      return
     self.manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
   def wait(self) -> None:

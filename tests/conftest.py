@@ -37,7 +37,7 @@ def config_overrides(config_dict_items):
 
 
 TINY_OVERRIDES = config_overrides([
-    ("model.ch", 8), ("model.ch_mult", "'(1,2)'"), ("model.attn_resolutions", "'(4,)'"),
+    ("model.ch", 8), ("model.ch_mult", "(1,2)"), ("model.attn_resolutions", "(4,)"),
     ("model.num_groups", 4), ("diffusion.num_timesteps", 20), ("training.batch_size", 8),
     ("training.warmup_steps", 2), ("training.log_every", 2), ("sampling.batch_size", 4),
     ("sampling.num_samples", 4),

@@ -1,0 +1,238 @@
+"""Training end to end: multi-device equality, kill -9 / SIGTERM resume, non-finite guard,
+checkpoint fallback, config validation and the CLI."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_OVERRIDES, cli, tiny_config
+from jdiff import checkpoint as checkpoint_lib
+from jdiff import config_lib
+from jdiff import parallel
+from jdiff import train as train_lib
+from jdiff.models import build_model
+
+QUICKSTART = "--config=configs/quickstart.py"
+
+
+def restore_params(config, workdir):
+  model = build_model(config)
+  optimizer = train_lib.make_optimizer(config.training)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, 10)
+  state = checkpointer.restore_latest(
+      train_lib.abstract_state(config, model, optimizer, parallel.make_mesh()))
+  steps = checkpointer.all_steps()
+  checkpointer.close()
+  return state, steps
+
+
+def test_train_step_on_4_devices_equals_1_device():
+  script = textwrap.dedent("""
+      import jax, numpy as np
+      from jax.sharding import Mesh
+      from conftest import tiny_config
+      from jdiff import train as t, parallel
+      from jdiff.models import build_model
+      assert jax.device_count() == 4, jax.devices()
+      config = tiny_config()
+      model, diffusion = build_model(config), t.build_diffusion(config)
+      optimizer = t.make_optimizer(config.training)
+      images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype=np.uint8)
+      results = []
+      for devices in (jax.devices()[:1], jax.devices()):
+        mesh = Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
+        state = t.init_state(config, model, optimizer, mesh)
+        step = t.make_train_step(config, model, diffusion, optimizer, mesh)
+        batch = jax.device_put(images, parallel.batch_sharding(mesh))
+        for _ in range(2):
+          state, metrics = step(state, batch)
+        results.append((jax.device_get(state.params), float(metrics["loss"])))
+      (p1, l1), (p4, l4) = results
+      assert abs(l1 - l4) <= 1e-5 * abs(l1), (l1, l4)
+      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p4)
+      print("EQUAL", l1, l4)
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.path.join(REPO, "tests"))
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+  assert result.returncode == 0 and "EQUAL" in result.stdout, result.stderr[-3000:]
+
+
+def _wait_for(predicate, timeout_s, process):
+  deadline = time.time() + timeout_s
+  while time.time() < deadline:
+    if predicate():
+      return True
+    if process.poll() is not None:
+      return False
+    time.sleep(0.2)
+  return False
+
+
+def _start_training(workdir, num_steps, checkpoint_every):
+  args = [QUICKSTART, f"--workdir={workdir}", "--mode=train", *TINY_OVERRIDES,
+          f"--config.training.num_steps={num_steps}",
+          f"--config.training.checkpoint_every={checkpoint_every}"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.Popen([sys.executable, "-m", "jdiff.main", *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _tiny_quickstart(num_steps):
+  config = tiny_config()
+  config.training.num_steps = num_steps
+  return config
+
+
+def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
+  num_steps = 40
+  straight = tmp_path / "straight"
+  result = cli([QUICKSTART, f"--workdir={straight}", "--mode=train", *TINY_OVERRIDES,
+                f"--config.training.num_steps={num_steps}", "--config.training.checkpoint_every=10"],
+               timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+
+  killed = tmp_path / "killed"
+  process = _start_training(killed, num_steps, 10)
+  first_checkpoint = killed / "checkpoints" / "10"
+  assert _wait_for(first_checkpoint.exists, 300, process), "no checkpoint appeared"
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  _, steps = restore_params(_tiny_quickstart(num_steps), str(killed))
+  assert steps and steps[-1] < num_steps, steps  # it really was interrupted
+  result = cli([QUICKSTART, f"--workdir={killed}", "--mode=train", *TINY_OVERRIDES,
+                f"--config.training.num_steps={num_steps}", "--config.training.checkpoint_every=10"],
+               timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+
+  config = _tiny_quickstart(num_steps)
+  state_a, _ = restore_params(config, str(straight))
+  state_b, _ = restore_params(config, str(killed))
+  assert int(state_a.step) == int(state_b.step) == num_steps
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state_a.params),
+               jax.device_get(state_b.params))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state_a.ema_params),
+               jax.device_get(state_b.ema_params))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
+  process = _start_training(tmp_path, 100_000, 5)
+  assert _wait_for((tmp_path / "checkpoints" / "5").exists, 300, process)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr[-2000:]
+  assert "SIGTERM" in stderr
+  state, steps = restore_params(_tiny_quickstart(100_000), str(tmp_path))
+  assert steps[-1] > 5 and int(state.step) == steps[-1]
+
+
+def test_non_finite_loss_keeps_the_state_and_stops_the_run(tmp_path, monkeypatch):
+  config = tiny_config()
+  mesh = parallel.make_mesh()
+  model, diffusion = build_model(config), train_lib.build_diffusion(config)
+  optimizer = train_lib.make_optimizer(config.training)
+  state = train_lib.init_state(config, model, optimizer, mesh)
+  # NaN in one weight makes the loss NaN: the step must return the old state unchanged.
+  poisoned = jax.tree.map(lambda x: x, state)
+  params = jax.tree.map(np.array, jax.device_get(poisoned.params))
+  params["conv_in"]["Conv_0"]["kernel"][0, 0, 0, 0] = np.nan
+  poisoned = poisoned.replace(params=jax.device_put(params, parallel.replicated(mesh)))
+  step = train_lib.make_train_step(config, model, diffusion, optimizer, mesh)
+  images = np.zeros((8, 8, 8, 1), np.uint8)
+  before = jax.device_get(poisoned.params)
+  new_state, metrics = step(poisoned, jax.device_put(images, parallel.batch_sharding(mesh)))
+  assert not bool(metrics["finite"])
+  assert int(new_state.step) == 0
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), before, jax.device_get(new_state.params))
+
+  # In the loop: a NaN loss stops the run with the error, and no checkpoint holds non-finite params.
+  from jdiff import objectives  # pylint: disable=g-import-not-at-top
+  original = objectives.example_losses
+  monkeypatch.setattr(objectives, "example_losses",
+                      lambda *a, **k: original(*a, **k) * np.nan)
+  config.training.num_steps = 4
+  with pytest.raises(train_lib.NonFiniteLossError, match="non-finite"):
+    train_lib.train(config, str(tmp_path))
+  state, steps = restore_params(config, str(tmp_path))
+  if state is not None:
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+  config = tiny_config()
+  config.training.num_steps = 6
+  config.training.checkpoint_every = 3
+  train_lib.train(config, str(tmp_path))
+  _, steps = restore_params(config, str(tmp_path))
+  assert steps == [3, 6]
+  # Damage every data file of the newest checkpoint.
+  for root, _, files in os.walk(tmp_path / "checkpoints" / "6"):
+    for name in files:
+      if not name.startswith("_"):
+        with open(os.path.join(root, name), "wb") as f:
+          f.write(b"garbage")
+  state, _ = restore_params(config, str(tmp_path))
+  assert state is not None and int(state.step) == 3
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.ch=0", "config.model.ch=0: must be a positive integer"),
+    ("--config.diffusion.beta_schedule=quad", "config.diffusion.beta_schedule='quad': must be one of"),
+    ("--config.training.ema_decay=1.5", "config.training.ema_decay=1.5: must be a number in [0.0, 1.0)"),
+    ("--config.data.source=imagenet", "config.data.source='imagenet': must be one of"),
+    ("--config.model.num_groups=5", "config.model.num_groups=5: must be a divisor"),
+])
+def test_bad_config_values_exit_2_with_one_line(override, message):
+  result = cli([QUICKSTART, "--mode=summary", override], timeout=300)
+  assert result.returncode == 2
+  lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and message in lines[0], result.stderr[-1000:]
+
+
+def test_validate_accepts_every_shipped_quickstart_config():
+  config_lib.validate(tiny_config())
+
+
+def test_missing_data_path_is_one_clear_line(tmp_path):
+  result = cli([QUICKSTART, f"--workdir={tmp_path}", "--mode=train", "--config.data.source=npz",
+                f"--config.data.path={tmp_path}/nope.npz"], timeout=300)
+  assert result.returncode == 1
+  assert "error: config.data.path=" in result.stderr and "does not exist" in result.stderr
+
+
+def test_cli_train_sample_summary_end_to_end(tmp_path):
+  result = cli([QUICKSTART, f"--workdir={tmp_path}", "--mode=train", *TINY_OVERRIDES,
+                "--config.training.num_steps=4"], timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  result = cli([QUICKSTART, f"--workdir={tmp_path}", "--mode=sample", *TINY_OVERRIDES], timeout=600)
+  assert result.returncode == 0, result.stderr[-2000:]
+  samples = np.load(tmp_path / "samples" / "samples.npz")["images"]
+  assert samples.shape == (4, 8, 8, 1) and samples.dtype == np.uint8
+  assert (tmp_path / "samples" / "grid.png").exists()
+  result = cli([QUICKSTART, "--mode=summary", *TINY_OVERRIDES], timeout=300)
+  assert result.returncode == 0
+  count = int(result.stdout.strip().splitlines()[-1].split(":")[1])
+  params = jax.eval_shape(lambda: train_lib.init_params(
+      build_model(tiny_config()), tiny_config(), jax.random.key(0)))
+  assert count == sum(x.size for x in jax.tree.leaves(params))
+
+
+def test_sample_without_checkpoint_says_train_first(tmp_path):
+  result = cli([QUICKSTART, f"--workdir={tmp_path}", "--mode=sample", *TINY_OVERRIDES], timeout=300)
+  assert result.returncode == 1 and "train first" in result.stderr
+
+
+def test_cifar10_config_has_35_7m_parameters():
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  import cifar10_ddpm  # pylint: disable=g-import-not-at-top
+  config = cifar10_ddpm.get_config()
+  params = jax.eval_shape(lambda: train_lib.init_params(build_model(config), config, jax.random.key(0)))
+  assert sum(x.size for x in jax.tree.leaves(params)) == 35_746_307
