@@ -20,7 +20,7 @@ fi
 
 if [ "${1:-}" = "test" ]; then
   shift
-  exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+  exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 "$@"
 fi
 
 workdir="${WORKDIR:-workdirs/quickstart}"
