@@ -12,21 +12,11 @@ workdirs/quickstart_adaptive/samples/grid.png of recognisable digits, sampled wi
 network on the noisiest steps (k(t) = 2 on 58%, 1 on 24%, 0 on 18% of the 1000 steps).
 """
 
-import importlib.util
-import os
-
-
-def _quickstart_config():
-  """configs/quickstart.py's config (config files are loaded by path, not as a package)."""
-  spec = importlib.util.spec_from_file_location(
-      "quickstart", os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from jdiff import config_lib
 
 
 def get_config():
-  config = _quickstart_config()
+  config = config_lib.load_sibling_config(__file__, "quickstart.py")
   config.model.skip_type = "zero"
   config.depth.training = "bucketed"
   config.depth.power = 2.0

@@ -4,20 +4,11 @@ analogue of the study's DDPM-16 for 32x32 CIFAR-10; upsampled bilinearly when us
   python -m jdiff.main --config=configs/quickstart_ddpm4.py --workdir=workdirs/quickstart_ddpm4 --mode=train
 """
 
-import importlib.util
-import os
-
-
-def _quickstart_config():
-  spec = importlib.util.spec_from_file_location(
-      "quickstart", os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from jdiff import config_lib
 
 
 def get_config():
-  config = _quickstart_config()
+  config = config_lib.load_sibling_config(__file__, "quickstart.py")
   config.data.image_size = 4
   config.model.ch_mult = (1, 2)
   config.model.attn_resolutions = ()

@@ -3,20 +3,11 @@
   python -m jdiff.main --config=configs/quickstart_gan.py --workdir=workdirs/quickstart_gan --mode=train
 """
 
-import importlib.util
-import os
-
-
-def _quickstart_config():
-  spec = importlib.util.spec_from_file_location(
-      "quickstart", os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from jdiff import config_lib
 
 
 def get_config():
-  config = _quickstart_config()
+  config = config_lib.load_sibling_config(__file__, "quickstart.py")
   config.model.kind = "sngan"
   config.gan.z_dim = 32
   config.gan.g_ch = 64

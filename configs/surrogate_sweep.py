@@ -12,20 +12,11 @@ For the low-resolution DDPM surrogate (DDPM-16's analogue, 4x4 digits upsampled)
 Writes bench_samplers.json in --workdir and prints the table.
 """
 
-import importlib.util
-import os
-
-
-def _quickstart_config():
-  spec = importlib.util.spec_from_file_location(
-      "quickstart", os.path.join(os.path.dirname(os.path.abspath(__file__)), "quickstart.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from jdiff import config_lib
 
 
 def get_config():
-  config = _quickstart_config()
+  config = config_lib.load_sibling_config(__file__, "quickstart.py")
   config.surrogate.kind = "sngan"
   config.surrogate.config = "configs/quickstart_gan.py"
   config.surrogate.workdir = "workdirs/quickstart_gan"

@@ -297,3 +297,14 @@ def default_config() -> ml_collections.ConfigDict:
       quality_samples=0,  # samplers bench on digits: samples per row for the digits FD (0: none)
   ))
   return config
+
+
+def load_sibling_config(config_file: str, name: str, *args) -> ml_collections.ConfigDict:
+  """get_config(*args) of configs/<name> next to config_file (config files load by path)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+  spec = importlib.util.spec_from_file_location(os.path.splitext(name)[0], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*args)
