@@ -18,7 +18,6 @@ Reduced smoke run (about 10 minutes; the numbers mean little):
 Writes <workdir>/depth_sweep.json and depth_sweep.png; trainings resume from their checkpoints.
 """
 
-import importlib.util
 import json
 import os
 import time
@@ -28,6 +27,7 @@ import matplotlib
 import numpy as np
 from absl import app, flags
 
+from jdiff import config_lib
 from jdiff import depth as depth_lib
 from jdiff import parallel
 from jdiff import sampling
@@ -53,10 +53,7 @@ QUICKSTART = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 
 
 def quickstart_config():
-  spec = importlib.util.spec_from_file_location("quickstart", QUICKSTART)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_sibling_config(QUICKSTART, "quickstart.py")
   config.diffusion.num_timesteps = _NUM_TIMESTEPS.value
   config.training.num_steps = _NUM_STEPS.value
   config.training.checkpoint_every = min(config.training.checkpoint_every, _NUM_STEPS.value)

@@ -15,7 +15,6 @@ Reduced smoke run (minutes; numbers mean little):
 Writes <workdir>/objectives_table.json and prints the table.
 """
 
-import importlib.util
 import json
 import os
 import time
@@ -57,10 +56,7 @@ QUICKSTART = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 
 
 def setup_config(overrides: dict):
-  spec = importlib.util.spec_from_file_location("quickstart", QUICKSTART)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_sibling_config(QUICKSTART, "quickstart.py")
   config.diffusion.num_timesteps = _NUM_TIMESTEPS.value
   config.training.num_steps = _NUM_STEPS.value
   config.training.warmup_steps = min(config.training.warmup_steps, _NUM_STEPS.value // 2)
