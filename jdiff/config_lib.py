@@ -4,6 +4,7 @@ A bad value raises ConfigError whose message is one line: the field, the value, 
 allowed. `main` prints it and exits 2.
 """
 
+import re
 from typing import Any, Callable, Sequence, Tuple
 
 import ml_collections
@@ -16,7 +17,8 @@ from jdiff import schedules
 from jdiff.models import presets, unet
 
 DATA_SOURCES = ("digits", "cifar10", "mnist", "fashion_mnist", "celeb_a", "folder", "npz", "idx")
-MODES = ("train", "sample", "summary", "bench")
+EVALUATION_METRICS = ("fid", "is", "kid", "digits_fd", "bpd")
+MODES = ("train", "sample", "evaluate", "reference_stats", "summary", "bench")
 
 
 class ConfigError(ValueError):
@@ -54,6 +56,7 @@ def in_range(low, high, low_open=False, high_open=False) -> Tuple[Callable[[Any]
 
 
 POSITIVE_INT = (positive_int, "a positive integer")
+STRING = ((lambda value: isinstance(value, str)), "a string")
 NON_NEGATIVE_INT = (non_negative_int, "an integer >= 0")
 BOOL = ((lambda value: isinstance(value, bool)), "true or false")
 POSITIVE_INTS = ((lambda value: isinstance(value, (tuple, list)) and len(value) > 0
@@ -124,13 +127,28 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
                            and all(non_negative_int(v) for v in value)),
                           "a non-empty list of integers >= 0")),
     ("bench.batch_sizes", POSITIVE_INTS),
-    ("bench.kind", one_of("core", "depth", "samplers")),
+    ("bench.kind", one_of("core", "depth", "samplers", "precision")),
     ("bench.num_iters", POSITIVE_INT),
     ("bench.sampler_steps", NON_NEGATIVE_INT),
     ("bench.samplers", ((lambda value: isinstance(value, (tuple, list)) and all(
         v in ("ddpm", "respaced", "ddim", "fastdpm", "surrogate") for v in value)),
                         "a list of sampler families from ddpm, respaced, ddim, fastdpm, surrogate")),
     ("bench.quality_samples", NON_NEGATIVE_INT),
+    ("evaluation.name", ((lambda value: isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]*", value)
+                          is not None), "a folder name of letters, digits, '_', '.', '-' (or '')")),
+    ("evaluation.num_samples", POSITIVE_INT),
+    ("evaluation.metrics", ((lambda value: isinstance(value, (tuple, list)) and len(value) > 0
+                             and all(v in EVALUATION_METRICS for v in value)),
+                            f"a non-empty list from {list(EVALUATION_METRICS)}")),
+    ("evaluation.reference_stats", STRING),
+    ("evaluation.reference_split", STRING),
+    ("evaluation.inception_weights", STRING),
+    ("evaluation.feature_batch_size", POSITIVE_INT),
+    ("evaluation.is_splits", POSITIVE_INT),
+    ("evaluation.kid_subsets", POSITIVE_INT),
+    ("evaluation.kid_subset_size", POSITIVE_INT),
+    ("evaluation.bpd_examples", NON_NEGATIVE_INT),
+    ("evaluation.bpd_split", STRING),
 )
 
 
@@ -288,8 +306,24 @@ def default_config() -> ml_collections.ConfigDict:
   config.gan = ml_collections.ConfigDict(dict(
       z_dim=128, g_ch=128, d_ch=128, n_dis=5, learning_rate=2e-4, beta1=0.0, beta2=0.9,
   ))
+  # --mode=evaluate (samples under <workdir>/eval/<name>/step_<checkpoint step>/, kept on restart).
+  config.evaluation = ml_collections.ConfigDict(dict(
+      name="",                 # subfolder of <workdir>/eval; "" = the sampler, e.g. "ddim50"
+      num_samples=50_000,      # samples generated (and scored) per evaluation
+      metrics=("fid", "is", "kid"),  # fid | is | kid (FID Inception-v3) | digits_fd | bpd
+      reference_stats="",      # FID mu/sigma .npz (pytorch-fid / TTUR format); "" = computed from
+                               # config.data at reference_split, cached
+      reference_split="train",
+      inception_weights="",    # pytorch-fid .pth; "" = downloaded once and cached
+      feature_batch_size=200,  # Inception / classifier batch (rounded up to the device count)
+      is_splits=10,
+      kid_subsets=100,
+      kid_subset_size=1000,
+      bpd_examples=10_000,     # bits/dim on the first N images of bpd_split (0 = all)
+      bpd_split="test",
+  ))
   config.bench = ml_collections.ConfigDict(dict(
-      kind="core",        # core | depth | samplers
+      kind="core",        # core | depth | samplers | precision (fp32/bf16 x remat: speed, memory)
       batch_sizes=(1, 8, 32),
       num_iters=5,
       sampler_steps=0,    # 0: time the full T-step sampler; else only its first N steps

@@ -1,5 +1,7 @@
 """Data parallelism: one Mesh over all devices of all processes, batch sharded on 'data'."""
 
+import os
+
 import jax
 import numpy as np
 from absl import logging
@@ -8,10 +10,23 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = "data"
 
 
+# Launchers that jax cannot auto-detect (a hand-started localhost run, a custom cluster) name the
+# coordinator and this process here; Cloud TPU VMs and SLURM jobs are auto-detected by jax.
+COORDINATOR_ENV = "JDIFF_COORDINATOR_ADDRESS"   # host:port of process 0
+NUM_PROCESSES_ENV = "JDIFF_NUM_PROCESSES"
+PROCESS_ID_ENV = "JDIFF_PROCESS_ID"
+
+
 def maybe_initialize_distributed(enabled: bool) -> None:
-  """jax.distributed.initialize() when the launcher asks for several processes."""
+  """jax.distributed.initialize() when the launcher asks for several processes
+  (config.distributed); coordinator and process ids from JDIFF_* variables when set."""
   if enabled:
-    jax.distributed.initialize()
+    kwargs = {}
+    if os.environ.get(COORDINATOR_ENV):
+      kwargs = dict(coordinator_address=os.environ[COORDINATOR_ENV],
+                    num_processes=int(os.environ[NUM_PROCESSES_ENV]),
+                    process_id=int(os.environ[PROCESS_ID_ENV]))
+    jax.distributed.initialize(**kwargs)
     logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
 
