@@ -36,4 +36,9 @@ def get_config():
 
   config.sampling.batch_size = 64
   config.sampling.num_samples = 64
+
+  # --mode=evaluate: Digits FD (not Inception FID) of 256 samples and bits/dim of 64 digits.
+  config.evaluation.metrics = ("digits_fd", "bpd")
+  config.evaluation.num_samples = 256
+  config.evaluation.bpd_examples = 64
   return config

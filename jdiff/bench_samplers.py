@@ -97,11 +97,8 @@ def run(config, workdir: str) -> dict:
   rows = []
   for family, label, overrides in _specs(config):
     if family == "surrogate":
-      plan = sampling.build_plan(config, diffusion)
-      t_mid = overrides["t_mid"]
-      sampler = (lambda model_fn, x_T, key, plan=plan, t_mid=t_mid: sampling.surrogate_sample(
-          plan, model_fn, lambda k: surrogate_fn(k, x_T.shape[0]), t_mid, T, x_T, key))
-      evaluations = plan.rows_up_to(t_mid - 1).num_evaluations if t_mid < T else plan.num_evaluations
+      sampler, evaluations = sampling.with_surrogate(sampling.build_plan(config, diffusion),
+                                                     surrogate_fn, overrides["t_mid"], T)
     else:
       plan = sampling.build_plan(config, diffusion, **overrides)
       sampler = lambda model_fn, x_T, key, plan=plan: sampling.run_plan(plan, model_fn, x_T, key)

@@ -201,6 +201,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if data.source in ("folder", "npz", "idx"):
     _check(isinstance(data.path, str) and data.path != "", "data.path", data.path,
            f"a file or folder path when data.source={data.source!r}")
+  if "digits_fd" in config.evaluation.metrics:
+    _check(data.num_channels == 1, "evaluation.metrics", tuple(config.evaluation.metrics),
+           "without 'digits_fd' when data.num_channels=3 (Digits FD scores grayscale digits)")
   _validate_sampling(config)
 
 

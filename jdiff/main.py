@@ -2,12 +2,15 @@
 
   python -m jdiff.main --config=configs/quickstart.py --workdir=workdirs/quickstart --mode=train
   python -m jdiff.main --config=configs/quickstart.py --workdir=workdirs/quickstart --mode=sample
+  python -m jdiff.main --config=configs/quickstart.py --workdir=workdirs/quickstart --mode=evaluate
+  python -m jdiff.main --config=configs/cifar10_ddpm.py --workdir=stats --mode=reference_stats
   python -m jdiff.main --config=configs/cifar10_ddpm.py --mode=summary
   python -m jdiff.main --config=configs/quickstart.py --workdir=/tmp/bench --mode=bench
 
 Any config value can be overridden: --config.training.batch_size=64.
 """
 
+import json
 import logging as std_logging
 import sys
 
@@ -42,11 +45,14 @@ def main(argv):
     config_lib.validate(config)
   except config_lib.ConfigError as e:
     _fail(str(e), 2)
-  if mode in ("train", "sample", "bench") and not workdir:
+  if mode != "summary" and not workdir:
     _fail(f"--workdir is required for --mode={mode}", 2)
+  if mode in ("sample", "evaluate") and config.model.kind == "sngan":
+    _fail(f"--mode={mode} runs a diffusion model; an SNGAN (config.model.kind='sngan') serves as "
+          "config.surrogate of one", 2)
 
   # Imported after validation so a bad value fails before anything heavy loads.
-  from jdiff import data, generate, parallel, train  # pylint: disable=g-import-not-at-top
+  from jdiff import data, evaluate, generate, parallel, train  # pylint: disable=g-import-not-at-top
   from jdiff.models import build_model, parameter_table  # pylint: disable=g-import-not-at-top
   parallel.maybe_initialize_distributed(config.distributed)
 
@@ -61,6 +67,12 @@ def main(argv):
     elif mode == "sample":
       grid = generate.generate(config, workdir)
       print(f"samples: {workdir}/samples/samples.npz\ngrid: {grid}")
+    elif mode == "evaluate":
+      results = evaluate.evaluate(config, workdir)
+      print(json.dumps({key: value for key, value in results.items() if key != "sampling"}, indent=2))
+    elif mode == "reference_stats":
+      path = evaluate.reference_statistics(config, workdir)
+      print(f"reference statistics: {path}\nuse them with --config.evaluation.reference_stats={path}")
     elif mode == "summary":
       params = jax.eval_shape(lambda: train.init_params(build_model(config), config, jax.random.key(0)))
       table = parameter_table(params)
@@ -76,7 +88,7 @@ def main(argv):
     elif mode == "bench":
       from jdiff import bench  # pylint: disable=g-import-not-at-top
       bench.run(config, workdir)
-  except (data.DataError, generate.NoCheckpointError) as e:
+  except (data.DataError, generate.NoCheckpointError, evaluate.EvaluationError) as e:
     _fail(str(e), 1)
   except train.NonFiniteLossError as e:
     logging.error("%s", e)

@@ -241,16 +241,37 @@ def build_plan(config, diffusion: diffusion_lib.GaussianDiffusion, name: Optiona
   raise ValueError(f"sampler {name!r}: allowed {SAMPLERS}")
 
 
-def build_sampler(config, diffusion: diffusion_lib.GaussianDiffusion) -> Callable:
-  """sampler(model_fn, x_T, rng) for config.sampling.
+def with_surrogate(plan: Plan, surrogate_fn: Callable, t_mid: int, num_timesteps: int):
+  """(sampler(model_fn, x_T, rng) running Algorithm 4 from 1-based t_mid, its network evaluations
+  per sample). surrogate_fn(key, batch_size) -> images of x_T's shape."""
+  def sampler(model_fn, x_T, rng):
+    return surrogate_sample(plan, model_fn, lambda key: surrogate_fn(key, x_T.shape[0]), t_mid,
+                            num_timesteps, x_T, rng)
+  if t_mid >= num_timesteps:
+    return sampler, plan.num_evaluations
+  return sampler, plan.rows_up_to(t_mid - 1).num_evaluations
+
+
+def build_sampler(config, diffusion: diffusion_lib.GaussianDiffusion,
+                  surrogate_fn: Optional[Callable] = None) -> Callable:
+  """sampler(model_fn, x_T, rng) for config.sampling; with surrogate_fn (surrogate.make_surrogate_fn)
+  it starts from the surrogate at config.surrogate.t_mid.
 
   With depth.power > 0 the model function is called as model_fn(x, t, depth).
   """
+  return build_sampler_and_evaluations(config, diffusion, surrogate_fn)[0]
+
+
+def build_sampler_and_evaluations(config, diffusion: diffusion_lib.GaussianDiffusion,
+                                  surrogate_fn: Optional[Callable] = None):
+  """(build_sampler's sampler, its network evaluations per sample)."""
   plan = build_plan(config, diffusion)
+  if surrogate_fn is not None:
+    return with_surrogate(plan, surrogate_fn, config.surrogate.t_mid, diffusion.num_timesteps)
 
   def sampler(model_fn, x_T, rng):
     return run_plan(plan, model_fn, x_T, rng)
-  return sampler
+  return sampler, plan.num_evaluations
 
 
 def make_sample_fn(sampler: Callable, model_fn_from_params: Callable, mesh, image_shape,

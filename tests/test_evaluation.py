@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from jdiff.evaluation import digits_fd, inception, metrics, plots, torch_weights
+from jdiff.evaluation import digits_fd, inception, metrics, torch_weights
 
 # ----------------------------------------------------------------------------------------------
 # Frechet distance, Inception Score, KID
@@ -336,12 +336,3 @@ def test_digits_fd_separates_real_digits_from_noise(tmp_path):
   upsampled = np.repeat(np.repeat(held_out, 4, axis=1), 4, axis=2)
   assert digits_fd.digits_frechet_distance(upsampled, str(tmp_path)) == pytest.approx(real, rel=1e-4)
 
-
-def test_plot_tradeoff_writes_a_png(tmp_path):
-  runs = [{"label": "ddim", "nfe": [10, 50, 20], "fid": [12.0, 5.0, 8.0]},
-          {"label": "ancestral", "nfe": 1000, "fid": 4.0}]
-  path = plots.plot_tradeoff(runs, "nfe", "fid", str(tmp_path / "plots" / "tradeoff.png"), log_x=True)
-  with open(path, "rb") as f:
-    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  with pytest.raises(ValueError):
-    plots.plot_tradeoff([{"label": "x", "nfe": 1}], "nfe", "fid", str(tmp_path / "bad.png"))

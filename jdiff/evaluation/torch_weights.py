@@ -303,7 +303,7 @@ def state_dict_from_inception_variables(variables: Mapping) -> Dict[str, np.ndar
 # Download
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
@@ -324,7 +324,7 @@ def fid_inception_weights_path(path: str = "", directory: str = "") -> str:
   directory = directory or cache_dir()
   cached = os.path.join(directory, FID_WEIGHTS_FILENAME)
   if os.path.isfile(cached):
-    if _sha256(cached) != FID_WEIGHTS_SHA256:
+    if file_sha256(cached) != FID_WEIGHTS_SHA256:
       raise RuntimeError(f"{cached} has the wrong sha256 (expected {FID_WEIGHTS_SHA256}); "
                          "delete it and retry")
     return cached
@@ -333,7 +333,7 @@ def fid_inception_weights_path(path: str = "", directory: str = "") -> str:
   try:
     with os.fdopen(fd, "wb") as out, urllib.request.urlopen(FID_WEIGHTS_URL, timeout=60) as response:
       shutil.copyfileobj(response, out)
-    if _sha256(partial) != FID_WEIGHTS_SHA256:
+    if file_sha256(partial) != FID_WEIGHTS_SHA256:
       raise OSError("the downloaded file has the wrong sha256")
   except OSError as e:
     os.remove(partial)

@@ -1,0 +1,283 @@
+"""--mode=evaluate: N samples from the latest checkpoint with the configured sampler, scored.
+
+  <workdir>/eval/<name>/step_<checkpoint step>/
+    samples/batch_00000.npz ...  uint8 batches; a restarted evaluation makes only missing ones
+    grid.png                     the first 256 samples
+    metrics.json                 the scores, the sampler, its cost (network evaluations, seconds)
+  TensorBoard scalars eval/<name>/<metric> at the checkpoint step, in <workdir>.
+
+Metrics (config.evaluation.metrics): fid, is, kid on the FID Inception-v3 network against the
+reference (a precomputed mu/sigma .npz, or computed from config.data and cached); digits_fd
+(jdiff.evaluation.digits_fd, for 8x8-digit-scale work; not Inception FID); bpd (bits/dim of the
+data's bpd_split under the VLB, jdiff.likelihood).
+
+--mode=reference_stats writes the reference mu/sigma of config.data for later evaluations.
+"""
+
+import hashlib
+import json
+import os
+import time
+from typing import Dict, Tuple
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from jax.experimental import multihost_utils
+
+from jdiff import data as data_lib
+from jdiff import generate
+from jdiff import images as images_lib
+from jdiff import parallel
+from jdiff.evaluation import metrics as metrics_lib
+
+INCEPTION_METRICS = ("fid", "is", "kid")
+GRID_SIZE = 256
+
+
+class EvaluationError(RuntimeError):
+  pass
+
+
+def default_name(config, network_evaluations: int) -> str:
+  """e.g. "ancestral1000", "ddim50_eta0.0", "fastdpm-step10_kappa0.0", "+ _c2" for adaptive depth."""
+  s = config.sampling
+  name = {"ancestral": f"ancestral{network_evaluations}",
+          "respaced": f"respaced{s.steps}-{s.respacing}",
+          "ddim": f"ddim{s.steps}_eta{s.eta}",
+          "fastdpm": f"fastdpm-{s.fastdpm_kind}{s.steps}_kappa{s.kappa}"}[s.name]
+  if config.depth.power > 0:
+    name += f"_c{config.depth.power:g}"
+  if config.surrogate.kind != "none":
+    name += f"_{config.surrogate.kind}-tmid{config.surrogate.t_mid}"
+  return name
+
+
+def curve_name(config) -> str:
+  """The sampler without its step count: trade-off plots join runs with the same curve name."""
+  s = config.sampling
+  curve = {"ancestral": "ancestral", "respaced": f"respaced-{s.respacing}",
+           "ddim": f"DDIM eta={s.eta}",
+           "fastdpm": f"FastDPM-{s.fastdpm_kind.upper()} kappa={s.kappa}"}[s.name]
+  if config.depth.power > 0:
+    curve += f" c={config.depth.power:g}"
+  if config.surrogate.kind != "none":
+    curve += f" +{config.surrogate.kind}"
+  return curve
+
+
+# ----------------------------------------------------------------------------------------------
+# Samples
+
+
+def _sampler_signature(config, generator) -> dict:
+  """What the stored samples depend on: a restart with a different one must not mix them in."""
+  return {"sampling": config.sampling.to_dict(), "depth_power": config.depth.power,
+          "surrogate": config.surrogate.to_dict(), "seed": config.seed,
+          "checkpoint_step": generator.checkpoint_step, "batch_size": generator.batch_size}
+
+
+def _write_npz_atomically(path: str, **arrays) -> None:
+  partial = path + ".partial.npz"
+  np.savez(partial, **arrays)
+  os.replace(partial, path)  # a killed run never leaves a half-written batch behind
+
+
+def generate_samples(config, generator: generate.Generator, out_dir: str) -> Tuple[np.ndarray, dict]:
+  """config.evaluation.num_samples uint8 samples, batches kept in <out_dir>/samples/; returns
+  (samples, timing) where timing has the measured seconds per sample (compile excluded)."""
+  sample_dir = os.path.join(out_dir, "samples")
+  signature_path = os.path.join(out_dir, "sampler.json")
+  signature = json.loads(json.dumps(_sampler_signature(config, generator)))  # as stored (lists)
+  if os.path.exists(signature_path):
+    with open(signature_path) as f:
+      stored = json.load(f)
+    if stored != signature:
+      raise EvaluationError(
+          f"{sample_dir} holds samples of a different sampler or batch size (see {signature_path}); "
+          "set --config.evaluation.name to a new name, or delete that folder")
+  num_batches = -(-config.evaluation.num_samples // generator.batch_size)
+  paths = [os.path.join(sample_dir, f"batch_{i:05d}.npz") for i in range(num_batches)]
+  missing = [i for i, path in enumerate(paths) if not os.path.exists(path)]
+  # Every process must see the same `missing` before process 0 writes anything.
+  multihost_utils.sync_global_devices("jdiff evaluate: listed sample batches")
+  if jax.process_index() == 0:
+    os.makedirs(sample_dir, exist_ok=True)
+    with open(signature_path, "w") as f:
+      json.dump(signature, f, indent=2)
+
+  compile_s = generator.compile() if missing else 0.0
+  start = time.time()
+  for done, i in enumerate(missing):
+    batch_start = time.perf_counter()
+    images = generator.sample(i)
+    seconds = time.perf_counter() - batch_start
+    if jax.process_index() == 0:
+      _write_npz_atomically(paths[i], images=images, seconds=seconds)
+    elapsed = time.time() - start
+    logging.info("evaluate: sample batch %d/%d (%d kept from before), %.1f s elapsed, ETA %.0f s",
+                 done + 1, len(missing), num_batches - len(missing), elapsed,
+                 elapsed / (done + 1) * (len(missing) - done - 1))
+  multihost_utils.sync_global_devices("jdiff evaluate: sample batches written")
+
+  batches, seconds = [], []
+  for path in paths:
+    with np.load(path) as f:
+      batches.append(f["images"])
+      seconds.append(float(f["seconds"]))
+  samples = np.concatenate(batches)[:config.evaluation.num_samples]
+  timing = {"seconds_per_sample": float(np.sum(seconds)) / (num_batches * generator.batch_size),
+            "compile_s": compile_s, "batches_generated_now": len(missing),
+            "batches_kept": num_batches - len(missing)}
+  return samples, timing
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference features and statistics
+
+
+def _data_key(config, split: str) -> str:
+  """Names a data set's cached features: source, split, size and (local sources) path."""
+  data = config.data
+  key = f"{data.source}-{split}-{data.image_size}px{data.num_channels}c"
+  if data.source in ("folder", "npz", "idx"):
+    key += "-" + hashlib.sha256(os.path.abspath(data.path).encode()).hexdigest()[:8]
+  return key
+
+
+def _load_data(config, split: str) -> np.ndarray:
+  data_config = config.data.copy_and_resolve_references()
+  data_config.split = split
+  return data_lib.load_images(data_config)
+
+
+def _inception(config) -> Tuple[dict, str]:
+  """(FID Inception variables, a tag naming the weights in feature cache names)."""
+  from jdiff.evaluation import inception, torch_weights  # pylint: disable=g-import-not-at-top
+  given = config.evaluation.inception_weights
+  try:
+    path = torch_weights.fid_inception_weights_path(given)
+  except (OSError, RuntimeError) as e:
+    raise EvaluationError(f"config.evaluation.inception_weights={given!r}: {e}") from None
+  # The default download is sha256-checked, so it is the official file; a given file may be
+  # anything, so its features are cached under its own hash.
+  tag = "fid_inception" + (f"-{torch_weights.file_sha256(path)[:12]}" if given else "")
+  return inception.load_fid_inception_variables(path), tag
+
+
+def reference_inception_features(config, variables, tag: str, split: str) -> Dict[str, np.ndarray]:
+  """{"pool3", "logits"} of the data set's `split`, computed once and cached."""
+  from jdiff.evaluation import inception  # pylint: disable=g-import-not-at-top
+
+  def compute():
+    images = _load_data(config, split)
+    logging.info("reference: Inception features of %d %s images (cached afterwards)", len(images),
+                 _data_key(config, split))
+    pool3, logits = inception.fid_inception_features(
+        variables, _float_batches(images), config.evaluation.feature_batch_size)
+    return {"pool3": pool3, "logits": logits}
+  return metrics_lib.cached_features(f"{_data_key(config, split)}-{tag}", compute)
+
+
+def _float_batches(images_uint8: np.ndarray, batch_size: int = 1000):
+  """[-1, 1] float batches of uint8 images, converted lazily (a data set can be large)."""
+  for i in range(0, len(images_uint8), batch_size):
+    yield np.asarray(data_lib.to_float(images_uint8[i:i + batch_size]))
+
+
+def reference_statistics(config, workdir: str) -> str:
+  """--mode=reference_stats: mu/sigma of config.data's reference_split on the FID Inception
+  network -> <workdir>/reference_stats/<data key>.npz (the TTUR / pytorch-fid format)."""
+  split = config.evaluation.reference_split
+  variables, tag = _inception(config)
+  features = reference_inception_features(config, variables, tag, split)["pool3"]
+  path = os.path.join(workdir, "reference_stats", f"{_data_key(config, split)}-{tag}.npz")
+  if jax.process_index() == 0:
+    metrics_lib.save_statistics(path, *metrics_lib.feature_statistics(features))
+  return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Scores
+
+
+def inception_scores(config, samples_uint8: np.ndarray) -> dict:
+  """FID / IS / KID (those in config.evaluation.metrics) of the samples."""
+  from jdiff.evaluation import inception  # pylint: disable=g-import-not-at-top
+  wanted = config.evaluation.metrics
+  variables, tag = _inception(config)
+  pool3, logits = inception.fid_inception_features(variables, _float_batches(samples_uint8),
+                                                   config.evaluation.feature_batch_size)
+  scores = {}
+  split = config.evaluation.reference_split
+  if "fid" in wanted:
+    if config.evaluation.reference_stats:
+      try:
+        reference = metrics_lib.load_statistics(config.evaluation.reference_stats)
+      except (OSError, ValueError) as e:
+        raise EvaluationError(
+            f"config.evaluation.reference_stats={config.evaluation.reference_stats!r}: {e}") from None
+      scores["fid_reference"] = os.path.abspath(config.evaluation.reference_stats)
+    else:
+      reference = metrics_lib.feature_statistics(
+          reference_inception_features(config, variables, tag, split)["pool3"])
+      scores["fid_reference"] = f"{_data_key(config, split)} (computed, cached)"
+    scores["fid"] = metrics_lib.frechet_distance(*metrics_lib.feature_statistics(pool3), *reference)
+  if "is" in wanted:
+    num_splits = min(config.evaluation.is_splits, len(logits))
+    scores["inception_score"], scores["inception_score_std"] = metrics_lib.inception_score(
+        logits, num_splits)
+    scores["inception_score_splits"] = num_splits
+  if "kid" in wanted:
+    reference_pool3 = reference_inception_features(config, variables, tag, split)["pool3"]
+    scores["kid"], scores["kid_std"] = metrics_lib.kernel_inception_distance(
+        pool3, reference_pool3, config.evaluation.kid_subsets, config.evaluation.kid_subset_size,
+        seed=config.seed)
+    scores["kid_subset_size"] = min(config.evaluation.kid_subset_size, len(pool3),
+                                    len(reference_pool3))
+  return scores
+
+
+def evaluate(config, workdir: str) -> dict:
+  """Generates (or reuses) the samples and scores them; returns the metrics.json contents."""
+  mesh = parallel.make_mesh()
+  generator = generate.make_generator(config, workdir, mesh)
+  name = config.evaluation.name or default_name(config, generator.network_evaluations)
+  out_dir = os.path.join(workdir, "eval", name, f"step_{generator.checkpoint_step}")
+  samples, timing = generate_samples(config, generator, out_dir)
+  grid_path = os.path.join(out_dir, "grid.png")
+  if jax.process_index() == 0:
+    images_lib.save_grid(samples[:GRID_SIZE], grid_path)
+
+  results = {
+      "name": name, "curve": curve_name(config), "checkpoint_step": generator.checkpoint_step,
+      "num_samples": int(len(samples)), "network_evaluations": generator.network_evaluations,
+      **timing, "device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
+      "sampling": config.sampling.to_dict(), "depth_power": config.depth.power,
+      "surrogate": config.surrogate.kind, "grid": grid_path,
+  }
+  wanted = config.evaluation.metrics
+  if any(metric in wanted for metric in INCEPTION_METRICS):
+    results.update(inception_scores(config, samples))
+  if "digits_fd" in wanted:
+    from jdiff.evaluation import digits_fd  # pylint: disable=g-import-not-at-top
+    results["digits_fd"] = digits_fd.digits_frechet_distance(data_lib.to_float(samples))
+  if "bpd" in wanted:
+    from jdiff import likelihood  # pylint: disable=g-import-not-at-top
+    bpd = likelihood.evaluate_bits_per_dim(config, workdir, config.evaluation.bpd_examples,
+                                           split=config.evaluation.bpd_split)
+    renamed = {"num_examples": "bpd_examples", "split": "bpd_split", "seconds": "bpd_seconds"}
+    results.update({renamed.get(key, key): value for key, value in bpd.items()
+                    if key not in ("checkpoint_step", "variance_type")})
+
+  scalars = {f"eval/{name}/{key}": value for key, value in results.items()
+             if key in ("fid", "inception_score", "kid", "digits_fd", "bits_per_dim",
+                        "seconds_per_sample")}
+  if jax.process_index() == 0:
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+      json.dump(results, f, indent=2)
+    writer = metric_writers.create_default_writer(workdir)
+    writer.write_scalars(generator.checkpoint_step, scalars)
+    writer.close()
+  return results

@@ -1,0 +1,202 @@
+"""--mode=evaluate, --mode=reference_stats and the trade-off plot command, on tiny trained models."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, TINY_OVERRIDES, cli, tiny_config
+from jdiff import data as data_lib
+from jdiff import evaluate
+from jdiff import plots
+from jdiff import train
+from jdiff.evaluation import digits_fd, inception, metrics, torch_weights
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+  # Feature caches and the digits classifier go to the test's own folder.
+  monkeypatch.setenv("JDIFF_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _trained(config, workdir, steps=2):
+  config.training.num_steps = steps
+  config.training.checkpoint_every = steps
+  train.train(config, str(workdir))
+  return config
+
+
+def _stored_samples(out_dir):
+  paths = sorted(glob.glob(os.path.join(out_dir, "samples", "batch_*.npz")))
+  images = []
+  for path in paths:
+    with np.load(path) as f:
+      images.append(f["images"])
+  return np.concatenate(images)
+
+
+def test_evaluate_digits_writes_metrics_grid_and_scalars_and_resumes(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = _trained(tiny_config(), workdir)
+  config.evaluation.metrics = ("digits_fd", "bpd")
+  config.evaluation.num_samples = 10  # 3 batches of 4, the last one cut to 2
+  config.evaluation.bpd_examples = 8
+  results = evaluate.evaluate(config, workdir)
+
+  out_dir = os.path.join(workdir, "eval", "ancestral20", "step_2")
+  assert results["name"] == "ancestral20" and results["network_evaluations"] == 20
+  assert results["num_samples"] == 10 and results["batches_generated_now"] == 3
+  with open(os.path.join(out_dir, "metrics.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(results))
+  samples = _stored_samples(out_dir)[:10]
+  assert samples.dtype == np.uint8 and samples.shape == (10, 8, 8, 1)
+  # The score is the library's Digits FD of exactly the stored samples.
+  expected = digits_fd.digits_frechet_distance(np.asarray(data_lib.to_float(samples)))
+  assert results["digits_fd"] == pytest.approx(expected, rel=1e-9)
+  assert results["bpd_examples"] == 8 and np.isfinite(results["bits_per_dim"])
+  assert results["bits_per_dim"] == pytest.approx(
+      results["prior_bpd"] + results["decoder_bpd"] + results["kl_terms_bpd"], rel=1e-4)
+  with open(os.path.join(out_dir, "grid.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert glob.glob(os.path.join(workdir, "events.out.tfevents.*"))
+
+  # Restart after losing one batch and the scores: only that batch is made again, identically.
+  kept = os.path.join(out_dir, "samples", "batch_00000.npz")
+  kept_mtime = os.stat(kept).st_mtime_ns
+  os.remove(os.path.join(out_dir, "samples", "batch_00001.npz"))
+  os.remove(os.path.join(out_dir, "metrics.json"))
+  again = evaluate.evaluate(config, workdir)
+  assert again["batches_generated_now"] == 1 and again["batches_kept"] == 2
+  assert os.stat(kept).st_mtime_ns == kept_mtime
+  np.testing.assert_array_equal(_stored_samples(out_dir)[:10], samples)
+  assert again["digits_fd"] == results["digits_fd"]
+
+  # Samples of another sampler are never mixed into these.
+  config.sampling.batch_size = 2
+  with pytest.raises(evaluate.EvaluationError, match="evaluation.name"):
+    evaluate.evaluate(config, workdir)
+
+
+def test_default_names_tell_samplers_apart():
+  config = tiny_config()
+  names = set()
+  for name, extra in (("ancestral", {}), ("ddim", dict(eta=0.0)), ("ddim", dict(eta=1.0)),
+                      ("respaced", {}), ("fastdpm", dict(fastdpm_kind="var", schedule="linear"))):
+    config.sampling.name = name
+    config.sampling.update(extra)
+    names.add(evaluate.default_name(config, 10))
+  config.depth.power = 2.0
+  names.add(evaluate.default_name(config, 10))
+  assert len(names) == 6
+  assert evaluate.curve_name(config).endswith("c=2")
+
+
+@pytest.fixture(scope="module")
+def random_weights_file(tmp_path_factory):
+  """A file in the pytorch-fid format holding random weights (the real one cannot be downloaded
+  here); every number below is therefore only a consistency check, not a real FID."""
+  path = str(tmp_path_factory.mktemp("weights") / "pt_inception-random.pth")
+  state_dict = torch_weights.state_dict_from_inception_variables(inception.init_inception_variables(1))
+  torch_weights.save_state_dict(path, state_dict)
+  return path
+
+
+def test_inception_metrics_and_reference_statistics_agree(tmp_path, random_weights_file):
+  rng = np.random.default_rng(0)
+  data_path = str(tmp_path / "rgb.npz")
+  np.savez(data_path, images=rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8))
+  config = tiny_config()
+  config.data.update(source="npz", path=data_path, num_channels=3, random_flip=True)
+  config.evaluation.update(metrics=("fid", "is", "kid"), num_samples=8, feature_batch_size=8,
+                           is_splits=2, kid_subsets=5, kid_subset_size=4,
+                           inception_weights=random_weights_file)
+  workdir = str(tmp_path / "run")
+  _trained(config, workdir)
+  results = evaluate.evaluate(config, workdir)
+
+  # Recompute every score from the stored samples and the data with the library's pieces.
+  variables = inception.load_fid_inception_variables(random_weights_file)
+  samples = _stored_samples(os.path.join(workdir, "eval", results["name"], "step_2"))[:8]
+  pool3, logits = inception.fid_inception_features(variables, data_lib.to_float(samples), 8)
+  data_pool3, _ = inception.fid_inception_features(
+      variables, data_lib.to_float(data_lib.load_images(config.data)), 8)
+  assert results["fid"] == pytest.approx(
+      metrics.frechet_distance_from_features(pool3, data_pool3), rel=1e-6)
+  assert (results["inception_score"], results["inception_score_std"]) == pytest.approx(
+      metrics.inception_score(logits, 2), rel=1e-6)
+  assert (results["kid"], results["kid_std"]) == pytest.approx(
+      metrics.kernel_inception_distance(pool3, data_pool3, 5, 4, seed=config.seed), rel=1e-6)
+
+  # The statistics file of --mode=reference_stats gives the same FID as the computed reference.
+  stats_path = evaluate.reference_statistics(config, str(tmp_path / "stats"))
+  mu, sigma = metrics.load_statistics(stats_path)
+  np.testing.assert_allclose(mu, data_pool3.mean(axis=0), rtol=1e-5, atol=1e-6)
+  config.evaluation.update(metrics=("fid",), reference_stats=stats_path, name="with_stats_file")
+  from_file = evaluate.evaluate(config, workdir)
+  assert from_file["fid"] == pytest.approx(results["fid"], rel=1e-6)
+  assert from_file["fid_reference"] == os.path.abspath(stats_path)
+
+
+def test_evaluate_cli_errors_are_one_line(tmp_path):
+  workdir = str(tmp_path / "empty")
+  base = ["--config=configs/quickstart.py", f"--workdir={workdir}", "--mode=evaluate", *TINY_OVERRIDES]
+  result = cli(base)
+  assert result.returncode == 1 and "no checkpoint" in result.stderr.strip().splitlines()[-1]
+  result = cli(base + ["--config.data.num_channels=3"])
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1].startswith("error: config.evaluation.metrics=")
+  result = cli(base + ["--config.evaluation.metrics=('fid','typo')"])
+  assert result.returncode == 2 and "typo" in result.stderr.strip().splitlines()[-1]
+  result = cli(["--config=configs/quickstart.py", "--mode=reference_stats"])
+  assert result.returncode == 2 and "--workdir is required" in result.stderr
+
+
+def test_reference_stats_without_weights_fails_with_one_line(tmp_path):
+  result = cli(["--config=configs/quickstart.py", f"--workdir={tmp_path}", "--mode=reference_stats",
+                f"--config.evaluation.inception_weights={tmp_path / 'absent.pth'}"])
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: config.evaluation.inception_weights=")
+
+
+# ----------------------------------------------------------------------------------------------
+# Trade-off plots
+
+
+def test_plot_tradeoff_writes_a_png(tmp_path):
+  runs = [{"label": "ddim", "nfe": [10, 50, 20], "fid": [12.0, 5.0, 8.0]},
+          {"label": "ancestral", "nfe": 1000, "fid": 4.0}]
+  path = plots.plot_tradeoff(runs, "nfe", "fid", str(tmp_path / "plots" / "tradeoff.png"), log_x=True)
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(ValueError):
+    plots.plot_tradeoff([{"label": "x", "nfe": 1}], "nfe", "fid", str(tmp_path / "bad.png"))
+
+
+def _write_metrics(workdir, name, curve, nfe, fid):
+  path = os.path.join(workdir, "eval", name, "step_10", "metrics.json")
+  os.makedirs(os.path.dirname(path))
+  with open(path, "w") as f:
+    json.dump({"name": name, "curve": curve, "network_evaluations": nfe, "fid": fid}, f)
+
+
+def test_plots_command_groups_metrics_files_into_curves(tmp_path):
+  for nfe in (10, 20, 50):
+    _write_metrics(str(tmp_path / "full"), f"ddim{nfe}", "DDIM eta=0.0", nfe, 100.0 / nfe)
+    _write_metrics(str(tmp_path / "adaptive"), f"ddim{nfe}_c2", "DDIM eta=0.0 c=2", nfe, 120.0 / nfe)
+  paths = glob.glob(str(tmp_path / "*" / "eval" / "*" / "step_*" / "metrics.json"))
+  runs = plots.runs_from_metrics_files(paths)
+  assert {run["label"] for run in runs} == {"full: DDIM eta=0.0", "adaptive: DDIM eta=0.0 c=2"}
+
+  command = [sys.executable, "-m", "jdiff.plots", "--metrics", str(tmp_path / "*/eval/*/step_*/metrics.json")]
+  out = str(tmp_path / "tradeoff.png")
+  result = subprocess.run(command + ["--out", out, "--log_x"], cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr
+  assert "6 points" in result.stdout and os.path.getsize(out) > 1000
+  result = subprocess.run(command + ["--y", "inception_score"], cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 2
+  assert result.stderr.strip().startswith("error: --y=inception_score: not a number")
