@@ -11,7 +11,9 @@ class Checkpointer:
   """Saves/restores a train-state pytree under <workdir>/checkpoints."""
 
   def __init__(self, workdir: str, keep: int):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    # Cloud paths (gs://bucket/run, for TPU pods) go to orbax as they are; abspath would mangle them.
+    base = workdir if "://" in workdir else os.path.abspath(workdir)
+    self.directory = os.path.join(base, "checkpoints")
     self.manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 

@@ -9,6 +9,7 @@ Conversion to floats in [-1, 1] and random flips happen on the device, inside th
 
 import gzip
 import os
+import socket
 from typing import Iterator, Optional
 
 import jax
@@ -143,7 +144,9 @@ def _load_tfds(name: str, split: str, image_size: int, num_channels: int, data_d
         "Download it where there is network (tfds build " + name + "), point config.data.data_dir "
         "at it, or use data.source=folder/npz with a local copy.") from e
   os.makedirs(os.path.dirname(cache), exist_ok=True)
-  partial = cache + ".partial.npy"
+  # Several processes (one per node of a multi-host run, or per GPU) may decode into a shared
+  # data_dir at once: each writes its own partial file; the atomic rename makes one of them the cache.
+  partial = f"{cache}.partial-{socket.gethostname()}-{os.getpid()}.npy"
   out = np.lib.format.open_memmap(partial, "w+", np.uint8, (count, image_size, image_size, num_channels))
   for i, example in enumerate(tfds.as_numpy(dataset)):
     out[i] = _fit(example["image"][None], image_size, num_channels)[0]
