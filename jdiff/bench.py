@@ -1,7 +1,8 @@
 """--mode=bench: U-Net forward and train-step throughput, sampler speed, compile times, memory, FLOPs.
 
 Writes <workdir>/bench.json and prints a table. Benchmarks are measurements, not tests.
-config.bench.kind selects the core benchmark here, or the adaptive-depth / sampler ones.
+config.bench.kind selects the core benchmark here, or the adaptive-depth / sampler / precision
+(bf16 x remat) ones.
 """
 
 import json
@@ -146,6 +147,9 @@ def run(config, workdir: str) -> dict:
   elif kind == "depth":
     from jdiff import bench_depth  # pylint: disable=g-import-not-at-top
     return bench_depth.run(config, workdir)
+  elif kind == "precision":
+    from jdiff import bench_precision  # pylint: disable=g-import-not-at-top
+    return bench_precision.run(config, workdir)
   else:
     from jdiff import bench_samplers  # pylint: disable=g-import-not-at-top
     return bench_samplers.run(config, workdir)

@@ -1,4 +1,11 @@
-"""U-Net building blocks (Ho et al. 2020), NHWC."""
+"""U-Net building blocks (Ho et al. 2020), NHWC.
+
+`dtype` is the compute dtype (float32 or bfloat16); parameters are always float32 (flax's
+default param_dtype), so optimizer state and gradients are float32 too. Under bfloat16, the
+numerically sensitive parts stay float32: GroupNorm statistics and normalisation (flax promotes
+them to float32 and casts only the result), attention logits and softmax, and the
+squeeze-excitation average.
+"""
 
 import math
 from typing import Any
@@ -82,8 +89,9 @@ class AttnBlock(nn.Module):
     q = Dense(channels, dtype=self.dtype, name="q")(h).reshape(batch, height * width, channels)
     k = Dense(channels, dtype=self.dtype, name="k")(h).reshape(batch, height * width, channels)
     v = Dense(channels, dtype=self.dtype, name="v")(h).reshape(batch, height * width, channels)
-    weights = jnp.einsum("bqc,bkc->bqk", q, k) * (channels ** -0.5)
-    weights = jax.nn.softmax(weights.astype(jnp.float32), axis=-1).astype(v.dtype)
+    # Logits accumulate and stay in float32 (also under bfloat16 compute): softmax is sensitive.
+    logits = jnp.einsum("bqc,bkc->bqk", q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits * (channels ** -0.5), axis=-1).astype(v.dtype)
     h = jnp.einsum("bqk,bkc->bqc", weights, v).reshape(batch, height, width, channels)
     return x + Dense(channels, init_scale=0.0, dtype=self.dtype, name="proj_out")(h)
 
@@ -113,7 +121,7 @@ class SqueezeExcitation(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(x.dtype)
     s = nn.swish(Dense(self.reduced_ch, dtype=self.dtype, name="reduce")(s))
     return x * nn.sigmoid(Dense(x.shape[-1], dtype=self.dtype, name="expand")(s))
 

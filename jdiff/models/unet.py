@@ -8,6 +8,13 @@ expansive block lacks its input from below and gets, by `skip_type`:
   interpolate: that tensor taken to the middle block's size (1x1 conv + bicubic resize),
                through the middle block, and back (bicubic resize + 1x1 conv).
 Submodules carry explicit names so that one set of parameters serves every depth.
+
+Mixed precision: `dtype` is the compute dtype of convs, dense layers and attention; parameters
+stay float32. The output head (final GroupNorm + conv) runs in float32 and the output is
+float32, so the loss and its gradients are float32 (see layers.py for the other float32 parts).
+Rematerialisation: `remat` wraps every ResBlock / MBConvBlock / AttnBlock in flax's lifted
+jax.checkpoint, so their activations are recomputed in the backward pass instead of stored;
+outputs and gradients are unchanged (dropout masks too: the lifted rngs are replayed).
 """
 
 from typing import Any, Sequence
@@ -20,6 +27,13 @@ from jdiff.models import layers
 
 SKIP_TYPES = ("zero", "duplicate", "interpolate")
 BLOCK_TYPES = ("res", "mbconv")
+
+# Rematerialised blocks. `train` (argument 3, counting self) is a Python bool: static.
+_REMAT_BLOCKS = {
+    layers.ResBlock: nn.remat(layers.ResBlock, static_argnums=(3,)),
+    layers.MBConvBlock: nn.remat(layers.MBConvBlock, static_argnums=(3,)),
+    layers.AttnBlock: nn.remat(layers.AttnBlock),
+}
 
 
 class UNet(nn.Module):
@@ -43,12 +57,13 @@ class UNet(nn.Module):
     if self.block_type not in BLOCK_TYPES:
       raise ValueError(f"block_type {self.block_type!r}: allowed {BLOCK_TYPES}")
     block_cls = layers.ResBlock if self.block_type == "res" else layers.MBConvBlock
-    block_cls = nn.remat(block_cls, static_argnums=(3,)) if self.remat else block_cls
+    block_cls = _REMAT_BLOCKS[block_cls] if self.remat else block_cls
     return block_cls(out_ch, dropout=self.dropout, num_groups=self.num_groups, dtype=self.dtype,
                      name=name)
 
   def _attn(self, name):
-    return layers.AttnBlock(num_groups=self.num_groups, dtype=self.dtype, name=name)
+    attn_cls = _REMAT_BLOCKS[layers.AttnBlock] if self.remat else layers.AttnBlock
+    return attn_cls(num_groups=self.num_groups, dtype=self.dtype, name=name)
 
   def _middle(self, h, temb, train):
     h = self._res_block(h.shape[-1], "mid_res_0")(h, temb, train)
@@ -114,9 +129,11 @@ class UNet(nn.Module):
         h = layers.Upsample(dtype=self.dtype, name=f"up_{level}_upsample")(h)
     assert not hs
 
-    h = nn.swish(layers.group_norm(self.num_groups, self.dtype, name="norm_out")(h))
-    h = layers.Conv3x3(self.out_ch, init_scale=0.0, dtype=self.dtype, name="conv_out")(h)
-    return h.astype(jnp.float32)
+    # Output head in float32: one cheap conv to out_ch channels; keeps the eps (and variance)
+    # prediction, which samplers divide by small sqrt(alpha_bar), free of bfloat16 rounding.
+    h = h.astype(jnp.float32)
+    h = nn.swish(layers.group_norm(self.num_groups, jnp.float32, name="norm_out")(h))
+    return layers.Conv3x3(self.out_ch, init_scale=0.0, dtype=jnp.float32, name="conv_out")(h)
 
   def init_all_depths(self, x, t):
     """Runs every depth once, so that `init` creates the parameters of all of them."""
