@@ -3,8 +3,20 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
+
+# Many tests (and the subprocesses and notebook kernels they start, which inherit these
+# variables) compile the same tiny programs; XLA's persistent cache compiles each once per
+# machine. Its key is the program, the jax version and the flags, so a hit is the same executable.
+XLA_CACHE = os.path.join(tempfile.gettempdir(), f"jdiff-tests-xla-cache-{os.getuid()}")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", XLA_CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")

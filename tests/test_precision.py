@@ -107,7 +107,8 @@ def primitive_counts(fn, *args):
   return collections.Counter(eqn.primitive.name for eqn in all_eqns(jax.make_jaxpr(fn)(*args)))
 
 
-@pytest.mark.parametrize("block_type", ["res", "mbconv"])
+# The MBConv variants cost a minute or more each on 2 CPU cores: `-m slow`.
+@pytest.mark.parametrize("block_type", ["res", pytest.param("mbconv", marks=pytest.mark.slow)])
 def test_remat_equals_no_remat_at_every_depth(block_type):
   params, expected = reference(block_type)
   fn = loss_and_grads_fn(model(block_type, remat=True))
@@ -147,7 +148,7 @@ def test_remat_inserts_rematerialisation():
   assert saved[True] < 0.3 * saved[False], saved  # measured: 2.9 MB vs 17.4 MB
 
 
-@pytest.mark.parametrize("block_type", ["res", "mbconv"])
+@pytest.mark.parametrize("block_type", ["res", pytest.param("mbconv", marks=pytest.mark.slow)])
 def test_bf16_close_to_fp32_with_fp32_params_and_grads(block_type):
   params, expected = reference(block_type)
   bf16 = model(block_type, dtype=jnp.bfloat16)
@@ -169,6 +170,7 @@ def test_bf16_close_to_fp32_with_fp32_params_and_grads(block_type):
     assert relative_error(flat(bf16_grads), flat(grads)) < 5 * BF16_MAX_RELATIVE_ERROR, depth
 
 
+@pytest.mark.slow  # about 100 s on 2 CPU cores
 def test_bf16_computes_in_bf16_and_reduces_in_fp32():
   """Every conv and matmul takes bf16 operands except the float32 output head (conv_out);
   every reduction (GroupNorm statistics, softmax, the SE average) runs on float32."""
