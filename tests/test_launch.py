@@ -435,6 +435,7 @@ def test_shellcheck(fake_bin, tmp_path):
   result = run(SLURM, _flags(SLURM_FLAGS) + ["--dry-run"], fake_bin)
   generated = tmp_path / "job.sbatch"
   generated.write_text(_sbatch_script(result.stdout)[1])
-  result = subprocess.run(["shellcheck", TPU, SLURM, str(generated)], capture_output=True,
-                          text=True)
+  # -x follows `source launch/common.sh` (its path is relative to the repository).
+  result = subprocess.run(["shellcheck", "-x", TPU, SLURM, str(generated)], capture_output=True,
+                          text=True, cwd=os.path.dirname(os.path.dirname(TPU)))
   assert result.returncode == 0, result.stdout + result.stderr
