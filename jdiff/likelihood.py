@@ -12,6 +12,7 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from jdiff import data as data_lib
 from jdiff import generate
@@ -58,8 +59,11 @@ def evaluate_bits_per_dim(config, workdir: str, num_examples: int = 0, batch_siz
     valid = len(batch)
     # The last batch is padded to a full one (one compiled shape); the padding is dropped.
     batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - valid, axis=0)])
-    result = jax.device_get(batch_bpd(params, parallel.global_batch_from_local(batch, mesh),
-                                      jax.random.fold_in(rng, i)))
+    # Every process passes the whole batch and keeps its own rows of the sharded array.
+    local = np.array_split(batch, jax.process_count())[jax.process_index()]
+    result = multihost_utils.process_allgather(
+        batch_bpd(params, parallel.global_batch_from_local(local, mesh), jax.random.fold_in(rng, i)),
+        tiled=True)
     totals.append(result["total"][:valid])
     priors.append(result["prior"][:valid])
     terms.append(result["terms"][:valid])
@@ -80,7 +84,8 @@ def evaluate_bits_per_dim(config, workdir: str, num_examples: int = 0, batch_siz
       "variance_type": config.diffusion.variance_type,
       "seconds": time.time() - start,
   }
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "bpd.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "bpd.json"), "w") as f:
+      json.dump(summary, f, indent=2)
   return summary

@@ -9,6 +9,7 @@ checkpoint the 2 processes wrote must then restore, and resume, in a single proc
 
 import functools
 import glob
+import json
 import os
 import shutil
 import socket
@@ -48,13 +49,14 @@ def _env(num_devices, **extra):
               TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.path.join(REPO, "tests"), **extra)
 
 
-def _start_two_processes(workdir, num_steps):
-  """`python -m jdiff.main --mode=train --config.distributed=True` in 2 processes x 2 devices."""
+def _start_two_processes(workdir, num_steps, mode="train", extra_args=()):
+  """`python -m jdiff.main --mode=MODE --config.distributed=True` in 2 processes x 2 devices."""
   port = _free_port()
   command = [sys.executable, "-m", "jdiff.main", "--config=configs/quickstart.py",
-             f"--workdir={workdir}", "--mode=train", *TINY_OVERRIDES,
+             f"--workdir={workdir}", f"--mode={mode}", *TINY_OVERRIDES,
              f"--config.training.num_steps={num_steps}",
-             f"--config.training.checkpoint_every={CHECKPOINT_EVERY}", "--config.distributed=True"]
+             f"--config.training.checkpoint_every={CHECKPOINT_EVERY}", "--config.distributed=True",
+             *extra_args]
   return [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            text=True, env=_env(2, JDIFF_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                                                JDIFF_NUM_PROCESSES="2",
@@ -200,6 +202,36 @@ def test_two_processes_train_like_one_and_their_checkpoint_resumes_in_one_proces
 
 # Two processes decoding the same TFDS split into one data_dir at once (the processes of a
 # multi-host run sharing a home directory): tensorflow_datasets is faked, the race is real.
+_EVALUATE_ARGS = ("--config.evaluation.num_samples=10", "--config.evaluation.bpd_examples=8")
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_like_one(tmp_path):
+  """--mode=evaluate in 2 processes x 2 devices: the same samples, Digits FD and bits/dim as one
+  process with 4 devices, each written once (by process 0)."""
+  workdir = str(tmp_path / "run")
+  one_process = [sys.executable, "-m", "jdiff.main", "--config=configs/quickstart.py",
+                 f"--workdir={workdir}", *TINY_OVERRIDES, f"--config.training.num_steps={CHECKPOINT_EVERY}",
+                 f"--config.training.checkpoint_every={CHECKPOINT_EVERY}", *_EVALUATE_ARGS]
+  for mode in ("train", "evaluate"):
+    _wait([subprocess.Popen(one_process + [f"--mode={mode}", "--config.evaluation.name=one"],
+                            cwd=REPO, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)])
+  _wait(_start_two_processes(workdir, CHECKPOINT_EVERY, "evaluate",
+                             (*_EVALUATE_ARGS, "--config.evaluation.name=two")))
+  results = {}
+  for name in ("one", "two"):
+    out_dir = os.path.join(workdir, "eval", name, f"step_{CHECKPOINT_EVERY}")
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+      results[name] = json.load(f)
+    batches = sorted(glob.glob(os.path.join(out_dir, "samples", "batch_*.npz")))
+    results[name]["samples"] = np.concatenate([np.load(path)["images"] for path in batches])
+  np.testing.assert_array_equal(results["two"]["samples"], results["one"]["samples"])
+  for key in ("digits_fd", "bits_per_dim"):
+    assert results["two"][key] == pytest.approx(results["one"][key], rel=1e-5), key
+  assert results["two"]["num_devices"] == 4
+
+
 _DECODE_SCRIPT = textwrap.dedent("""
     import os, sys, time, types
     import numpy as np
