@@ -40,16 +40,22 @@ def compile_only(jitted: Callable, args):
   return stats, compiled
 
 
-def compile_and_time(jitted: Callable, args, num_iters: int) -> Dict[str, float]:
-  """compile_only's stats plus the best and median of num_iters timed calls after a warm-up."""
+def compile_and_run(jitted: Callable, args, num_iters: int):
+  """(compile_only's stats plus the best and median of num_iters timed calls after a warm-up,
+  the compiled function, the warm-up call's output)."""
   stats, compiled = compile_only(jitted, args)
-  jax.block_until_ready(compiled(*args))
+  output = jax.block_until_ready(compiled(*args))
   times = []
   for _ in range(num_iters):
     start = time.perf_counter()
     jax.block_until_ready(compiled(*args))
     times.append(time.perf_counter() - start)
-  return dict(stats, best_s=float(np.min(times)), median_s=float(np.median(times)))
+  return dict(stats, best_s=float(np.min(times)), median_s=float(np.median(times))), compiled, output
+
+
+def compile_and_time(jitted: Callable, args, num_iters: int) -> Dict[str, float]:
+  """compile_and_run's stats."""
+  return compile_and_run(jitted, args, num_iters)[0]
 
 
 def peak_memory_bytes() -> Dict[str, int]:

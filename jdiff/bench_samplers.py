@@ -11,13 +11,13 @@ Uses the EMA params of the workdir's latest checkpoint, or random ones when ther
 
 import json
 import os
-import time
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import jax
 import numpy as np
 from absl import logging
 
+from jdiff import bench
 from jdiff import depth as depth_lib
 from jdiff import generate as generate_lib
 from jdiff import parallel
@@ -49,22 +49,6 @@ def _specs(config) -> List[Tuple[str, str, dict]]:
                dict(t_mid=t_mid)) for t_mid in config.surrogate.t_mids]
   wanted = tuple(config.bench.samplers) or FAMILIES
   return [spec for spec in specs if spec[0] in wanted or spec[0] == "ddpm"]
-
-
-def _time(sample_fn, params, num_iters: int) -> Dict[str, float]:
-  """Compile time, then the best and median of num_iters calls after one warm-up call."""
-  key = jax.random.key(0)
-  start = time.perf_counter()
-  compiled = sample_fn.lower(params, key).compile()
-  compile_s = time.perf_counter() - start
-  jax.block_until_ready(compiled(params, key))
-  times = []
-  for i in range(num_iters):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(params, jax.random.key(i + 1)))
-    times.append(time.perf_counter() - start)
-  return {"compile_s": compile_s, "best_s": float(np.min(times)),
-          "median_s": float(np.median(times)), "compiled": compiled}
 
 
 def _quality(compiled, params, num_samples: int, batch_size: int) -> float:
@@ -104,7 +88,8 @@ def run(config, workdir: str) -> dict:
       sampler = lambda model_fn, x_T, key, plan=plan: sampling.run_plan(plan, model_fn, x_T, key)
       evaluations = plan.num_evaluations
     sample_fn = sampling.make_sample_fn(sampler, model_fn_from_params, mesh, shape, batch_size)
-    timing = _time(sample_fn, params, config.bench.num_iters)
+    timing, compiled, _ = bench.compile_and_run(sample_fn, (params, jax.random.key(0)),
+                                                config.bench.num_iters)
     row = {"family": family, "sampler": label, "network_evaluations": evaluations,
            "compile_s": timing["compile_s"], "batch_size": batch_size,
            "seconds_per_sample": timing["best_s"] / batch_size,
@@ -113,7 +98,7 @@ def run(config, workdir: str) -> dict:
     if family == "surrogate":
       row["t_mid"] = overrides["t_mid"]
     if quality:
-      row["digits_fd"] = _quality(timing["compiled"], params, config.bench.quality_samples,
+      row["digits_fd"] = _quality(compiled, params, config.bench.quality_samples,
                                   batch_size)
     rows.append(row)
     logging.info("%s: %.5f s/sample, %d evaluations", label, row["seconds_per_sample"], evaluations)

@@ -128,14 +128,18 @@ def test_tpu_dry_run_from_environment(fake_bin):
   assert "--workdir=gs://my-bucket/runs/exp/1" in _python_argv(train)
 
 
-@pytest.mark.parametrize("field", sorted(TPU_FLAGS))
-def test_tpu_missing_value_names_flag_and_variable(fake_bin, field):
-  values = {k: v for k, v in TPU_FLAGS.items() if k != field}
-  result = run(TPU, _flags(values) + ["--dry-run"], fake_bin, check=False)
-  flag, var = f"--{field.replace('_', '-')}", f"JDIFF_TPU_{field.upper()}"
+def _assert_missing_value_is_one_line(script, flags, prefix, field, fake_bin):
+  values = {k: v for k, v in flags.items() if k != field}
+  result = run(script, _flags(values) + ["--dry-run"], fake_bin, check=False)
+  flag, var = f"--{field.replace('_', '-')}", f"{prefix}{field.upper()}"
   assert result.returncode != 0 and result.stdout == ""
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and flag in lines[0] and var in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("field", sorted(TPU_FLAGS))
+def test_tpu_missing_value_names_flag_and_variable(fake_bin, field):
+  _assert_missing_value_is_one_line(TPU, TPU_FLAGS, "JDIFF_TPU_", field, fake_bin)
 
 
 def test_tpu_subcommands(fake_bin):
@@ -346,12 +350,7 @@ def test_slurm_dry_run_flags_and_environment(fake_bin):
 
 @pytest.mark.parametrize("field", ["nodes", "gpus_per_node", "config", "workdir"])
 def test_slurm_missing_value_names_flag_and_variable(fake_bin, field):
-  values = {k: v for k, v in SLURM_FLAGS.items() if k != field}
-  result = run(SLURM, _flags(values) + ["--dry-run"], fake_bin, check=False)
-  flag, var = f"--{field.replace('_', '-')}", f"JDIFF_SLURM_{field.upper()}"
-  assert result.returncode != 0 and result.stdout == ""
-  lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and flag in lines[0] and var in lines[0], result.stderr
+  _assert_missing_value_is_one_line(SLURM, SLURM_FLAGS, "JDIFF_SLURM_", field, fake_bin)
   bad = run(SLURM, _flags(dict(SLURM_FLAGS, nodes="0")) + ["--dry-run"], fake_bin, check=False)
   assert bad.returncode == 2 and "--nodes=0" in bad.stderr
 
