@@ -23,6 +23,7 @@ from jdiff import generate as generate_lib
 from jdiff import parallel
 from jdiff import sampling
 from jdiff import train as train_lib
+from jdiff.errors import CheckpointMissingError
 from jdiff.models import build_model
 
 FAMILIES = ("ddpm", "respaced", "ddim", "fastdpm", "surrogate")
@@ -64,7 +65,7 @@ def run(config, workdir: str) -> dict:
   diffusion = train_lib.build_diffusion(config)
   try:
     params, step = generate_lib.restore_ema_params(config, workdir, model, mesh)
-  except generate_lib.NoCheckpointError:
+  except CheckpointMissingError:
     logging.warning("no checkpoint in %s: timing with random params", workdir)
     params, step = train_lib.init_state(config, model, train_lib.make_optimizer(config.training),
                                         mesh).ema_params, None

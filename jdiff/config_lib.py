@@ -9,6 +9,8 @@ from typing import Any, Callable, Sequence, Tuple
 
 import ml_collections
 
+from jdiff.errors import ConfigError
+
 from jdiff import depth as depth_lib
 from jdiff import diffusion as diffusion_lib
 from jdiff import objectives
@@ -19,10 +21,6 @@ from jdiff.models import presets, unet
 DATA_SOURCES = ("digits", "cifar10", "mnist", "fashion_mnist", "celeb_a", "folder", "npz", "idx")
 EVALUATION_METRICS = ("fid", "is", "kid", "digits_fd", "bpd")
 MODES = ("train", "sample", "evaluate", "reference_stats", "summary", "bench")
-
-
-class ConfigError(ValueError):
-  pass
 
 
 def _is_int(value):
@@ -247,6 +245,46 @@ def _validate_sampling(config: ml_collections.ConfigDict) -> None:
            f"file, when surrogate.kind={surrogate.kind!r}")
 
 
+# What a checkpoint holds. A train run resumes only a checkpoint whose values of these fields
+# equal its own (model, diffusion, image shape and the objective); sampling and evaluation need
+# the model, diffusion and image shape. How it computes (model.remat, model.dtype) and how it
+# trains (batch size, learning rate, steps, logging) may change between runs.
+_COMPUTE_ONLY_MODEL_FIELDS = ("remat", "dtype", "preset")  # preset: its resolved fields count
+_OBJECTIVE_FIELDS = ("training.loss", "training.iwdiff_k", "training.timestep_sampler",
+                     "training.extra_updates", "depth.training", "gan.n_dis")
+CHECKPOINT_PURPOSES = ("train", "sample")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def checkpoint_identity(config: ml_collections.ConfigDict, purpose: str) -> dict:
+  """{field: value} that a checkpoint written under `config` must match to be resumed
+  (purpose 'train') or sampled from (purpose 'sample')."""
+  if purpose not in CHECKPOINT_PURPOSES:
+    raise ValueError(f"purpose={purpose!r}: must be one of {CHECKPOINT_PURPOSES}")
+  identity = {}
+  for field, value in _flatten(config.to_dict()).items():
+    section, _, name = field.partition(".")
+    holds = ((section == "model" and name not in _COMPUTE_ONLY_MODEL_FIELDS)
+             or section == "diffusion" or field in ("data.image_size", "data.num_channels")
+             or field in ("gan.z_dim", "gan.g_ch", "gan.d_ch"))
+    trains = purpose == "train" and (
+        field in _OBJECTIVE_FIELDS
+        # Bucketed training draws its batches by k(t), so c shapes what was learned.
+        or (field == "depth.power" and config.depth.training == "bucketed"))
+    if holds or trains:
+      identity[field] = list(value) if isinstance(value, tuple) else value
+  return identity
+
+
 def default_config() -> ml_collections.ConfigDict:
   """Every field with its default (Ho et al.'s CIFAR-10 setup); configs/*.py override it."""
   config = ml_collections.ConfigDict()
@@ -256,6 +294,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict(dict(
       source="cifar10",   # a TFDS name, "digits" (sklearn), or a local "folder" / "npz" / "idx"
       path="",            # local sources: the folder or file
+      npz_key="",         # data.source=npz: the array to train on ("" = images/x/train_x, or the
+                          # only uint8 image array in the file)
       data_dir="",        # TFDS data_dir ("" = TFDS default)
       split="train",
       image_size=32,

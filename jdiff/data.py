@@ -10,19 +10,23 @@ Conversion to floats in [-1, 1] and random flips happen on the device, inside th
 import gzip
 import os
 import socket
-from typing import Iterator, Optional
+import zipfile
+import zlib
+from typing import Iterator, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
 from absl import logging
 from PIL import Image
 
+from jdiff.errors import DataError
+
 TFDS_SOURCES = ("cifar10", "mnist", "fashion_mnist", "celeb_a")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-class DataError(RuntimeError):
-  """A data set that is missing or unreadable; the message says what to do."""
+NPZ_CONVENTIONAL_KEYS = ("images", "x", "train_x")  # used, in this order, when data.npz_key is ""
+EXPECTED_IMAGES = "expected uint8 images [N, H, W] or [N, H, W, C] with C = 1 or 3"
+# What reading a damaged or foreign file through np.load / zipfile / gzip can raise.
+_READ_ERRORS = (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, NotImplementedError)
 
 
 def to_float(images_uint8):
@@ -55,12 +59,61 @@ def _match_channels(images: np.ndarray, num_channels: int) -> np.ndarray:
   raise DataError(f"images have {images.shape[-1]} channels; config.data.num_channels is {num_channels}")
 
 
-def _fit(images: np.ndarray, image_size: int, num_channels: int) -> np.ndarray:
-  """NHWC uint8 at image_size x image_size with num_channels."""
+def _short(error: BaseException) -> str:
+  """The first line of an exception's message (its type name if it has none), for one-line errors."""
+  lines = str(error).strip().splitlines()
+  text = lines[0] if lines else type(error).__name__
+  return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _image_problem(shape: Sequence[int], dtype: np.dtype) -> Optional[str]:
+  """None for a valid image array (uint8 [N, H, W] or [N, H, W, C], C in {1, 3}, N > 0), else
+  what is wrong with it and how to fix it ("" when there is nothing more to say)."""
+  hints = []
+  ndim = len(shape)
+  if ndim <= 2:
+    hints.append(f"rank {ndim}: reshape flattened images to [N, H, W], or make one image x[None]"
+                 if ndim == 2 else f"rank {ndim}")
+  elif ndim >= 5:
+    hints.append(f"rank {ndim}")
+  elif ndim == 4 and shape[-1] not in (1, 3):
+    if shape[1] in (1, 3):
+      hints.append(f"{shape[-1]} channels: channels-first? use x.transpose(0, 2, 3, 1)")
+    elif shape[-1] == 4:
+      hints.append("4 channels: RGBA? drop alpha with x[..., :3]")
+    else:
+      hints.append(f"{shape[-1]} channels")
+  if dtype != np.uint8:
+    if dtype.kind == "f":
+      hints.append(f"{dtype} values: convert to uint8 0..255, e.g. with "
+                   "(x * 255).round().astype(np.uint8) if they are in [0, 1]")
+    elif dtype.kind in "iub":
+      hints.append(f"{dtype} values: convert with x.astype(np.uint8) if they are 0..255")
+    elif dtype.kind == "O":
+      hints.append("object arrays (pickled Python objects) are not loaded")
+    else:
+      hints.append(f"{dtype} values")
+  if 3 <= ndim <= 4 and shape[0] == 0:
+    hints.append("N = 0: it holds no images")
+  if not hints and ndim in (3, 4) and dtype == np.uint8:
+    return None
+  return "; ".join(hints)
+
+
+def _check_images(shape: Sequence[int], dtype: np.dtype, where: str, also: str = "") -> None:
+  """Raises DataError "<where> has shape (...) dtype ...; expected ..." unless a valid image array."""
+  problem = _image_problem(shape, dtype)
+  if problem is not None:
+    detail = f" ({problem})" if problem else ""
+    raise DataError(f"{where} has shape {tuple(int(n) for n in shape)} dtype {dtype}; "
+                    f"{EXPECTED_IMAGES}{detail}{also}")
+
+
+def _fit(images: np.ndarray, image_size: int, num_channels: int, where: str = "images") -> np.ndarray:
+  """NHWC uint8 at image_size x image_size with num_channels; `where` names the array in errors."""
+  _check_images(images.shape, images.dtype, where)
   if images.ndim == 3:
     images = images[..., None]
-  if images.dtype != np.uint8:
-    raise DataError(f"images must be uint8, got {images.dtype}")
   images = _match_channels(images, num_channels)
   if images.shape[1:3] != (image_size, image_size):
     images = np.stack([center_crop_resize(image, image_size) for image in images])
@@ -82,22 +135,130 @@ def _read_idx(path: str) -> np.ndarray:
     raise DataError(f"{path}: not an idx file of uint8 (MNIST format)")
   ndim = data[3]
   shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-  return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+  offset = 4 + 4 * ndim
+  if len(data) < offset or len(data) - offset != int(np.prod(shape)):
+    raise DataError(f"{path}: idx header says shape {shape} ({int(np.prod(shape))} bytes); the file "
+                    f"holds {max(len(data) - offset, 0)} bytes after it (truncated or damaged?)")
+  return np.frombuffer(data, np.uint8, offset=offset).reshape(shape)
 
 
-def _read_npz(path: str, key: Optional[str]) -> np.ndarray:
-  with np.load(path) as archive:
+def _npy_header(f) -> Tuple[Tuple[int, ...], np.dtype]:
+  """(shape, dtype) from the header of an open .npy stream, without reading the data."""
+  version = np.lib.format.read_magic(f)
+  read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+          else np.lib.format.read_array_header_2_0)
+  shape, _, dtype = read(f)
+  return tuple(int(n) for n in shape), np.dtype(dtype)
+
+
+def _npz_headers(archive) -> dict:
+  """{array name: (shape, dtype), or None if the member is not a .npy array}, without loading data."""
+  members = set(archive.zip.namelist())
+  headers = {}
+  for name in archive.files:
+    try:
+      with archive.zip.open(name + ".npy" if name + ".npy" in members else name) as f:
+        headers[name] = _npy_header(f)
+    except _READ_ERRORS:
+      headers[name] = None
+  return headers
+
+
+def _describe_arrays(headers: dict, names: Sequence[str], limit: int = 8) -> str:
+  parts = [f"{name!r} " + (f"{headers[name][0]} {headers[name][1]}" if headers[name] else
+                           "(not a .npy array)") for name in names[:limit]]
+  if len(names) > limit:
+    parts.append(f"and {len(names) - limit} more")
+  return ", ".join(parts)
+
+
+def _choose_npz_array(path: str, headers: dict, key: str) -> str:
+  """The name of the array of an .npz archive to train on; see config.data.npz_key."""
+  names = list(headers)
+  if key:
+    if key not in headers:
+      raise DataError(f"{path}: config.data.npz_key={key!r} is not an array of this file; it has "
+                      f"{_describe_arrays(headers, names) if names else 'no arrays'}")
+    return key
+  for name in NPZ_CONVENTIONAL_KEYS:
+    if name in headers:
+      return name
+  images = [n for n in names if headers[n] and _image_problem(*headers[n]) is None]
+  if len(images) == 1:
+    return images[0]
+  if len(images) > 1:
+    raise DataError(f"{path}: holds several image arrays ({_describe_arrays(headers, images)}) and none "
+                    f"is named {'/'.join(NPZ_CONVENTIONAL_KEYS)}; set config.data.npz_key to one of "
+                    f"them (e.g. --config.data.npz_key={images[0]})")
+  if len(names) == 1:  # the only array: its own check says precisely what is wrong with it
+    return names[0]
+  holds = f"it holds {_describe_arrays(headers, names)}" if names else "it holds no arrays"
+  raise DataError(f"{path}: no image array ({holds}); {EXPECTED_IMAGES}")
+
+
+def _sniff(path: str) -> str:
+  """'npz', 'npy', or why the file is neither (read from its first bytes)."""
+  try:
+    with open(path, "rb") as f:
+      head = f.read(6)
+  except OSError as e:
+    raise DataError(f"{path}: unreadable ({e.strerror or _short(e)}); data.source='npz' needs a "
+                    ".npz or .npy file") from e
+  if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+    return "npz"
+  if head == b"\x93NUMPY":
+    return "npy"
+  if not head:
+    return "the file is empty"
+  if head[:1] == b"\x80":
+    return "it is a Python pickle, which jdiff does not load"
+  return "it starts with neither the zip nor the .npy signature"
+
+
+def _read_npz(path: str, key: str) -> Tuple[np.ndarray, str]:
+  """The image array of an .npz archive (or of a .npy file) and how to name it in errors."""
+  not_numpy = f"{path}: not a NumPy .npz archive (np.savez) or .npy file"
+  if os.path.isdir(path):
+    raise DataError(f"{path}: is a folder; data.source='npz' needs a .npz or .npy file "
+                    "(use data.source='folder' for a folder of images)")
+  kind = _sniff(path)
+  if kind not in ("npz", "npy"):
+    raise DataError(f"{not_numpy} ({kind})")
+  if kind == "npy":  # check the header first: an object array must fail on its dtype, not on mmap
+    try:
+      with open(path, "rb") as f:
+        header = _npy_header(f)
+    except _READ_ERRORS as e:
+      raise DataError(f"{not_numpy} ({_short(e)})") from e
+    _check_images(*header, f"{path}: the .npy array")
+  try:
+    loaded = np.load(path, mmap_mode="r" if kind == "npy" else None, allow_pickle=False)
+  except _READ_ERRORS as e:
+    raise DataError(f"{not_numpy} ({_short(e)})") from e
+  if isinstance(loaded, np.ndarray):
     if key:
-      if key not in archive:
-        raise DataError(f"{path}: no array {key!r}; it has {sorted(archive.keys())}")
-      return archive[key]
-    for name in ("images", "x", "train_x"):
-      if name in archive:
-        return archive[name]
-    candidates = [k for k in archive.keys() if archive[k].dtype == np.uint8 and archive[k].ndim in (3, 4)]
-    if not candidates:
-      raise DataError(f"{path}: no uint8 image array [N,H,W(,C)]; set config.data.npz_key")
-    return archive[candidates[0]]
+      logging.warning("data: config.data.npz_key=%r ignored: %s is a .npy file (one array)", key, path)
+    logging.info("data: read the .npy file %s: shape %s dtype %s", path, loaded.shape, loaded.dtype)
+    return loaded, f"{path}: the .npy array"
+  with loaded as archive:
+    try:
+      headers = _npz_headers(archive)
+    except _READ_ERRORS as e:
+      raise DataError(f"{not_numpy} ({_short(e)})") from e
+    name = _choose_npz_array(path, headers, key)
+    where = f"{path}: array {name!r}"
+    if headers[name] is None:
+      raise DataError(f"{where} is not a .npy array (np.savez writes one per array); {EXPECTED_IMAGES}")
+    others = [n for n in headers if n != name and headers[n] and _image_problem(*headers[n]) is None]
+    also = (f"; or set config.data.npz_key to one of {others} (image arrays of this file)"
+            if others else "")
+    _check_images(*headers[name], where, also)
+    try:
+      images = archive[name]
+    except _READ_ERRORS as e:
+      raise DataError(f"{where}: unreadable ({_short(e)}); the file is damaged") from e
+  logging.info("data: using array %r of %s: shape %s dtype %s", name, path, images.shape, images.dtype)
+  return images, where
 
 
 def _read_folder(path: str, split: str, image_size: int, num_channels: int) -> np.ndarray:
@@ -149,7 +310,7 @@ def _load_tfds(name: str, split: str, image_size: int, num_channels: int, data_d
   partial = f"{cache}.partial-{socket.gethostname()}-{os.getpid()}.npy"
   out = np.lib.format.open_memmap(partial, "w+", np.uint8, (count, image_size, image_size, num_channels))
   for i, example in enumerate(tfds.as_numpy(dataset)):
-    out[i] = _fit(example["image"][None], image_size, num_channels)[0]
+    out[i] = _fit(example["image"][None], image_size, num_channels, f"TFDS {name!r} image {i}")[0]
     if i % 10000 == 0:
       logging.info("decoding %s: %d / %d", name, i, count)
   out.flush()
@@ -163,7 +324,7 @@ def load_images(data_config) -> np.ndarray:
   source, size, channels = data_config.source, data_config.image_size, data_config.num_channels
   path = data_config.get("path", "")
   if source == "digits":
-    images = load_digits()
+    images, where = load_digits(), "sklearn digits"
   elif source in TFDS_SOURCES:
     return _load_tfds(source, data_config.split, size, channels, data_config.get("data_dir", ""))
   else:
@@ -173,14 +334,14 @@ def load_images(data_config) -> np.ndarray:
       if source == "folder":
         return _read_folder(path, data_config.split, size, channels)
       if source == "npz":
-        images = _read_npz(path, data_config.get("npz_key", ""))
+        images, where = _read_npz(path, data_config.get("npz_key", ""))
       elif source == "idx":
-        images = _read_idx(path)
+        images, where = _read_idx(path), f"{path}: the idx array"
       else:
         raise DataError(f"config.data.source={source!r}: unknown")
-    except (OSError, ValueError) as e:
-      raise DataError(f"{path}: unreadable as data.source={source!r} ({e})") from e
-  return _fit(np.asarray(images), size, channels)
+    except _READ_ERRORS as e:
+      raise DataError(f"{path}: unreadable as data.source={source!r} ({_short(e)})") from e
+  return _fit(images, size, channels, where)
 
 
 class BatchStream:

@@ -11,14 +11,19 @@ reference (a precomputed mu/sigma .npz, or computed from config.data and cached)
 (jdiff.evaluation.digits_fd, for 8x8-digit-scale work; not Inception FID); bpd (bits/dim of the
 data's bpd_split under the VLB, jdiff.likelihood).
 
+Before any sample is made, check_inputs checks the output folder is writable and loads the
+Inception weights and reference statistics the metrics need; a bad one is a one-line
+EvaluationError.
+
 --mode=reference_stats writes the reference mu/sigma of config.data for later evaluations.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
 import time
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -30,14 +35,12 @@ from jdiff import data as data_lib
 from jdiff import generate
 from jdiff import images as images_lib
 from jdiff import parallel
+from jdiff.errors import EvaluationError
 from jdiff.evaluation import metrics as metrics_lib
 
 INCEPTION_METRICS = ("fid", "is", "kid")
+INCEPTION_POOL3_DIM = 2048  # FID features: reference statistics are mu [2048], sigma [2048, 2048]
 GRID_SIZE = 256
-
-
-class EvaluationError(RuntimeError):
-  pass
 
 
 def default_name(config, network_evaluations: int) -> str:
@@ -152,18 +155,36 @@ def _load_data(config, split: str) -> np.ndarray:
   return data_lib.load_images(data_config)
 
 
+def _one_line(error: BaseException) -> str:
+  """An exception's message on one line, or its type when the message is empty."""
+  return " ".join(str(error).split()) or type(error).__name__
+
+
 def _inception(config) -> Tuple[dict, str]:
-  """(FID Inception variables, a tag naming the weights in feature cache names)."""
+  """(FID Inception variables, a tag naming the weights in feature cache names).
+
+  Any failure to find or read the weight file is an EvaluationError naming
+  config.evaluation.inception_weights and the file.
+  """
   from jdiff.evaluation import inception, torch_weights  # pylint: disable=g-import-not-at-top
   given = config.evaluation.inception_weights
+  field = f"config.evaluation.inception_weights={given!r}"
   try:
     path = torch_weights.fid_inception_weights_path(given)
   except (OSError, RuntimeError) as e:
-    raise EvaluationError(f"config.evaluation.inception_weights={given!r}: {e}") from None
-  # The default download is sha256-checked, so it is the official file; a given file may be
-  # anything, so its features are cached under its own hash.
-  tag = "fid_inception" + (f"-{torch_weights.file_sha256(path)[:12]}" if given else "")
-  return inception.load_fid_inception_variables(path), tag
+    raise EvaluationError(f"{field}: {_one_line(e)}") from None
+  try:
+    # The default download is sha256-checked, so it is the official file; a given file may be
+    # anything, so its features are cached under its own hash.
+    tag = "fid_inception" + (f"-{torch_weights.file_sha256(path)[:12]}" if given else "")
+    variables = inception.load_fid_inception_variables(path)
+  except Exception as e:  # pylint: disable=broad-except
+    # A damaged or foreign file fails in many ways (OSError, zip and pickle errors, KeyError,
+    # wrong shapes, ...): each is the same one-line error.
+    raise EvaluationError(
+        f"{field}: cannot read {path} as the pytorch-fid Inception-v3 weights "
+        f"({type(e).__name__}: {_one_line(e)})") from None
+  return variables, tag
 
 
 def reference_inception_features(config, variables, tag: str, split: str) -> Dict[str, np.ndarray]:
@@ -202,22 +223,74 @@ def reference_statistics(config, workdir: str) -> str:
 # Scores
 
 
-def inception_scores(config, samples_uint8: np.ndarray) -> dict:
-  """FID / IS / KID (those in config.evaluation.metrics) of the samples."""
+def _reference_stats(config) -> Tuple[np.ndarray, np.ndarray]:
+  """(mu, sigma) of config.evaluation.reference_stats, checked: FID pool3 size, finite."""
+  given = config.evaluation.reference_stats
+  try:
+    return metrics_lib.load_statistics(given, dim=INCEPTION_POOL3_DIM)
+  except Exception as e:  # pylint: disable=broad-except
+    # Missing, unreadable (zip, pickle, zlib errors), wrong keys, shapes or values.
+    raise EvaluationError(
+        f"config.evaluation.reference_stats={given!r}: {_one_line(e)} (expected an .npz with mu "
+        f"[{INCEPTION_POOL3_DIM}] and sigma [{INCEPTION_POOL3_DIM}, {INCEPTION_POOL3_DIM}], "
+        "as --mode=reference_stats writes)") from None
+
+
+def _check_writable(out_dir: str) -> None:
+  """Process 0 creates out_dir and writes and deletes a probe file there; every process raises
+  EvaluationError if that failed (so none of them goes on to sample alone)."""
+  error = ""
+  if jax.process_index() == 0:
+    probe = os.path.join(out_dir, f".jdiff-write-probe-{os.getpid()}")
+    try:
+      os.makedirs(out_dir, exist_ok=True)
+      with open(probe, "w") as f:
+        f.write("jdiff")
+      os.remove(probe)
+    except OSError as e:
+      error = e.strerror or _one_line(e)
+  failed = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
+  if int(failed):
+    raise EvaluationError(f"{out_dir}: cannot write evaluation outputs "
+                          f"({error or 'process 0 could not write there'})")
+
+
+@dataclasses.dataclass
+class EvaluationInputs:
+  """What check_inputs loaded, for the scores to use (so nothing is loaded twice)."""
+  inception: Optional[Tuple[dict, str]] = None     # (variables, cache tag) for fid / is / kid
+  reference_stats: Optional[Tuple[np.ndarray, np.ndarray]] = None  # (mu, sigma) for fid
+
+
+def check_inputs(config, out_dir: str) -> EvaluationInputs:
+  """Checks (and loads) everything the evaluation needs before any sample is made: the output
+  folder is writable, the reference statistics file (if FID uses one) and the Inception weights
+  (if fid / is / kid are wanted). Each failure is a one-line EvaluationError."""
+  wanted = config.evaluation.metrics
+  _check_writable(out_dir)
+  inputs = EvaluationInputs()
+  if "fid" in wanted and config.evaluation.reference_stats:
+    inputs.reference_stats = _reference_stats(config)
+  if any(metric in wanted for metric in INCEPTION_METRICS):
+    inputs.inception = _inception(config)
+  return inputs
+
+
+def inception_scores(config, samples_uint8: np.ndarray,
+                     inputs: Optional[EvaluationInputs] = None) -> dict:
+  """FID / IS / KID (those in config.evaluation.metrics) of the samples; `inputs` from
+  check_inputs (loaded here when not given)."""
   from jdiff.evaluation import inception  # pylint: disable=g-import-not-at-top
   wanted = config.evaluation.metrics
-  variables, tag = _inception(config)
+  inputs = inputs or EvaluationInputs()
+  variables, tag = inputs.inception or _inception(config)
   pool3, logits = inception.fid_inception_features(variables, _float_batches(samples_uint8),
                                                    config.evaluation.feature_batch_size)
   scores = {}
   split = config.evaluation.reference_split
   if "fid" in wanted:
     if config.evaluation.reference_stats:
-      try:
-        reference = metrics_lib.load_statistics(config.evaluation.reference_stats)
-      except (OSError, ValueError) as e:
-        raise EvaluationError(
-            f"config.evaluation.reference_stats={config.evaluation.reference_stats!r}: {e}") from None
+      reference = inputs.reference_stats or _reference_stats(config)
       scores["fid_reference"] = os.path.abspath(config.evaluation.reference_stats)
     else:
       reference = metrics_lib.feature_statistics(
@@ -245,6 +318,8 @@ def evaluate(config, workdir: str) -> dict:
   generator = generate.make_generator(config, workdir, mesh)
   name = config.evaluation.name or default_name(config, generator.network_evaluations)
   out_dir = os.path.join(workdir, "eval", name, f"step_{generator.checkpoint_step}")
+  # Bad inputs fail here, in one line, not after minutes of sampling.
+  inputs = check_inputs(config, out_dir)
   samples, timing = generate_samples(config, generator, out_dir)
   grid_path = os.path.join(out_dir, "grid.png")
   if jax.process_index() == 0:
@@ -259,7 +334,7 @@ def evaluate(config, workdir: str) -> dict:
   }
   wanted = config.evaluation.metrics
   if any(metric in wanted for metric in INCEPTION_METRICS):
-    results.update(inception_scores(config, samples))
+    results.update(inception_scores(config, samples, inputs))
   if "digits_fd" in wanted:
     from jdiff.evaluation import digits_fd  # pylint: disable=g-import-not-at-top
     results["digits_fd"] = digits_fd.digits_frechet_distance(data_lib.to_float(samples))

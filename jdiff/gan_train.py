@@ -14,8 +14,10 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from jdiff import checkpoint as checkpoint_lib
+from jdiff import config_lib
 from jdiff import data as data_lib
 from jdiff import parallel
+from jdiff.errors import CheckpointMissingError
 from jdiff.models import gan
 
 
@@ -123,30 +125,63 @@ def make_generate_fn(config, state: GANState) -> Callable:
 
 
 def restore(config, workdir: str, mesh) -> GANState:
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.training.keep_checkpoints)
+  """The latest good SNGAN checkpoint (read only); CheckpointMissingError when there is none."""
+  checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
   try:
-    state = checkpointer.restore_latest(abstract_state(config, mesh))
+    restored = checkpointer.restore_latest(
+        {checkpoint_lib.STATE: abstract_state(config, mesh)},
+        config_lib.checkpoint_identity(config, "sample"), _LEGACY(config, mesh))
   finally:
     checkpointer.close()
-  if state is None:
-    raise FileNotFoundError(f"no SNGAN checkpoint in {checkpointer.directory}: train it first "
-                            "(--mode=train with its config and --workdir)")
-  return state
+  if restored is None:
+    raise CheckpointMissingError(f"no SNGAN checkpoint in {checkpointer.directory}: train it "
+                                 "first (--mode=train with its config and --workdir)")
+  return restored[1][checkpoint_lib.STATE]
 
 
-def train(config, workdir: str) -> GANState:
-  """Trains the SNGAN of config until config.training.num_steps generator steps (resumable)."""
+def _LEGACY(config, mesh) -> checkpoint_lib.Legacy:  # pylint: disable=invalid-name
+  """SNGAN checkpoints from before named items hold the GANState as their one item."""
+  return checkpoint_lib.Legacy(abstract_state(config, mesh),
+                               lambda whole: {checkpoint_lib.STATE: whole})
+
+
+def train(config, workdir: str, from_scratch: bool = False):
+  """Trains the SNGAN of config until config.training.num_steps generator steps (resumable; see
+  train.train for what is refused, and for SIGTERM / SIGINT)."""
+  from jdiff import train as train_lib  # pylint: disable=g-import-not-at-top  (TrainResult)
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.training.batch_size, "training.batch_size")
   images = data_lib.load_images(config.data)
   stream = data_lib.BatchStream(images, config.training.batch_size, config.seed)
   generator, discriminator = gan.build_gan(config)
   optimizer = make_optimizer(config)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.training.keep_checkpoints)
-  state = checkpointer.restore_latest(abstract_state(config, mesh))
-  if state is None:
-    state = jax.jit(functools.partial(_init, config, generator, discriminator, optimizer),
-                    out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
+  identity = config_lib.checkpoint_identity(config, "train")
+  record = checkpoint_lib.identity_record(config.to_dict(), identity)
+  interruption = checkpoint_lib.Interruption()
+  try:
+    with checkpoint_lib.WorkdirLock(workdir):
+      checkpointer = checkpoint_lib.Checkpointer(workdir, config.training.keep_checkpoints)
+      try:
+        restored = checkpoint_lib.resume(checkpointer, {checkpoint_lib.STATE: abstract_state(config, mesh)},
+                                         identity, _LEGACY(config, mesh), from_scratch)
+        if restored is None:
+          state = jax.jit(functools.partial(_init, config, generator, discriminator, optimizer),
+                          out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
+        else:
+          state = restored[1][checkpoint_lib.STATE]
+        train_lib.write_config_record(config, workdir)
+        state = _train_loop(config, workdir, state, stream, checkpointer, record, interruption,
+                            generator, discriminator, optimizer, mesh)
+      finally:
+        checkpoint_lib.close_or_fail(checkpointer)
+  finally:
+    interruption.restore()
+  return train_lib.TrainResult(state, int(state.step), interruption.signal_name,
+                               interruption.exit_code)
+
+
+def _train_loop(config, workdir, state, stream, checkpointer, record, interruption, generator,
+                discriminator, optimizer, mesh) -> GANState:
   replicated = parallel.replicated(mesh)
   real_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
   train_step = jax.jit(make_train_step(config, generator, discriminator, optimizer),
@@ -158,19 +193,23 @@ def train(config, workdir: str) -> GANState:
   step = int(state.step)
   try:
     while step < num_steps:
+      if interruption.requested():
+        checkpoint_lib.save_or_fail(checkpointer, step, {checkpoint_lib.STATE: state}, record,
+                                    wait=True)
+        logging.warning("saved a checkpoint at step %d after %s", step, interruption.signal_name)
+        break
       # Generator step s uses the data batches n_dis * s .. n_dis * s + n_dis - 1.
       real = np.stack([stream.batch(step * n_dis + i) for i in range(n_dis)])
       global_shape = (n_dis, real.shape[1] * jax.process_count()) + real.shape[2:]
       real = jax.make_array_from_process_local_data(real_sharding, real, global_shape)
       state, metrics = train_step(state, real)
       step += 1
-      progress(step)
       if step % config.training.log_every == 0 or step == num_steps:
         writer.write_scalars(step, jax.device_get(metrics))
+        progress(step)
       if step % config.training.checkpoint_every == 0 or step == num_steps:
-        checkpointer.save(step, state)
+        checkpoint_lib.save_or_fail(checkpointer, step, {checkpoint_lib.STATE: state}, record)
   finally:
-    checkpointer.close()
     writer.flush()
-  logging.info("SNGAN trained to step %d", step)
+  logging.info("SNGAN at step %d", step)
   return state

@@ -14,29 +14,40 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from jdiff import checkpoint as checkpoint_lib
+from jdiff import config_lib
 from jdiff import depth as depth_lib
 from jdiff import images as images_lib
 from jdiff import parallel
 from jdiff import sampling
 from jdiff import train as train_lib
+from jdiff.errors import CheckpointMissingError
 from jdiff.models import build_model
 
 
-class NoCheckpointError(RuntimeError):
-  pass
-
-
 def restore_ema_params(config, workdir, model, mesh):
-  optimizer = train_lib.make_optimizer(config.training)
-  checkpointer = train_lib.checkpoint_lib.Checkpointer(workdir, config.training.keep_checkpoints)
+  """(EMA params, step) of the latest good checkpoint; restores nothing else (no optimizer).
+
+  Reads only: a mistyped workdir gets an error and no new folder.
+  """
+  checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
   try:
-    state = checkpointer.restore_latest(train_lib.abstract_state(config, model, optimizer, mesh))
+    abstract_params = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)),
+        jax.eval_shape(lambda: train_lib.init_params(model, config, jax.random.key(0))))
+    # Checkpoints from before named items hold one whole TrainState.
+    legacy = checkpoint_lib.Legacy(
+        train_lib.abstract_state(config, model, train_lib.make_optimizer(config.training), mesh),
+        lambda whole: {checkpoint_lib.EMA_PARAMS: whole.ema_params})
+    restored = checkpointer.restore_latest({checkpoint_lib.EMA_PARAMS: abstract_params},
+                                           config_lib.checkpoint_identity(config, "sample"), legacy)
   finally:
     checkpointer.close()
-  if state is None:
-    raise NoCheckpointError(f"no checkpoint in {checkpointer.directory}: train first "
-                            "(--mode=train with the same --workdir)")
-  return state.ema_params, int(state.step)
+  if restored is None:
+    raise CheckpointMissingError(f"no checkpoint in {checkpointer.directory}: train first "
+                                 "(--mode=train with the same --workdir)")
+  step, items = restored
+  return items[checkpoint_lib.EMA_PARAMS], step
 
 
 @dataclasses.dataclass

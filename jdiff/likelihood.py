@@ -33,7 +33,7 @@ def evaluate_bits_per_dim(config, workdir: str, num_examples: int = 0, batch_siz
   """
   mesh = parallel.make_mesh()
   batch_size = batch_size or config.sampling.batch_size
-  parallel.check_batch_divisible(batch_size, "batch_size")
+  parallel.check_batch_divisible(batch_size, "sampling.batch_size")
   data_config = config.data.copy_and_resolve_references()
   data_config.split = split
   images = data_lib.load_images(data_config)

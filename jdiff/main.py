@@ -12,18 +12,23 @@ Any config value can be overridden: --config.training.batch_size=64.
 
 import json
 import logging as std_logging
+import re
 import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jdiff import config_lib
+from jdiff import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs, samples and bench.json.")
 _MODE = flags.DEFINE_enum("mode", "train", config_lib.MODES, "What to do.")
+_FROM_SCRATCH = flags.DEFINE_bool(
+    "from_scratch", False, "--mode=train: move the workdir's existing checkpoints aside (to "
+    "checkpoints.replaced-<time>/) and start at step 0. Without it, a train run resumes them, "
+    "or refuses when they hold another model or none restores.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -37,63 +42,146 @@ def _fail(message: str, code: int):
   sys.exit(code)
 
 
-def main(argv):
-  del argv
-  config, mode, workdir = _CONFIG.value, _MODE.value, _WORKDIR.value
-  logging.get_absl_handler().addFilter(_quiet_orbax_info)
-  try:
-    config_lib.validate(config)
-  except config_lib.ConfigError as e:
-    _fail(str(e), 2)
-  if mode != "summary" and not workdir:
-    _fail(f"--workdir is required for --mode={mode}", 2)
-  if mode in ("sample", "evaluate") and config.model.kind == "sngan":
-    _fail(f"--mode={mode} runs a diffusion model; an SNGAN (config.model.kind='sngan') serves as "
-          "config.surrogate of one", 2)
+def _config_overrides(argv):
+  """[(field, value)] of the --config.<field>=<value> (or --config.<field> <value>) arguments."""
+  overrides = []
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config."):
+      field, equals, value = arg[len("--config."):].partition("=")
+      if not equals:
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+      overrides.append((field, value))
+  return overrides
 
-  # Imported after validation so a bad value fails before anything heavy loads.
-  from jdiff import data, evaluate, generate, parallel, train  # pylint: disable=g-import-not-at-top
+
+def _refuse_repeated_overrides(argv) -> None:
+  """ml_collections appends a repeated tuple override ((1,2) then 1,2 trains (1,2,1,2))."""
+  seen = {}
+  for field, value in _config_overrides(argv):
+    if field in seen:
+      raise errors.ConfigError(f"--config.{field} is given twice ({seen[field]!r} and {value!r}): "
+                               "give each field once")
+    seen[field] = value
+
+
+def _flag_error_line(error: BaseException, argv) -> str:
+  """One line for a failure while parsing --config and its overrides (ml_collections raises
+  tracebacks inside messages, and AttributeErrors for unknown fields)."""
+  chain = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  root = chain[-1]
+  config_file = next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), "?")
+  suggestion = next((str(e) for e in chain if "Did you mean" in str(e)), None)
+  if isinstance(root, KeyError) and suggestion is not None:
+    name = str(root.args[0]).strip("'")
+    hint = re.search(r'Did you mean "([^"]+)"', suggestion.replace("\\", ""))
+    hint = f' (did you mean "{hint.group(1)}"?)' if hint else ""
+    field = next((f for f, _ in _config_overrides(argv) if f.split(".")[-1] == name), None)
+    where = f"--config.{field}" if field else f"config field {name!r}"
+    return f"{where}: no such field in {config_file}{hint}"
+  if isinstance(root, SyntaxError):
+    return f"--config={config_file}: SyntaxError: {root.msg} (line {root.lineno})"
+  if isinstance(root, OSError) and "Failed loading config file" in str(root):
+    reason = [line.strip() for line in str(root).splitlines() if line.strip()][-1]
+    return f"--config={config_file}: cannot load it ({reason})"
+  first = str(chain[0]).strip().splitlines()[0] if str(chain[0]).strip() else ""
+  if "Error whilst parsing config file" in str(chain[0]):
+    return f"--config={config_file}: get_config() raised {type(root).__name__}: {root}"
+  if isinstance(chain[0], flags.Error) and first:
+    return first
+  return f"{type(root).__name__}: {str(root).strip().splitlines()[0] if str(root).strip() else ''}"
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with every bad --config (file or override) as one line, exit 2."""
+  try:
+    _refuse_repeated_overrides(argv[1:])
+    return flags.FLAGS(argv)
+  except errors.ConfigError as e:
+    _fail(str(e), 2)
+  except Exception as e:  # pylint: disable=broad-except  (a config file can raise anything)
+    _fail(_flag_error_line(e, argv[1:]), 2)
+
+
+def _run(config, mode: str, workdir: str) -> int:
+  """Runs the mode; returns the exit code (errors propagate as errors.JdiffError)."""
+  import jax  # pylint: disable=g-import-not-at-top  (after validation: a bad flag fails fast)
+  from jdiff import evaluate, generate, parallel, train  # pylint: disable=g-import-not-at-top
   from jdiff.models import build_model, parameter_table  # pylint: disable=g-import-not-at-top
   parallel.maybe_initialize_distributed(config.distributed)
 
-  try:
-    if mode == "train" and config.model.kind == "sngan":
+  if mode == "train":
+    if config.model.kind == "sngan":
       from jdiff import gan_train  # pylint: disable=g-import-not-at-top
-      gan_train.train(config, workdir)
-      print(f"trained SNGAN to step {config.training.num_steps}; checkpoints in {workdir}/checkpoints")
-    elif mode == "train":
-      train.train(config, workdir)
-      print(f"trained to step {config.training.num_steps}; checkpoints in {workdir}/checkpoints")
-    elif mode == "sample":
-      grid = generate.generate(config, workdir)
-      print(f"samples: {workdir}/samples/samples.npz\ngrid: {grid}")
-    elif mode == "evaluate":
-      results = evaluate.evaluate(config, workdir)
-      print(json.dumps({key: value for key, value in results.items() if key != "sampling"}, indent=2))
-    elif mode == "reference_stats":
-      path = evaluate.reference_statistics(config, workdir)
-      print(f"reference statistics: {path}\nuse them with --config.evaluation.reference_stats={path}")
-    elif mode == "summary":
-      params = jax.eval_shape(lambda: train.init_params(build_model(config), config, jax.random.key(0)))
-      table = parameter_table(params)
-      width = max(len(name) for name, _ in table)
-      for name, count in table:
-        print(f"  {name:<{width}}  {count:>12,}")
-      print(f"parameters: {sum(count for _, count in table)}")
-      if config.model.preset:
-        from jdiff.models import presets  # pylint: disable=g-import-not-at-top
-        print("Table 4.3 presets (parameters here | paper, M):")
-        for name, count in presets.parameter_counts(config).items():
-          print(f"  {name:<12}  {count:>12,}  |  {presets.PAPER_PARAMETERS_M[name]:.2f}")
-    elif mode == "bench":
-      from jdiff import bench  # pylint: disable=g-import-not-at-top
-      bench.run(config, workdir)
-  except (data.DataError, generate.NoCheckpointError, evaluate.EvaluationError) as e:
-    _fail(str(e), 1)
-  except train.NonFiniteLossError as e:
-    logging.error("%s", e)
-    _fail(str(e), 3)
+      result = gan_train.train(config, workdir, from_scratch=_FROM_SCRATCH.value)
+    else:
+      result = train.train(config, workdir, from_scratch=_FROM_SCRATCH.value)
+    what = "SNGAN" if config.model.kind == "sngan" else "model"
+    if result.interrupted_by:
+      print(f"stopped by {result.interrupted_by} at step {result.step} of "
+            f"{config.training.num_steps}; checkpoint saved in {workdir}/checkpoints. Run the same "
+            f"command to resume (exit code {result.exit_code})")
+    else:
+      print(f"{what} at step {result.step}; checkpoints in {workdir}/checkpoints")
+    return result.exit_code
+  if mode == "sample":
+    grid = generate.generate(config, workdir)
+    print(f"samples: {workdir}/samples/samples.npz\ngrid: {grid}")
+  elif mode == "evaluate":
+    results = evaluate.evaluate(config, workdir)
+    print(json.dumps({key: value for key, value in results.items() if key != "sampling"}, indent=2))
+  elif mode == "reference_stats":
+    path = evaluate.reference_statistics(config, workdir)
+    print(f"reference statistics: {path}\nuse them with --config.evaluation.reference_stats={path}")
+  elif mode == "summary":
+    params = jax.eval_shape(lambda: train.init_params(build_model(config), config, jax.random.key(0)))
+    table = parameter_table(params)
+    width = max(len(name) for name, _ in table)
+    for name, count in table:
+      print(f"  {name:<{width}}  {count:>12,}")
+    print(f"parameters: {sum(count for _, count in table)}")
+    if config.model.preset:
+      from jdiff.models import presets  # pylint: disable=g-import-not-at-top
+      print("Table 4.3 presets (parameters here | paper, M):")
+      for name, count in presets.parameter_counts(config).items():
+        print(f"  {name:<12}  {count:>12,}  |  {presets.PAPER_PARAMETERS_M[name]:.2f}")
+  elif mode == "bench":
+    from jdiff import bench  # pylint: disable=g-import-not-at-top
+    bench.run(config, workdir)
+  return 0
+
+
+def main(argv):
+  del argv
+  try:
+    config = _CONFIG.value
+    "seed" in config  # pylint: disable=pointless-statement  (a missing file surfaces at first use)
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(_flag_error_line(e, sys.argv[1:]), 2)
+  mode, workdir = _MODE.value, _WORKDIR.value
+  logging.get_absl_handler().addFilter(_quiet_orbax_info)
+  try:
+    config_lib.validate(config)
+    if mode != "summary" and not workdir:
+      raise errors.ConfigError(f"--workdir is required for --mode={mode}")
+    if mode in ("sample", "evaluate") and config.model.kind == "sngan":
+      raise errors.ConfigError(
+          f"--mode={mode} runs a diffusion model; an SNGAN (config.model.kind='sngan') serves as "
+          "config.surrogate of one")
+    if _FROM_SCRATCH.value and mode != "train":
+      raise errors.ConfigError(f"--from_scratch is for --mode=train, not --mode={mode}")
+    code = _run(config, mode, workdir)
+  except errors.JdiffError as e:
+    if isinstance(e, errors.NonFiniteLossError):
+      logging.error("%s", e)
+    _fail(str(e), e.exit_code)
+  except KeyboardInterrupt:
+    _fail("interrupted twice: stopped without saving; the last checkpoint in the workdir is intact",
+          errors.EXIT_INTERRUPTED["SIGINT"])
+  sys.exit(code)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

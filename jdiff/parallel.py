@@ -7,6 +7,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jdiff.errors import ConfigError
+
 DATA_AXIS = "data"
 
 
@@ -52,5 +54,5 @@ def global_batch_from_local(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
 
 def check_batch_divisible(batch_size: int, field: str) -> None:
   if batch_size % jax.device_count():
-    raise ValueError(f"{field}={batch_size}: must be a multiple of the device count "
-                     f"({jax.device_count()})")
+    raise ConfigError(f"config.{field}={batch_size}: must be a multiple of the device count "
+                      f"({jax.device_count()})")

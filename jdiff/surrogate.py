@@ -9,15 +9,20 @@ import jax
 import ml_collections
 
 from jdiff import config_lib
+from jdiff.errors import ConfigError
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """get_config() of a config file given by path (configs/ is not a package)."""
-  spec = importlib.util.spec_from_file_location(
-      os.path.splitext(os.path.basename(path))[0], os.path.abspath(path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  try:
+    spec = importlib.util.spec_from_file_location(
+        os.path.splitext(os.path.basename(path))[0], os.path.abspath(path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception as e:  # pylint: disable=broad-except  (a config file can raise anything)
+    raise ConfigError(f"config.surrogate.config={path!r}: cannot load it "
+                      f"({type(e).__name__}: {e})") from None
   config_lib.validate(config)
   return config
 
@@ -28,8 +33,9 @@ def make_surrogate_fn(config, mesh) -> Callable:
   surrogate_config = load_config_file(config.surrogate.config)
   workdir = config.surrogate.workdir
   if surrogate_config.data.num_channels != config.data.num_channels:
-    raise ValueError(f"surrogate {config.surrogate.config} has {surrogate_config.data.num_channels}"
-                     f" channels; the diffusion model has {config.data.num_channels}")
+    raise ConfigError(f"config.surrogate.config={config.surrogate.config!r}: its data has "
+                      f"{surrogate_config.data.num_channels} channels; must match the diffusion "
+                      f"model's data.num_channels={config.data.num_channels}")
   if config.surrogate.kind == "sngan":
     from jdiff import gan_train  # pylint: disable=g-import-not-at-top
     generate = gan_train.make_generate_fn(surrogate_config,

@@ -1,8 +1,10 @@
 """Training: train state, optimizer, the jitted data-parallel train step, and the train loop."""
 
+import dataclasses
 import functools
-import signal
-from typing import Any, Callable, Dict
+import json
+import os
+from typing import Any, Callable, Dict, Optional
 
 import flax.struct
 import jax
@@ -13,17 +15,15 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from jdiff import checkpoint as checkpoint_lib
+from jdiff import config_lib
 from jdiff import data as data_lib
 from jdiff import depth as depth_lib
 from jdiff import diffusion as diffusion_lib
 from jdiff import objectives
 from jdiff import parallel
 from jdiff import schedules
+from jdiff.errors import NonFiniteLossError, WorkdirError
 from jdiff.models import build_model
-
-
-class NonFiniteLossError(RuntimeError):
-  pass
 
 
 @flax.struct.dataclass
@@ -78,12 +78,13 @@ def init_state(config, model, optimizer, mesh) -> TrainState:
 def abstract_state(config, model, optimizer, mesh):
   """Shapes, dtypes and shardings of the train state, for restoring without initialising."""
   sharding = parallel.replicated(mesh)
-  shapes = jax.eval_shape(lambda: TrainState(
-      step=jnp.int32(0), params=init_params(model, config, jax.random.key(0)),
-      ema_params=init_params(model, config, jax.random.key(0)),
-      opt_state=optimizer.init(init_params(model, config, jax.random.key(0))),
-      loss_history=init_loss_history(config)))
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+  def state():
+    params = init_params(model, config, jax.random.key(0))  # traced once: it is the slow part
+    return TrainState(step=jnp.int32(0), params=params, ema_params=params,
+                      opt_state=optimizer.init(params), loss_history=init_loss_history(config))
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                      jax.eval_shape(state))
 
 
 def make_model_fn(model, params, *, depth=None, train=False, dropout_rng=None) -> Callable:
@@ -174,28 +175,6 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
                  out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-class _PreemptionFlag:
-  """Set by SIGTERM; the loop saves a checkpoint at the next step and exits cleanly."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    logging.warning("SIGTERM received: saving a checkpoint and stopping")
-    self.requested = True
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
-
-  def any_process(self) -> bool:
-    if jax.process_count() == 1:
-      return self.requested
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
-
-
 def _summarise(pending) -> Dict[str, float]:
   fetched = jax.device_get(pending)
   summary = {key: float(np.mean([m[key] for m in fetched])) for key in ("loss", "grad_norm")}
@@ -203,18 +182,59 @@ def _summarise(pending) -> Dict[str, float]:
   return summary
 
 
-def restore_or_init(config, workdir, model, optimizer, mesh):
-  checkpointer = checkpoint_lib.Checkpointer(workdir, config.training.keep_checkpoints)
-  state = checkpointer.restore_latest(abstract_state(config, model, optimizer, mesh))
-  if state is None:
-    state = init_state(config, model, optimizer, mesh)
-  else:
-    logging.info("resumed from %s at step %d", checkpointer.directory, int(state.step))
-  return state, checkpointer
+@dataclasses.dataclass
+class TrainResult:
+  """How a train run ended: the step reached and, when a signal stopped it, the signal's name."""
+  state: TrainState
+  step: int
+  interrupted_by: Optional[str] = None
+  exit_code: int = 0
 
 
-def train(config, workdir: str) -> TrainState:
-  """Trains until config.training.num_steps, resuming from the latest checkpoint in workdir."""
+def checkpoint_items(state: TrainState) -> Dict[str, Any]:
+  """The named checkpoint items: the EMA params apart, so sampling restores only them."""
+  return {checkpoint_lib.STATE: state.replace(ema_params=None),
+          checkpoint_lib.EMA_PARAMS: state.ema_params}
+
+
+def state_from_items(items) -> TrainState:
+  return items[checkpoint_lib.STATE].replace(ema_params=items[checkpoint_lib.EMA_PARAMS])
+
+
+def restore_or_init(config, checkpointer, model, optimizer, mesh, from_scratch=False) -> TrainState:
+  """The latest good checkpoint's state, or a new one when the workdir has none (or from_scratch)."""
+  abstract = abstract_state(config, model, optimizer, mesh)
+  legacy = checkpoint_lib.Legacy(abstract, checkpoint_items)
+  restored = checkpoint_lib.resume(checkpointer, checkpoint_items(abstract),
+                                   config_lib.checkpoint_identity(config, "train"), legacy,
+                                   from_scratch)
+  if restored is None:
+    return init_state(config, model, optimizer, mesh)
+  logging.info("resumed from %s at step %d", checkpointer.directory, restored[0])
+  return state_from_items(restored[1])
+
+
+def write_config_record(config, workdir: str) -> None:
+  """<workdir>/config.json: the config of the latest train run, for people (checkpoints carry
+  their own copy, which is what a resuming run is checked against)."""
+  if jax.process_index() != 0 or "://" in workdir:
+    return
+  path = os.path.join(workdir, "config.json")
+  try:
+    with open(path + ".partial", "w") as f:
+      json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+    os.replace(path + ".partial", path)
+  except OSError as e:
+    raise WorkdirError(f"cannot write {path} ({e.strerror})") from None
+
+
+def train(config, workdir: str, from_scratch: bool = False) -> TrainResult:
+  """Trains until config.training.num_steps, resuming from the latest checkpoint in workdir.
+
+  Refuses (CheckpointMismatchError) a workdir whose checkpoints hold another model, and
+  (CheckpointDamagedError) one whose checkpoints are all damaged, unless from_scratch. SIGTERM and
+  SIGINT save a checkpoint and stop: the result says which signal and the step reached.
+  """
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.training.batch_size, "training.batch_size")
   images = data_lib.load_images(config.data)
@@ -224,29 +244,48 @@ def train(config, workdir: str) -> TrainState:
   model = build_model(config)
   diffusion = build_diffusion(config)
   optimizer = make_optimizer(config.training)
-  state, checkpointer = restore_or_init(config, workdir, model, optimizer, mesh)
-  train_step = make_train_step(config, model, diffusion, optimizer, mesh)
+  record = checkpoint_lib.identity_record(config.to_dict(),
+                                          config_lib.checkpoint_identity(config, "train"))
+  interruption = checkpoint_lib.Interruption()
+  try:
+    with checkpoint_lib.WorkdirLock(workdir):
+      checkpointer = checkpoint_lib.Checkpointer(workdir, config.training.keep_checkpoints)
+      try:
+        state = restore_or_init(config, checkpointer, model, optimizer, mesh, from_scratch)
+        write_config_record(config, workdir)
+        state = _train_loop(config, workdir, state, stream, checkpointer, record, interruption,
+                            make_train_step(config, model, diffusion, optimizer, mesh), mesh)
+      finally:
+        checkpoint_lib.close_or_fail(checkpointer)
+  finally:
+    interruption.restore()
+  return TrainResult(state, int(state.step), interruption.signal_name, interruption.exit_code)
 
+
+def _train_loop(config, workdir, state, stream, checkpointer, record, interruption, train_step,
+                mesh) -> TrainState:
   num_steps = config.training.num_steps
+  step = int(state.step)
+  if step >= num_steps:
+    logging.warning("the latest checkpoint is at step %d >= training.num_steps=%d: nothing to "
+                    "train (raise --config.training.num_steps to train further)", step, num_steps)
+    return state
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_secs=30)
-  preemption = _PreemptionFlag()
   pending = []
-  step = int(state.step)
   try:
     while step < num_steps:
-      if preemption.any_process():
-        checkpointer.save(step, state)
-        logging.warning("saved checkpoint at step %d after SIGTERM", step)
+      if interruption.requested():
+        checkpoint_lib.save_or_fail(checkpointer, step, checkpoint_items(state), record, wait=True)
+        logging.warning("saved a checkpoint at step %d after %s", step, interruption.signal_name)
         break
       batch = parallel.global_batch_from_local(stream.batch(step), mesh)
       state, metrics = train_step(state, batch)
       pending.append(metrics)
       step += 1
-      progress(step)
       is_last = step == num_steps
       if step % config.training.log_every == 0 or step % config.training.checkpoint_every == 0 or is_last:
-        summary = _summarise(pending)
+        summary = _summarise(pending)  # waits for the steps to finish, so the rate below is real
         pending = []
         if not summary.pop("all_finite"):
           raise NonFiniteLossError(
@@ -254,10 +293,9 @@ def train(config, workdir: str) -> TrainState:
               "finite parameters; the last checkpoint is good. Lower training.learning_rate or "
               "check the data.")
         writer.write_scalars(step, summary)
+        progress(step)
         if step % config.training.checkpoint_every == 0 or is_last:
-          checkpointer.save(step, state)
+          checkpoint_lib.save_or_fail(checkpointer, step, checkpoint_items(state), record)
   finally:
-    preemption.restore()
-    checkpointer.close()
     writer.flush()
   return state

@@ -158,7 +158,7 @@ sbatch_script() {
   if [ -n "$time_limit" ]; then echo "#SBATCH --time=$(q "$time_limit")"; fi
   if [ -n "$account" ]; then echo "#SBATCH --account=$(q "$account")"; fi
   echo "#SBATCH --output=$(q "$log_dir/%x-%j.out")"
-  # SIGTERM to the tasks 2 minutes before the time limit: jdiff checkpoints and exits 0.
+  # SIGTERM to the tasks 2 minutes before the time limit: jdiff checkpoints and exits 143.
   echo "#SBATCH --signal=TERM@120"
   local option
   for option in ${sbatch_options[@]+"${sbatch_options[@]}"}; do echo "#SBATCH $option"; done

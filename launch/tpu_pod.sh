@@ -21,7 +21,7 @@ Subcommands (default: all):
   logs     follow the training log of one worker until that run ends (Ctrl-C stops following
            only; training goes on)
   status   the slice's state, and on every worker whether training runs or how it ended
-  stop     SIGTERM the training on every worker: jdiff saves a checkpoint and exits 0;
+  stop     SIGTERM the training on every worker: jdiff saves a checkpoint and exits 143;
            `train` again resumes from the workdir. The slice stays up (and bills).
   delete   delete the slice (asks to confirm; `stop` first to save a checkpoint)
 

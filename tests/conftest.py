@@ -44,6 +44,27 @@ def tiny_config():
   return config
 
 
+def restore_train_state(config, workdir, step=None):
+  """(step, TrainState) of the latest good checkpoint in workdir (or of `step`), read only."""
+  from jdiff import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  from jdiff import config_lib, parallel, train  # pylint: disable=g-import-not-at-top
+  from jdiff.models import build_model  # pylint: disable=g-import-not-at-top
+  abstract = train.abstract_state(config, build_model(config),
+                                  train.make_optimizer(config.training), parallel.make_mesh())
+  checkpointer = checkpoint_lib.Checkpointer(str(workdir), read_only=True)
+  try:
+    if step is None:
+      restored = checkpointer.restore_latest(train.checkpoint_items(abstract),
+                                             config_lib.checkpoint_identity(config, "train"))
+      assert restored is not None, f"no checkpoint in {workdir}"
+      step, items = restored
+    else:
+      items = checkpointer.restore(step, train.checkpoint_items(abstract))
+  finally:
+    checkpointer.close()
+  return step, train.state_from_items(items)
+
+
 def config_overrides(config_dict_items):
   return [f"--config.{key}={value}" for key, value in config_dict_items]
 

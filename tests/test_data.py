@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, requires_shared_data
+from conftest import SHARED_DATA, cli, requires_shared_data
 from jdiff import data
 
 
@@ -65,10 +65,125 @@ def test_missing_and_unreadable_files_raise_data_error(tmp_path):
   with pytest.raises(data.DataError, match="does not exist"):
     data.load_images(data_config(source="npz", path=str(tmp_path / "nope.npz")))
   (tmp_path / "bad.npz").write_bytes(b"not a zip")
-  with pytest.raises(data.DataError, match="unreadable"):
+  with pytest.raises(data.DataError, match="not a NumPy .npz"):
     data.load_images(data_config(source="npz", path=str(tmp_path / "bad.npz")))
+  (tmp_path / "bad.idx.gz").write_bytes(b"not gzip")
+  with pytest.raises(data.DataError, match="unreadable"):
+    data.load_images(data_config(source="idx", path=str(tmp_path / "bad.idx.gz")))
   with pytest.raises(data.DataError, match="no image files"):
     data.load_images(data_config(source="folder", path=str(tmp_path)))
+
+
+EXPECTED_SHAPE = "expected uint8 images [N, H, W] or [N, H, W, C] with C = 1 or 3"
+
+
+def _images(*shape, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+
+
+def _load_error(path, **overrides) -> str:
+  """The DataError message of loading `path` as data.source=npz (one line)."""
+  with pytest.raises(data.DataError) as info:
+    data.load_images(data_config(source="npz", path=str(path), **overrides))
+  message = str(info.value)
+  assert "\n" not in message
+  return message
+
+
+def test_npz_with_several_image_arrays_names_them_and_asks_for_npz_key(tmp_path):
+  path = tmp_path / "two.npz"
+  np.savez(path, train_images=_images(4, 8, 8), test_images=_images(4, 8, 8, 1), labels=np.arange(4))
+  message = _load_error(path)
+  assert "'train_images'" in message and "'test_images'" in message and "'labels'" not in message
+  assert "set config.data.npz_key" in message
+
+
+def test_npz_key_and_conventional_names_choose_the_array(tmp_path):
+  path = tmp_path / "two.npz"
+  first, second = _images(4, 8, 8, 1, seed=1), _images(4, 8, 8, 1, seed=2)
+  np.savez(path, first=first, second=second)
+  np.testing.assert_array_equal(data.load_images(data_config(source="npz", path=str(path),
+                                                             npz_key="second")), second)
+  np.testing.assert_array_equal(data.load_images(data_config(source="npz", path=str(path),
+                                                             npz_key="first")), first)
+  # Without a key, "x" wins over other image arrays.
+  np.savez(path, first=first, x=second)
+  np.testing.assert_array_equal(data.load_images(data_config(source="npz", path=str(path))), second)
+
+
+def test_missing_npz_key_lists_the_arrays_of_the_file(tmp_path):
+  path = tmp_path / "two.npz"
+  np.savez(path, first=_images(4, 8, 8), second=_images(4, 8, 8))
+  message = _load_error(path, npz_key="images")
+  assert "npz_key='images'" in message and "'first'" in message and "'second'" in message
+
+
+@pytest.mark.parametrize("array, found", [
+    (_images(4, 64), "shape (4, 64) dtype uint8"),
+    (_images(2, 3, 8, 8, 1), "shape (2, 3, 8, 8, 1) dtype uint8"),
+    (_images(2, 8, 8, 4), "shape (2, 8, 8, 4) dtype uint8"),
+    (np.zeros((2, 8, 8), np.float32), "shape (2, 8, 8) dtype float32"),
+    (_images(0, 8, 8), "shape (0, 8, 8) dtype uint8"),
+], ids=["rank2", "rank5", "4channels", "float32", "empty"])
+def test_invalid_image_array_names_file_array_shape_and_expectation(tmp_path, array, found):
+  path = tmp_path / "bad.npz"
+  np.savez(path, x=array)
+  message = _load_error(path)
+  assert message.startswith(f"{path}: array 'x' has {found}; {EXPECTED_SHAPE}")
+  assert "npz_key" not in message  # no other array would resolve it
+
+
+def test_float_images_get_a_conversion_hint(tmp_path):
+  path = tmp_path / "float.npz"
+  np.savez(path, x=np.zeros((2, 8, 8), np.float32))
+  assert ".astype(np.uint8)" in _load_error(path)
+
+
+def test_npy_file_is_read_as_the_image_array(tmp_path):
+  path = tmp_path / "images.npy"
+  images = _images(5, 8, 8, 1)
+  np.save(path, images)
+  np.testing.assert_array_equal(data.load_images(data_config(source="npz", path=str(path))), images)
+  np.save(path, np.zeros((5, 8, 8), np.float64))
+  assert _load_error(path).startswith(f"{path}: the .npy array has shape (5, 8, 8) dtype float64; "
+                                      f"{EXPECTED_SHAPE}")
+
+
+def test_random_bytes_and_text_are_not_a_numpy_archive(tmp_path):
+  for name, content in (("random.npz", np.random.default_rng(0).bytes(256)),
+                        ("text.npz", b"images\n1 2 3\n"), ("empty.npz", b"")):
+    path = tmp_path / name
+    path.write_bytes(content)
+    assert _load_error(path).startswith(f"{path}: not a NumPy .npz archive")
+
+
+def test_object_arrays_raise_data_error_not_a_traceback(tmp_path):
+  path = tmp_path / "objects.npz"
+  np.savez(path, images=np.array([{"a": 1}, None], dtype=object))
+  assert _load_error(path).startswith(f"{path}: array 'images' has shape (2,) dtype object; "
+                                      f"{EXPECTED_SHAPE}")
+  np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object))
+  assert f"dtype object; {EXPECTED_SHAPE}" in _load_error(tmp_path / "objects.npy")
+
+
+def test_idx_arrays_are_validated_like_npz(tmp_path):
+  labels = np.arange(10, dtype=np.uint8)
+  path = tmp_path / "labels-idx1-ubyte"
+  path.write_bytes(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + labels.tobytes())
+  with pytest.raises(data.DataError) as info:
+    data.load_images(data_config(source="idx", path=str(path)))
+  assert str(info.value).startswith(f"{path}: the idx array has shape (10,) dtype uint8; {EXPECTED_SHAPE}")
+
+
+def test_cli_prints_one_error_line_for_a_bad_data_file(tmp_path):
+  bad_file = tmp_path / "flat.npz"
+  np.savez(bad_file, x=_images(16, 64))
+  result = cli(["--config=configs/quickstart.py", f"--workdir={tmp_path}/w", "--mode=train",
+                "--config.data.source=npz", f"--config.data.path={bad_file}"])
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and EXPECTED_SHAPE in errors[0], result.stderr
+  assert "Traceback" not in result.stderr
+  assert result.returncode == 2, result.stderr
 
 
 def test_batch_stream_is_deterministic_and_processes_split_the_global_batch():

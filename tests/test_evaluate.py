@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import pytest
 
 from conftest import REPO, TINY_OVERRIDES, cli, tiny_config
 from jdiff import data as data_lib
+from jdiff import errors
 from jdiff import evaluate
 from jdiff import plots
 from jdiff import train
@@ -163,6 +165,107 @@ def test_reference_stats_without_weights_fails_with_one_line(tmp_path):
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1].startswith(
       "error: config.evaluation.inception_weights=")
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs are checked before any sample is made
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+  """A tiny trained model (checkpoint at step 2), copied by each test that evaluates it."""
+  workdir = tmp_path_factory.mktemp("trained") / "run"
+  _trained(tiny_config(), str(workdir))
+  return workdir
+
+
+def _evaluate_without_sampling(monkeypatch, tmp_path, trained_workdir, **evaluation):
+  """Runs evaluate on a copy of the trained workdir with generate_samples replaced by a stub
+  that records calls; returns (the raised EvaluationError, the calls)."""
+  workdir = tmp_path / "run"
+  if not workdir.exists():
+    shutil.copytree(trained_workdir, workdir)
+  calls = []
+
+  def no_sampling(*args):
+    calls.append(args)
+    raise AssertionError("samples were made before the inputs were checked")
+  monkeypatch.setattr(evaluate, "generate_samples", no_sampling)
+  config = tiny_config()
+  config.evaluation.update(num_samples=4, **evaluation)
+  with pytest.raises(errors.EvaluationError) as raised:
+    evaluate.evaluate(config, str(workdir))
+  assert calls == []
+  message = str(raised.value)
+  assert "\n" not in message
+  return message
+
+
+@pytest.mark.parametrize("damage", ["random_bytes", "truncated", "wrong_shapes"])
+def test_evaluate_rejects_bad_inception_weights_before_sampling(
+    tmp_path, monkeypatch, trained_workdir, random_weights_file, damage):
+  path = str(tmp_path / "bad.pth")
+  if damage == "random_bytes":
+    with open(path, "wb") as f:
+      f.write(np.random.default_rng(0).bytes(4096))
+  elif damage == "truncated":
+    with open(random_weights_file, "rb") as f:
+      head = f.read(100_000)
+    with open(path, "wb") as f:
+      f.write(head)
+  else:  # a readable torch file whose tensors are not the Inception-v3 ones
+    torch_weights.save_state_dict(path, {"Conv2d_1a_3x3.conv.weight": np.zeros((2, 3, 3, 3), np.float32)})
+  message = _evaluate_without_sampling(monkeypatch, tmp_path, trained_workdir,
+                                       metrics=("is",), inception_weights=path)
+  assert message.startswith(f"config.evaluation.inception_weights={path!r}: cannot read {path} ")
+  assert "pytorch-fid Inception-v3 weights" in message
+
+
+@pytest.mark.parametrize("damage", ["mu_shape", "not_finite", "not_npz"])
+def test_evaluate_rejects_bad_reference_stats_before_sampling(
+    tmp_path, monkeypatch, trained_workdir, random_weights_file, damage):
+  path = str(tmp_path / "stats.npz")
+  sigma = np.eye(2048, dtype=np.float32)
+  if damage == "mu_shape":
+    np.savez(path, mu=np.zeros(10), sigma=sigma)
+    expected = "mu has shape (10,) and sigma (2048, 2048); expected (2048,) and (2048, 2048)"
+  elif damage == "not_finite":
+    sigma[3, 3] = np.nan
+    np.savez(path, mu=np.zeros(2048), sigma=sigma)
+    expected = "NaN or infinite"
+  else:
+    with open(path, "wb") as f:
+      f.write(b"not an npz")
+    expected = "is not an .npz archive"
+  message = _evaluate_without_sampling(monkeypatch, tmp_path, trained_workdir, metrics=("fid",),
+                                       reference_stats=path, inception_weights=random_weights_file)
+  assert message.startswith(f"config.evaluation.reference_stats={path!r}: ")
+  assert expected in message and "mu [2048] and sigma [2048, 2048]" in message
+
+
+def test_evaluate_rejects_an_unwritable_output_folder_before_sampling(
+    tmp_path, monkeypatch, trained_workdir):
+  # <workdir>/eval is a file, so the output folder cannot be made (permissions would not stop root).
+  shutil.copytree(trained_workdir, tmp_path / "run")
+  (tmp_path / "run" / "eval").write_text("not a folder")
+  message = _evaluate_without_sampling(monkeypatch, tmp_path, trained_workdir, metrics=("digits_fd",))
+  out_dir = os.path.join(str(tmp_path / "run"), "eval", "ancestral20", "step_2")
+  assert message == f"{out_dir}: cannot write evaluation outputs (Not a directory)"
+
+
+def test_load_statistics_checks_shapes_and_values(tmp_path):
+  path = str(tmp_path / "stats.npz")
+  np.savez(path, mu=np.zeros(3), sigma=np.eye(3))
+  mu, sigma = metrics.load_statistics(path, dim=3)
+  assert mu.shape == (3,) and sigma.shape == (3, 3) and mu.dtype == np.float64
+  with pytest.raises(ValueError, match=r"expected \(4,\) and \(4, 4\)"):
+    metrics.load_statistics(path, dim=4)
+  np.savez(path, mu=np.zeros(3), sigma=np.eye(2))
+  with pytest.raises(ValueError, match=r"expected \[D\] and \[D, D\]"):
+    metrics.load_statistics(path)
+  np.savez(path, mu=np.array([0.0, np.inf, 0.0]), sigma=np.eye(3))
+  with pytest.raises(ValueError, match="NaN or infinite"):
+    metrics.load_statistics(path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,7 +7,6 @@ simulated devices and the same global batch trains the same config; the states m
 checkpoint the 2 processes wrote must then restore, and resume, in a single process.
 """
 
-import functools
 import glob
 import json
 import os
@@ -19,14 +18,10 @@ import textwrap
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, tiny_config
+from conftest import REPO, TINY_OVERRIDES, restore_train_state, tiny_config
 from jdiff import checkpoint as checkpoint_lib
-from jdiff import parallel
-from jdiff import train as train_lib
-from jdiff.models import build_model
 
 STEPS_2PROC = 4        # the 2-process run stops here (checkpoints at 2 and 4) ...
 STEPS_TOTAL = 6        # ... the 1-process runs go on to here
@@ -104,27 +99,15 @@ def _wait(processes):
   return [stderr for _, stderr in outputs]
 
 
-@functools.lru_cache(maxsize=1)
-def _abstract_state():
-  config = tiny_config()
-  return train_lib.abstract_state(config, build_model(config),
-                                  train_lib.make_optimizer(config.training), parallel.make_mesh())
-
-
 def _restore(workdir, step):
   """The train state saved at `step` in workdir, restored in this single process."""
-  abstract = _abstract_state()
-  checkpointer = checkpoint_lib.Checkpointer(str(workdir), 10)
-  try:
-    assert step in checkpointer.all_steps(), (step, checkpointer.all_steps())
-    state = checkpointer.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-  finally:
-    checkpointer.close()
+  restored_step, state = restore_train_state(tiny_config(), workdir, step)
+  assert restored_step == step
   return jax.device_get(state)
 
 
 def _steps(workdir):
-  checkpointer = checkpoint_lib.Checkpointer(str(workdir), 10)
+  checkpointer = checkpoint_lib.Checkpointer(str(workdir), read_only=True)
   try:
     return checkpointer.all_steps()
   finally:

@@ -172,10 +172,15 @@ def test_loss_aware_iwdiff_state_survives_checkpoint_and_resume(tmp_path):
   assert int(jnp.sum(state.loss_history.counts)) == 2 * 3 * config.training.batch_size
 
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=1)
-  checkpointer.save(2, state)
+  identity = config_lib.checkpoint_identity(config, "train")
+  checkpointer.save(2, train_lib.checkpoint_items(state),
+                    checkpoint_lib.identity_record(config.to_dict(), identity))
   checkpointer.wait()
-  restored = checkpointer.restore_latest(train_lib.abstract_state(config, model, optimizer, mesh))
+  abstract = train_lib.abstract_state(config, model, optimizer, mesh)
+  step, items = checkpointer.restore_latest(train_lib.checkpoint_items(abstract), identity)
   checkpointer.close()
+  restored = train_lib.state_from_items(items)
+  assert step == 2
   jax.tree.map(np.testing.assert_array_equal, restored, state)
 
   continued, _ = step_fn(state, batches[2])

@@ -1,5 +1,5 @@
-"""Training end to end: multi-device equality, kill -9 / SIGTERM resume, non-finite guard,
-checkpoint fallback, config validation and the CLI."""
+"""Training end to end: multi-device equality, kill -9 resume, non-finite guard, config
+validation and the CLI. (SIGTERM / SIGINT, damaged and mismatched checkpoints: test_never_lose_a_run.)"""
 
 import os
 import signal
@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, cli, tiny_config
+from conftest import REPO, TINY_OVERRIDES, cli, restore_train_state, tiny_config
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
 from jdiff import parallel
@@ -23,14 +23,11 @@ QUICKSTART = "--config=configs/quickstart.py"
 
 
 def restore_params(config, workdir):
-  model = build_model(config)
-  optimizer = train_lib.make_optimizer(config.training)
-  checkpointer = checkpoint_lib.Checkpointer(workdir, 10)
-  state = checkpointer.restore_latest(
-      train_lib.abstract_state(config, model, optimizer, parallel.make_mesh()))
+  """(latest TrainState or None, all checkpoint steps) of workdir."""
+  checkpointer = checkpoint_lib.Checkpointer(str(workdir), read_only=True)
   steps = checkpointer.all_steps()
   checkpointer.close()
-  return state, steps
+  return (restore_train_state(config, workdir)[1] if steps else None), steps
 
 
 def test_train_step_on_4_devices_equals_1_device():
@@ -123,17 +120,6 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
                jax.device_get(state_b.ema_params))
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path):
-  process = _start_training(tmp_path, 100_000, 5)
-  assert _wait_for((tmp_path / "checkpoints" / "5").exists, 300, process)
-  process.send_signal(signal.SIGTERM)
-  _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 0, stderr[-2000:]
-  assert "SIGTERM" in stderr
-  state, steps = restore_params(_tiny_quickstart(100_000), str(tmp_path))
-  assert steps[-1] > 5 and int(state.step) == steps[-1]
-
-
 def test_non_finite_loss_keeps_the_state_and_stops_the_run(tmp_path, monkeypatch):
   config = tiny_config()
   mesh = parallel.make_mesh()
@@ -166,23 +152,6 @@ def test_non_finite_loss_keeps_the_state_and_stops_the_run(tmp_path, monkeypatch
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(jax.device_get(state.params)))
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
-  config = tiny_config()
-  config.training.num_steps = 6
-  config.training.checkpoint_every = 3
-  train_lib.train(config, str(tmp_path))
-  _, steps = restore_params(config, str(tmp_path))
-  assert steps == [3, 6]
-  # Damage every data file of the newest checkpoint.
-  for root, _, files in os.walk(tmp_path / "checkpoints" / "6"):
-    for name in files:
-      if not name.startswith("_"):
-        with open(os.path.join(root, name), "wb") as f:
-          f.write(b"garbage")
-  state, _ = restore_params(config, str(tmp_path))
-  assert state is not None and int(state.step) == 3
-
-
 @pytest.mark.parametrize("override, message", [
     ("--config.model.ch=0", "config.model.ch=0: must be a positive integer"),
     ("--config.diffusion.beta_schedule=quad", "config.diffusion.beta_schedule='quad': must be one of"),
@@ -204,7 +173,7 @@ def test_validate_accepts_every_shipped_quickstart_config():
 def test_missing_data_path_is_one_clear_line(tmp_path):
   result = cli([QUICKSTART, f"--workdir={tmp_path}", "--mode=train", "--config.data.source=npz",
                 f"--config.data.path={tmp_path}/nope.npz"], timeout=300)
-  assert result.returncode == 1
+  assert result.returncode == 2
   assert "error: config.data.path=" in result.stderr and "does not exist" in result.stderr
 
 

@@ -7,7 +7,8 @@ The metrics take features and logits as numpy arrays and compute in float64 on t
 import os
 import re
 import warnings
-from typing import Callable, Dict, Iterable, Mapping, Tuple, Union
+import zipfile
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import jax
 import numpy as np
@@ -70,12 +71,29 @@ def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
   np.savez(path, mu=mu, sigma=sigma)
 
 
-def load_statistics(path: str) -> Tuple[np.ndarray, np.ndarray]:
-  """(mu, sigma) from an .npz with keys `mu` and `sigma`."""
-  with np.load(path) as f:
+def load_statistics(path: str, dim: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+  """(mu, sigma) from an .npz with keys `mu` and `sigma`, in float64.
+
+  Raises ValueError (one line) unless mu is [D] and sigma [D, D] (D = dim when given), both
+  finite. Errors of reading the file itself (missing, not an archive) pass through.
+  """
+  with open(path, "rb") as f:  # a missing or unreadable file is an OSError
+    is_zip = zipfile.is_zipfile(f)
+  loaded = np.load(path) if is_zip else None
+  if not isinstance(loaded, np.lib.npyio.NpzFile):
+    raise ValueError(f"{path} is not an .npz archive (expected one with the keys 'mu' and 'sigma')")
+  with loaded as f:
     if "mu" not in f or "sigma" not in f:
       raise ValueError(f"{path} lacks the keys 'mu' and 'sigma' (has {sorted(f.keys())})")
-    return f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+    mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+  size = dim if dim is not None else (len(mu) if mu.ndim == 1 else None)
+  if size is None or mu.shape != (size,) or sigma.shape != (size, size):
+    expected = f"({dim},) and ({dim}, {dim})" if dim is not None else "[D] and [D, D]"
+    raise ValueError(f"{path}: mu has shape {mu.shape} and sigma {sigma.shape}; "
+                     f"expected {expected}")
+  if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+    raise ValueError(f"{path}: mu or sigma holds NaN or infinite values; expected finite statistics")
+  return mu, sigma
 
 
 # ----------------------------------------------------------------------------------------------

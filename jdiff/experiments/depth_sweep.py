@@ -64,7 +64,7 @@ def quickstart_config():
 
 def train_model(config, name: str):
   """EMA params of the model trained with this config under <workdir>/<name>."""
-  return train_lib.train(config, os.path.join(_WORKDIR.value, name)).ema_params
+  return train_lib.train(config, os.path.join(_WORKDIR.value, name)).state.ema_params
 
 
 def sample_and_score(config, params, power: float) -> dict:
