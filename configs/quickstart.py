@@ -5,12 +5,15 @@
 
 Expected on 2 CPU cores: training (2500 steps, batch 64) in about 5 minutes, then a sample grid
 at workdirs/quickstart/samples/grid.png in which the digits 0-9 are recognisable.
+
+--config=configs/quickstart.py:tiny is the same run shrunk to seconds (8-channel U-Net, T = 20,
+6 steps): what the tests and the notebooks in CI use; its samples are noise.
 """
 
 from jdiff import config_lib
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = config_lib.default_config()
   config.data.source = "digits"
   config.data.image_size = 8
@@ -41,4 +44,4 @@ def get_config():
   config.evaluation.metrics = ("digits_fd", "bpd")
   config.evaluation.num_samples = 256
   config.evaluation.bpd_examples = 64
-  return config
+  return config_lib.apply_variant(config, variant)

@@ -1,26 +1,23 @@
-"""Config validation: every value is checked before anything is compiled.
+"""Configs: defaults, loading by path (with a variant), validation, and what a checkpoint holds.
 
-A bad value raises ConfigError whose message is one line: the field, the value, what is
-allowed. `main` prints it and exits 2.
+Every value is checked before anything is compiled. A bad value raises ConfigError whose
+message is one line: the field, the value, what is allowed; `main` prints it and exits 2. This
+module imports no jax (nor anything that does), so a bad flag fails at once; validation never
+changes the config (a model preset is resolved by `resolved_model_config`, in a copy).
 """
 
+import importlib.util
+import os
 import re
 from typing import Any, Callable, Sequence, Tuple
 
 import ml_collections
 
+from jdiff import choices
 from jdiff.errors import ConfigError
+from jdiff.models import presets
 
-from jdiff import depth as depth_lib
-from jdiff import diffusion as diffusion_lib
-from jdiff import objectives
-from jdiff import sampling
-from jdiff import schedules
-from jdiff.models import presets, unet
-
-DATA_SOURCES = ("digits", "cifar10", "mnist", "fashion_mnist", "celeb_a", "folder", "npz", "idx")
-EVALUATION_METRICS = ("fid", "is", "kid", "digits_fd", "bpd")
-MODES = ("train", "sample", "evaluate", "reference_stats", "summary", "bench")
+MODES = choices.MODES
 
 
 def _is_int(value):
@@ -65,7 +62,7 @@ INTS = ((lambda value: isinstance(value, (tuple, list)) and all(positive_int(v) 
 # (field, (check, what is allowed)); each later module adds its fields here.
 RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("seed", NON_NEGATIVE_INT),
-    ("data.source", one_of(*DATA_SOURCES)),
+    ("data.source", one_of(*choices.DATA_SOURCES)),
     ("data.image_size", POSITIVE_INT),
     ("data.num_channels", one_of(1, 3)),
     ("data.random_flip", BOOL),
@@ -75,17 +72,17 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("model.attn_resolutions", INTS),
     ("model.dropout", in_range(0.0, 1.0, high_open=True)),
     ("model.num_groups", POSITIVE_INT),
-    ("model.skip_type", one_of(*unet.SKIP_TYPES)),
-    ("model.block_type", one_of(*unet.BLOCK_TYPES)),
+    ("model.skip_type", one_of(*choices.SKIP_TYPES)),
+    ("model.block_type", one_of(*choices.BLOCK_TYPES)),
     ("model.preset", one_of("", *presets.PRESETS)),
     ("model.remat", BOOL),
-    ("model.dtype", one_of("float32", "bfloat16")),
+    ("model.dtype", one_of(*choices.PRECISIONS)),
     ("diffusion.num_timesteps", POSITIVE_INT),
-    ("diffusion.beta_schedule", one_of(*schedules.BETA_SCHEDULES)),
+    ("diffusion.beta_schedule", one_of(*choices.BETA_SCHEDULES)),
     ("diffusion.beta_start", in_range(0.0, 1.0, low_open=True, high_open=True)),
     ("diffusion.beta_end", in_range(0.0, 1.0, low_open=True, high_open=True)),
-    ("diffusion.variance_type", one_of(*diffusion_lib.VARIANCE_TYPES)),
-    ("depth.training", one_of(*depth_lib.TRAINING_SCHEMES)),
+    ("diffusion.variance_type", one_of(*choices.VARIANCE_TYPES)),
+    ("depth.training", one_of(*choices.DEPTH_TRAINING_SCHEMES)),
     ("depth.power", in_range(0.0, float("inf"))),
     ("training.batch_size", POSITIVE_INT),
     ("training.num_steps", POSITIVE_INT),
@@ -96,22 +93,22 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("training.log_every", POSITIVE_INT),
     ("training.checkpoint_every", POSITIVE_INT),
     ("training.keep_checkpoints", POSITIVE_INT),
-    ("training.loss", one_of(*objectives.LOSSES)),
+    ("training.loss", one_of(*choices.LOSSES)),
     ("training.iwdiff_k", POSITIVE_INT),
     ("training.iwdiff_accumulate", BOOL),
-    ("training.timestep_sampler", one_of(*objectives.TIMESTEP_SAMPLERS)),
+    ("training.timestep_sampler", one_of(*choices.TIMESTEP_SAMPLERS)),
     ("training.extra_updates", NON_NEGATIVE_INT),
     ("sampling.batch_size", POSITIVE_INT),
     ("sampling.num_samples", POSITIVE_INT),
     ("sampling.clip_denoised", BOOL),
-    ("sampling.name", one_of(*sampling.SAMPLERS)),
+    ("sampling.name", one_of(*choices.SAMPLERS)),
     ("sampling.steps", POSITIVE_INT),
-    ("sampling.respacing", one_of(*schedules.RESPACINGS)),
-    ("sampling.schedule", one_of(*schedules.STEP_SCHEDULES, "linear")),
+    ("sampling.respacing", one_of(*choices.RESPACINGS)),
+    ("sampling.schedule", one_of(*choices.STEP_SCHEDULES, "linear")),
     ("sampling.eta", in_range(0.0, 1.0)),
     ("sampling.kappa", in_range(0.0, 1.0)),
-    ("sampling.fastdpm_kind", one_of(*sampling.FASTDPM_KINDS)),
-    ("model.kind", one_of("unet", "sngan")),
+    ("sampling.fastdpm_kind", one_of(*choices.FASTDPM_KINDS)),
+    ("model.kind", one_of(*choices.MODEL_KINDS)),
     ("gan.z_dim", POSITIVE_INT),
     ("gan.g_ch", POSITIVE_INT),
     ("gan.d_ch", POSITIVE_INT),
@@ -119,25 +116,25 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("gan.learning_rate", in_range(0.0, 1.0, low_open=True)),
     ("gan.beta1", in_range(0.0, 1.0, high_open=True)),
     ("gan.beta2", in_range(0.0, 1.0, high_open=True)),
-    ("surrogate.kind", one_of("none", "sngan", "ddpm")),
+    ("surrogate.kind", one_of(*choices.SURROGATE_KINDS)),
     ("surrogate.t_mid", NON_NEGATIVE_INT),
     ("surrogate.t_mids", ((lambda value: isinstance(value, (tuple, list)) and len(value) > 0
                            and all(non_negative_int(v) for v in value)),
                           "a non-empty list of integers >= 0")),
     ("bench.batch_sizes", POSITIVE_INTS),
-    ("bench.kind", one_of("core", "depth", "samplers", "precision")),
+    ("bench.kind", one_of(*choices.BENCH_KINDS)),
     ("bench.num_iters", POSITIVE_INT),
     ("bench.sampler_steps", NON_NEGATIVE_INT),
     ("bench.samplers", ((lambda value: isinstance(value, (tuple, list)) and all(
-        v in ("ddpm", "respaced", "ddim", "fastdpm", "surrogate") for v in value)),
-                        "a list of sampler families from ddpm, respaced, ddim, fastdpm, surrogate")),
+        v in choices.BENCH_SAMPLER_FAMILIES for v in value)),
+                        f"a list of sampler families from {list(choices.BENCH_SAMPLER_FAMILIES)}")),
     ("bench.quality_samples", NON_NEGATIVE_INT),
     ("evaluation.name", ((lambda value: isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]*", value)
                           is not None), "a folder name of letters, digits, '_', '.', '-' (or '')")),
     ("evaluation.num_samples", POSITIVE_INT),
     ("evaluation.metrics", ((lambda value: isinstance(value, (tuple, list)) and len(value) > 0
-                             and all(v in EVALUATION_METRICS for v in value)),
-                            f"a non-empty list from {list(EVALUATION_METRICS)}")),
+                             and all(v in choices.EVALUATION_METRICS for v in value)),
+                            f"a non-empty list from {list(choices.EVALUATION_METRICS)}")),
     ("evaluation.reference_stats", STRING),
     ("evaluation.reference_split", STRING),
     ("evaluation.inception_weights", STRING),
@@ -164,15 +161,19 @@ def _check(ok: bool, field: str, value, allowed: str):
     raise ConfigError(f"config.{field}={value!r}: must be {allowed}")
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError naming the first bad field.
+def resolved_model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """config.model with the fields of config.model.preset (Table 4.3) applied: a copy, so the
+  config itself keeps what the user wrote."""
+  model = ml_collections.ConfigDict(config.model.to_dict())
+  if model.get("preset"):
+    model.update(presets.PRESETS[model.preset])
+  return model
 
-  Also writes the fields of config.model.preset (Table 4.3) into config.model, so everything
-  downstream sees the preset's architecture.
-  """
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError naming the first bad field; changes nothing."""
   for field, (check, allowed) in RULES:
     _check(check(get_field(config, field)), field, get_field(config, field), allowed)
-  presets.apply_preset(config.model)
   # Relations between fields.
   training = config.training
   if training.loss == "hybrid":
@@ -188,7 +189,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   else:
     _check(training.extra_updates == 0, "training.extra_updates", training.extra_updates,
            "0 unless training.timestep_sampler='loss_aware' (they only feed its loss history)")
-  model, data = config.model, config.data
+  model, data = resolved_model_config(config), config.data
   _check(data.image_size % 2 ** (len(model.ch_mult) - 1) == 0, "data.image_size", data.image_size,
          f"divisible by 2**(len(model.ch_mult) - 1) = {2 ** (len(model.ch_mult) - 1)}")
   for mult in model.ch_mult:
@@ -220,12 +221,12 @@ def _validate_sampling(config: ml_collections.ConfigDict) -> None:
            "with sampling.respacing='ddim' (or use 'even')")
   var = s.name == "fastdpm" and s.fastdpm_kind == "var"
   if s.name == "ddim" or (s.name == "fastdpm" and not var):
-    _check(s.schedule in schedules.STEP_SCHEDULES, "sampling.schedule", s.schedule,
-           f"one of {list(schedules.STEP_SCHEDULES)} for sampling.name={s.name!r} "
+    _check(s.schedule in choices.STEP_SCHEDULES, "sampling.schedule", s.schedule,
+           f"one of {list(choices.STEP_SCHEDULES)} for sampling.name={s.name!r} "
            f"(fastdpm_kind={s.fastdpm_kind!r})")
   if var:
-    _check(s.schedule in schedules.VAR_SCHEDULES, "sampling.schedule", s.schedule,
-           f"one of {list(schedules.VAR_SCHEDULES)} for FastDPM VAR")
+    _check(s.schedule in choices.VAR_SCHEDULES, "sampling.schedule", s.schedule,
+           f"one of {list(choices.VAR_SCHEDULES)} for FastDPM VAR")
   if s.name == "fastdpm":
     _check(d.beta_schedule == "linear" and d.beta_end > d.beta_start and d.num_timesteps >= 2,
            "diffusion.beta_schedule", d.beta_schedule,
@@ -271,7 +272,9 @@ def checkpoint_identity(config: ml_collections.ConfigDict, purpose: str) -> dict
   if purpose not in CHECKPOINT_PURPOSES:
     raise ValueError(f"purpose={purpose!r}: must be one of {CHECKPOINT_PURPOSES}")
   identity = {}
-  for field, value in _flatten(config.to_dict()).items():
+  resolved = config.to_dict()
+  resolved["model"] = resolved_model_config(config).to_dict()
+  for field, value in _flatten(resolved).items():
     section, _, name = field.partition(".")
     holds = ((section == "model" and name not in _COMPUTE_ONLY_MODEL_FIELDS)
              or section == "diffusion" or field in ("data.image_size", "data.num_channels")
@@ -376,12 +379,45 @@ def default_config() -> ml_collections.ConfigDict:
   return config
 
 
-def load_sibling_config(config_file: str, name: str, *args) -> ml_collections.ConfigDict:
-  """get_config(*args) of configs/<name> next to config_file (config files load by path)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
-  spec = importlib.util.spec_from_file_location(os.path.splitext(name)[0], path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """get_config(variant) of "path/to/config.py[:variant]", as --config=... loads it, validated.
+
+  Notebooks, tools and tests load configs through this (configs/ is not a package).
+  """
+  path, _, variant = spec.partition(":")
+  try:
+    module_spec = importlib.util.spec_from_file_location(
+        os.path.splitext(os.path.basename(path))[0], os.path.abspath(path))
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    config = module.get_config(variant) if variant else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except  (a config file can raise anything)
+    raise ConfigError(f"{spec}: cannot load it ({type(e).__name__}: {e})") from None
+  validate(config)
+  return config
+
+
+VARIANTS = ("", "tiny")
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+  """The config's `variant` (configs/*.py:get_config(variant)); "tiny" shrinks the model, the
+  diffusion and the run so that a train step compiles and runs in seconds on a CPU (tests,
+  notebooks in CI, trying a config out); the data stay the config's."""
+  if variant not in VARIANTS:
+    raise ConfigError(f"config variant {variant!r}: must be one of {list(VARIANTS)}")
+  if variant == "tiny":
+    config.model.update(dict(preset="", ch=8, ch_mult=(1, 2), attn_resolutions=(4,),
+                              num_groups=4))
+    config.gan.update(dict(z_dim=16, g_ch=16, d_ch=16))
+    scale = 20 / config.diffusion.num_timesteps  # surrogate steps keep their place in the chain
+    config.diffusion.num_timesteps = 20
+    config.training.update(dict(batch_size=8, num_steps=6, warmup_steps=2, log_every=2,
+                                checkpoint_every=3))
+    config.sampling.update(dict(batch_size=4, num_samples=4, steps=min(config.sampling.steps, 10)))
+    config.surrogate.update(dict(t_mid=round(config.surrogate.t_mid * scale),
+                                 t_mids=tuple(round(t * scale) for t in config.surrogate.t_mids)))
+    config.evaluation.update(dict(num_samples=8, bpd_examples=8, feature_batch_size=8,
+                                  kid_subset_size=4, kid_subsets=2, is_splits=2))
+    config.bench.update(dict(batch_sizes=(2,), num_iters=1))
+  return config

@@ -19,9 +19,10 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from jdiff import choices
 from jdiff.errors import DataError
 
-TFDS_SOURCES = ("cifar10", "mnist", "fashion_mnist", "celeb_a")
+TFDS_SOURCES = choices.TFDS_SOURCES
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NPZ_CONVENTIONAL_KEYS = ("images", "x", "train_x")  # used, in this order, when data.npz_key is ""
 EXPECTED_IMAGES = "expected uint8 images [N, H, W] or [N, H, W, C] with C = 1 or 3"

@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-TRAINING_SCHEMES = ("full", "random", "bucketed")
+from jdiff import choices
+
+TRAINING_SCHEMES = choices.DEPTH_TRAINING_SCHEMES
 # Guards floor() against N (1 - t)^c landing a rounding error below an integer.
 _FLOOR_TOLERANCE = 1e-9
 
@@ -50,16 +52,6 @@ def apply_at_depth(apply_fn: Callable, num_levels: int, depth, *args, **kwargs):
       for k in range(num_levels)
   ]
   return jax.lax.switch(depth, branches, args)
-
-
-def depth_model_fn(model, params) -> Callable:
-  """(x, t[, depth]) -> model output at that depth (None: full): what samplers call."""
-  def model_fn(x, t, depth=None):
-    return apply_at_depth(
-        lambda x, t, shortcut_depth: model.apply({"params": params}, x, t,
-                                                 shortcut_depth=shortcut_depth),
-        model.num_levels, depth, x, t)
-  return model_fn
 
 
 def scan_by_depth(step_fn: Callable, x_init, table: dict):

@@ -3,17 +3,19 @@
 Steps are 0-based indices t in {0..T-1}; tables are computed in float64 and kept as float32.
 """
 
-from typing import Tuple
+import dataclasses
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-VARIANCE_TYPES = ("fixedlarge", "fixedsmall", "learned_range")
+from jdiff import choices
+
+VARIANCE_TYPES = choices.VARIANCE_TYPES
 
 
-@flax.struct.dataclass
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class GaussianDiffusion:
   """Precomputed per-step tables of the forward process and its posterior."""
   betas: jax.Array

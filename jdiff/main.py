@@ -107,17 +107,16 @@ def parse_flags(argv):
 
 def _run(config, mode: str, workdir: str) -> int:
   """Runs the mode; returns the exit code (errors propagate as errors.JdiffError)."""
-  import jax  # pylint: disable=g-import-not-at-top  (after validation: a bad flag fails fast)
-  from jdiff import evaluate, generate, parallel, train  # pylint: disable=g-import-not-at-top
-  from jdiff.models import build_model, parameter_table  # pylint: disable=g-import-not-at-top
+  # Imported after validation, so a bad flag fails before anything heavy loads.
+  from jdiff import parallel  # pylint: disable=g-import-not-at-top
   parallel.maybe_initialize_distributed(config.distributed)
 
   if mode == "train":
     if config.model.kind == "sngan":
-      from jdiff import gan_train  # pylint: disable=g-import-not-at-top
-      result = gan_train.train(config, workdir, from_scratch=_FROM_SCRATCH.value)
+      from jdiff.drivers import gan_train as trainer  # pylint: disable=g-import-not-at-top
     else:
-      result = train.train(config, workdir, from_scratch=_FROM_SCRATCH.value)
+      from jdiff.drivers import train as trainer  # pylint: disable=g-import-not-at-top
+    result = trainer.train(config, workdir, from_scratch=_FROM_SCRATCH.value)
     what = "SNGAN" if config.model.kind == "sngan" else "model"
     if result.interrupted_by:
       print(f"stopped by {result.interrupted_by} at step {result.step} of "
@@ -127,30 +126,39 @@ def _run(config, mode: str, workdir: str) -> int:
       print(f"{what} at step {result.step}; checkpoints in {workdir}/checkpoints")
     return result.exit_code
   if mode == "sample":
-    grid = generate.generate(config, workdir)
+    from jdiff.drivers import sample  # pylint: disable=g-import-not-at-top
+    grid = sample.sample(config, workdir)
     print(f"samples: {workdir}/samples/samples.npz\ngrid: {grid}")
   elif mode == "evaluate":
+    from jdiff.drivers import evaluate  # pylint: disable=g-import-not-at-top
     results = evaluate.evaluate(config, workdir)
     print(json.dumps({key: value for key, value in results.items() if key != "sampling"}, indent=2))
   elif mode == "reference_stats":
+    from jdiff.drivers import evaluate  # pylint: disable=g-import-not-at-top
     path = evaluate.reference_statistics(config, workdir)
     print(f"reference statistics: {path}\nuse them with --config.evaluation.reference_stats={path}")
   elif mode == "summary":
-    params = jax.eval_shape(lambda: train.init_params(build_model(config), config, jax.random.key(0)))
-    table = parameter_table(params)
-    width = max(len(name) for name, _ in table)
-    for name, count in table:
-      print(f"  {name:<{width}}  {count:>12,}")
-    print(f"parameters: {sum(count for _, count in table)}")
-    if config.model.preset:
-      from jdiff.models import presets  # pylint: disable=g-import-not-at-top
-      print("Table 4.3 presets (parameters here | paper, M):")
-      for name, count in presets.parameter_counts(config).items():
-        print(f"  {name:<12}  {count:>12,}  |  {presets.PAPER_PARAMETERS_M[name]:.2f}")
+    _summary(config)
   elif mode == "bench":
-    from jdiff import bench  # pylint: disable=g-import-not-at-top
+    from jdiff.tools import bench  # pylint: disable=g-import-not-at-top
     bench.run(config, workdir)
   return 0
+
+
+def _summary(config) -> None:
+  """clu's table of every parameter array, then the total (and Table 4.3's presets)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from clu import parameter_overview  # pylint: disable=g-import-not-at-top
+  from jdiff import builders  # pylint: disable=g-import-not-at-top
+  from jdiff.models import presets  # pylint: disable=g-import-not-at-top
+  params = jax.eval_shape(lambda: builders.init_params(builders.build_model(config), config,
+                                                       jax.random.key(0)))
+  print(parameter_overview.get_parameter_overview(params, include_stats=False))
+  if config.model.preset:
+    print("Table 4.3 presets (parameters here | paper, M):")
+    for name, count in builders.preset_parameter_counts(config).items():
+      print(f"  {name:<12}  {count:>12,}  |  {presets.PAPER_PARAMETERS_M[name]:.2f}")
+  print(f"parameters: {parameter_overview.count_parameters(params)}")
 
 
 def main(argv):

@@ -14,15 +14,16 @@ per dimension, and their sum over all T for a batch.
 
 from typing import Callable, Tuple
 
-import flax.struct
+import dataclasses
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdiff import choices
 from jdiff import diffusion as diffusion_lib
 
-LOSSES = ("simple", "hybrid", "iwdiff")
-TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
+LOSSES = choices.LOSSES
+TIMESTEP_SAMPLERS = choices.TIMESTEP_SAMPLERS
 HYBRID_VLB_WEIGHT = 0.001   # lambda of improved DDPM
 HISTORY_LENGTH = 10         # losses kept per t by the loss-aware sampler
 UNIFORM_FRACTION = 0.001    # probability mass mixed in uniformly, so no t is starved
@@ -157,7 +158,8 @@ def forward_only_losses(draw_loss_fn: Callable, params, noises, dropout_rngs):
 # ---------------------------------------------------------------------------------------------
 # Loss-aware timestep sampler (improved DDPM's second-moment resampler).
 
-@flax.struct.dataclass
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class LossHistory:
   """The last HISTORY_LENGTH losses of each step t, kept as a ring buffer.
 

@@ -1,8 +1,14 @@
-"""Samplers: one jitted lax.scan over a precomputed step table.
+"""Samplers: one jitted lax.scan over a precomputed step table. Needs only jax and numpy.
 
-A model function maps (x_t, t) -> model output, t a float [B] vector of steps; with a depth
-schedule it is called as model_fn(x_t, t, depth) with depth a traced int32 scalar. The
-samplers are pure and jittable; `make_sample_fn` jits one with the batch sharded on the mesh.
+A model function maps (x_t, t) -> model output (eps, or eps and the variance's v for learned
+variances), t a float [B] vector of 0-based steps; with a depth schedule it is called as
+model_fn(x_t, t, depth=k) with k a traced int32 scalar. The samplers are pure and jittable, and
+know nothing of configs or meshes (jdiff.builders builds them from a config and shards them).
+On your own model, with a linear schedule of T = 1000 steps:
+
+  plan = sampling.ddim_plan(schedules.linear_betas(1000),
+                            schedules.step_schedule(1000, 50, "uniform"), eta=0.0)
+  x0 = jax.jit(lambda x, rng: sampling.run_plan(plan, eps_model, x, rng))(x_T, rng)
 
 Every reverse process is a `Plan`: a table of rows from the noisiest step down and the update
 of one row. Rows carry "t" (the network's step, integer or real), "index" (folded into the rng
@@ -22,26 +28,26 @@ k(floor(t)), the deeper (never cheaper) of its two neighbours' networks.
 """
 
 import dataclasses
-import functools
 from typing import Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdiff import choices
 from jdiff import diffusion as diffusion_lib
-from jdiff import parallel
 from jdiff import schedules
 
-SAMPLERS = ("ancestral", "respaced", "ddim", "fastdpm")
-FASTDPM_KINDS = ("var", "step")
+SAMPLERS = choices.SAMPLERS
+FASTDPM_KINDS = choices.FASTDPM_KINDS
 
 
 def call_model(model_fn: Callable, x, t, depth=None):
+  """model_fn(x, t[B]) at the full network, model_fn(x, t[B], depth=k) with a depth schedule."""
   t_vec = jnp.broadcast_to(jnp.asarray(t, jnp.float32), x.shape[:1])
   if depth is None:
     return model_fn(x, t_vec)
-  return model_fn(x, t_vec, depth)
+  return model_fn(x, t_vec, depth=depth)
 
 
 def run_step_table(step_fn: Callable, x_init, table: dict):
@@ -207,40 +213,6 @@ def surrogate_sample(plan: Plan, model_fn: Callable, surrogate_fn: Callable, t_m
   return run_plan(rest, model_fn, x_start, plan_rng)
 
 
-def depth_schedule_for(config) -> Optional[np.ndarray]:
-  """k(t) for t = 0..T-1 when the config asks for adaptive depth (depth.power > 0), else None."""
-  if config.depth.power == 0:
-    return None
-  from jdiff import depth as depth_lib  # pylint: disable=g-import-not-at-top
-  return depth_lib.depth_schedule(len(config.model.ch_mult), config.depth.power,
-                                  config.diffusion.num_timesteps)
-
-
-def build_plan(config, diffusion: diffusion_lib.GaussianDiffusion, name: Optional[str] = None,
-               steps: Optional[int] = None, **overrides) -> Plan:
-  """The plan of config.sampling (name / steps / other sampling fields overridable)."""
-  s = config.sampling
-  name = name or s.name
-  steps = steps or s.steps
-  get = lambda field: overrides.get(field, s[field])
-  d = config.diffusion
-  betas = schedules.get_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end)
-  common = dict(variance_type=d.variance_type, clip_denoised=get("clip_denoised"),
-                depth_schedule=depth_schedule_for(config))
-  if name == "ancestral":
-    return ancestral_plan(diffusion, **common)
-  if name == "respaced":
-    return respaced_plan(betas, schedules.respaced_steps(d.num_timesteps, steps, get("respacing")),
-                         **common)
-  if name == "ddim":
-    return ddim_plan(betas, schedules.step_schedule(d.num_timesteps, steps, get("schedule")),
-                     eta=get("eta"), **common)
-  if name == "fastdpm":
-    return fastdpm_plan(betas, steps, kind=get("fastdpm_kind"), schedule=get("schedule"),
-                        kappa=get("kappa"), **common)
-  raise ValueError(f"sampler {name!r}: allowed {SAMPLERS}")
-
-
 def with_surrogate(plan: Plan, surrogate_fn: Callable, t_mid: int, num_timesteps: int):
   """(sampler(model_fn, x_T, rng) running Algorithm 4 from 1-based t_mid, its network evaluations
   per sample). surrogate_fn(key, batch_size) -> images of x_T's shape."""
@@ -250,48 +222,6 @@ def with_surrogate(plan: Plan, surrogate_fn: Callable, t_mid: int, num_timesteps
   if t_mid >= num_timesteps:
     return sampler, plan.num_evaluations
   return sampler, plan.rows_up_to(t_mid - 1).num_evaluations
-
-
-def build_sampler(config, diffusion: diffusion_lib.GaussianDiffusion,
-                  surrogate_fn: Optional[Callable] = None) -> Callable:
-  """sampler(model_fn, x_T, rng) for config.sampling; with surrogate_fn (surrogate.make_surrogate_fn)
-  it starts from the surrogate at config.surrogate.t_mid.
-
-  With depth.power > 0 the model function is called as model_fn(x, t, depth).
-  """
-  return build_sampler_and_evaluations(config, diffusion, surrogate_fn)[0]
-
-
-def build_sampler_and_evaluations(config, diffusion: diffusion_lib.GaussianDiffusion,
-                                  surrogate_fn: Optional[Callable] = None):
-  """(build_sampler's sampler, its network evaluations per sample)."""
-  plan = build_plan(config, diffusion)
-  if surrogate_fn is not None:
-    return with_surrogate(plan, surrogate_fn, config.surrogate.t_mid, diffusion.num_timesteps)
-
-  def sampler(model_fn, x_T, rng):
-    return run_plan(plan, model_fn, x_T, rng)
-  return sampler, plan.num_evaluations
-
-
-def make_sample_fn(sampler: Callable, model_fn_from_params: Callable, mesh, image_shape,
-                   batch_size: int):
-  """Jitted (params, rng) -> images [batch_size, *image_shape], the batch sharded on the mesh.
-
-  sampler(model_fn, x_T, rng) runs the reverse process; model_fn_from_params(params) gives the
-  model function for those params.
-  """
-  parallel.check_batch_divisible(batch_size, "sampling.batch_size")
-  sharding = parallel.batch_sharding(mesh)
-
-  @functools.partial(jax.jit, out_shardings=sharding)
-  def sample_fn(params, rng):
-    noise_rng, sampler_rng = jax.random.split(rng)
-    x_T = jax.random.normal(noise_rng, (batch_size,) + tuple(image_shape))
-    x_T = jax.lax.with_sharding_constraint(x_T, sharding)
-    return sampler(model_fn_from_params(params), x_T, sampler_rng)
-
-  return sample_fn
 
 
 def to_uint8(images) -> np.ndarray:

@@ -8,7 +8,9 @@ import math
 
 import numpy as np
 
-BETA_SCHEDULES = ("linear", "cosine")
+from jdiff import choices
+
+BETA_SCHEDULES = choices.BETA_SCHEDULES
 
 
 def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
@@ -34,9 +36,9 @@ def get_betas(name: str, num_timesteps: int, beta_start: float = 1e-4,
 
 # Step selection for fast samplers (respacing, DDIM, FastDPM STEP). Steps are 0-based.
 
-RESPACINGS = ("even", "ddim")
-STEP_SCHEDULES = ("uniform", "quadratic")
-VAR_SCHEDULES = ("linear", "quadratic")
+RESPACINGS = choices.RESPACINGS
+STEP_SCHEDULES = choices.STEP_SCHEDULES
+VAR_SCHEDULES = choices.VAR_SCHEDULES
 
 
 def respaced_steps(num_timesteps: int, num_steps: int, kind: str = "even") -> np.ndarray:

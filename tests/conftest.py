@@ -46,23 +46,23 @@ def tiny_config():
 
 def restore_train_state(config, workdir, step=None):
   """(step, TrainState) of the latest good checkpoint in workdir (or of `step`), read only."""
+  from jdiff import builders, config_lib, parallel  # pylint: disable=g-import-not-at-top
   from jdiff import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from jdiff import config_lib, parallel, train  # pylint: disable=g-import-not-at-top
-  from jdiff.models import build_model  # pylint: disable=g-import-not-at-top
-  abstract = train.abstract_state(config, build_model(config),
-                                  train.make_optimizer(config.training), parallel.make_mesh())
+  abstract = builders.abstract_state(config, builders.build_model(config),
+                                     builders.build_optimizer(config.training),
+                                     parallel.make_mesh())
   checkpointer = checkpoint_lib.Checkpointer(str(workdir), read_only=True)
   try:
     if step is None:
-      restored = checkpointer.restore_latest(train.checkpoint_items(abstract),
+      restored = checkpointer.restore_latest(builders.checkpoint_items(abstract),
                                              config_lib.checkpoint_identity(config, "train"))
       assert restored is not None, f"no checkpoint in {workdir}"
       step, items = restored
     else:
-      items = checkpointer.restore(step, train.checkpoint_items(abstract))
+      items = checkpointer.restore(step, builders.checkpoint_items(abstract))
   finally:
     checkpointer.close()
-  return step, train.state_from_items(items)
+  return step, builders.state_from_items(items)
 
 
 def config_overrides(config_dict_items):

@@ -10,19 +10,18 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import tiny_config
+from jdiff import builders
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
 from jdiff import errors
-from jdiff import generate
 from jdiff import parallel
-from jdiff import train as train_lib
-from jdiff.models import build_model
+from jdiff.drivers import train as train_lib
 
 
 def _setup(config):
   mesh = parallel.make_mesh()
-  model = build_model(config)
-  optimizer = train_lib.make_optimizer(config.training)
+  model = builders.build_model(config)
+  optimizer = builders.build_optimizer(config.training)
   return mesh, model, optimizer
 
 
@@ -31,7 +30,7 @@ def state():
   """A tiny train state whose params differ from a fresh init (so a restore is visible)."""
   config = tiny_config()
   mesh, model, optimizer = _setup(config)
-  fresh = train_lib.init_state(config, model, optimizer, mesh)
+  fresh = builders.build_state(config, model, optimizer, mesh)
   return fresh.replace(
       step=fresh.step + 7,
       params=jax.tree.map(lambda x: x + 1.0, fresh.params),
@@ -41,7 +40,7 @@ def state():
 def _save_named(workdir, config, state, step):
   checkpointer = checkpoint_lib.Checkpointer(str(workdir), 3)
   identity = config_lib.checkpoint_identity(config, "train")
-  checkpointer.save(step, train_lib.checkpoint_items(state),
+  checkpointer.save(step, builders.checkpoint_items(state),
                     checkpoint_lib.identity_record(config.to_dict(), identity))
   checkpointer.close()
 
@@ -72,7 +71,7 @@ def test_named_items_restore_for_training_and_sampling(tmp_path, state):
 
   # Sampling reads the EMA params alone: with the optimizer's item gone it still works.
   shutil.rmtree(tmp_path / "checkpoints" / "7" / "state")
-  params, step = generate.restore_ema_params(config, str(tmp_path), model, mesh)
+  params, step = builders.restore_ema_params(config, str(tmp_path), model, mesh)
   assert step == 7
   _assert_trees_equal(params, state.ema_params)
 
@@ -81,14 +80,14 @@ def test_old_single_item_checkpoints_still_load(tmp_path, state):
   config = tiny_config()
   _save_legacy(str(tmp_path), state, 7)
   mesh, model, optimizer = _setup(config)
-  params, step = generate.restore_ema_params(config, str(tmp_path), model, mesh)
+  params, step = builders.restore_ema_params(config, str(tmp_path), model, mesh)
   assert step == 7
   _assert_trees_equal(params, state.ema_params)
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), 3)
   restored = train_lib.restore_or_init(config, checkpointer, model, optimizer, mesh)
   _assert_trees_equal(restored, state)
   # Training on saves named items beside the old one.
-  checkpointer.save(8, train_lib.checkpoint_items(restored),
+  checkpointer.save(8, builders.checkpoint_items(restored),
                     checkpoint_lib.identity_record(config.to_dict(), {}))
   checkpointer.close()
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["7", "8"]
@@ -174,11 +173,11 @@ def test_saving_a_step_left_by_another_run_sets_the_old_one_aside(tmp_path, stat
   before = sorted(os.listdir(tmp_path / "checkpoints" / "7" / "ema_params"))
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), 3)
   newer = state.replace(ema_params=jax.tree.map(lambda x: x * 0.0, state.ema_params))
-  checkpointer.save(7, train_lib.checkpoint_items(newer),
+  checkpointer.save(7, builders.checkpoint_items(newer),
                     checkpoint_lib.identity_record(config.to_dict(), {}))
   checkpointer.close()
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["7", "damaged-7"]
   assert sorted(os.listdir(tmp_path / "checkpoints" / "damaged-7" / "ema_params")) == before
   mesh, model, _ = _setup(config)
-  params, _ = generate.restore_ema_params(config, str(tmp_path), model, mesh)
+  params, _ = builders.restore_ema_params(config, str(tmp_path), model, mesh)
   _assert_trees_equal(params, newer.ema_params)

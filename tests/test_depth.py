@@ -8,11 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jdiff import builders
 from jdiff import depth
 from jdiff import parallel
 from jdiff import sampling
-from jdiff import train as train_lib
-from jdiff.models import build_model
+from jdiff.drivers import train as train_lib
 from jdiff.models.unet import SKIP_TYPES, UNet
 
 from conftest import tiny_config
@@ -168,10 +168,10 @@ def test_config_depth_power_reaches_the_sampler_plan():
   config = tiny_config()
   config.model.ch_mult = (1, 2, 2, 2)
   config.diffusion.num_timesteps = 4
-  diffusion = train_lib.build_diffusion(config)
-  assert "depth" not in sampling.build_plan(config, diffusion, name="ancestral").table  # c = 0
+  diffusion = builders.build_diffusion(config)
+  assert "depth" not in builders.build_plan(config, diffusion, name="ancestral").table  # c = 0
   config.depth.power = 2.0
-  table = sampling.build_plan(config, diffusion, name="ancestral").table
+  table = builders.build_plan(config, diffusion, name="ancestral").table
   expected = {0: 0, 1: 1, 2: 3, 3: 3}  # the (4, 2, 4) case above
   np.testing.assert_array_equal(table["depth"], [expected[int(t)] for t in table["t"]])
 
@@ -206,7 +206,7 @@ def test_forward_does_not_recompile_when_depth_changes():
   model = tiny_unet()
   params = random_params(model)
   x, t = inputs()
-  forward = jax.jit(lambda params, d: depth.depth_model_fn(model, params)(x, t, d))
+  forward = jax.jit(lambda params, d: builders.make_model_fn(model, params)(x, t, d))
   depths = [jnp.int32(k) for k in (0, 2, 1, 0)]
   outputs = [forward(params, depths[0])]  # compiles once (plus any tiny helper programs)
   with count_compiles() as compiles:
@@ -220,10 +220,10 @@ def test_train_step_does_not_recompile_when_depth_changes():
   config.depth.training = "random"
   config.depth.power = 2.0
   mesh = parallel.make_mesh()
-  model = build_model(config)
-  optimizer = train_lib.make_optimizer(config.training)
-  state = train_lib.init_state(config, model, optimizer, mesh)
-  train_step = train_lib.make_train_step(config, model, train_lib.build_diffusion(config),
+  model = builders.build_model(config)
+  optimizer = builders.build_optimizer(config.training)
+  state = builders.build_state(config, model, optimizer, mesh)
+  train_step = train_lib.make_train_step(config, model, builders.build_diffusion(config),
                                          optimizer, mesh)
   images = jnp.zeros((config.training.batch_size,) + IMAGE, jnp.uint8)
   images = jax.device_put(images, parallel.batch_sharding(mesh))
@@ -240,12 +240,12 @@ def test_sampler_runs_every_depth_in_one_compile():
   """The --mode=sample path: build_sampler from the config, depth_model_fn, make_sample_fn."""
   config = tiny_config()  # 2 levels: k in {0, 1}
   config.depth.power = 2.0
-  model = build_model(config)
-  diffusion = train_lib.build_diffusion(config)
-  plan_depths = sampling.build_plan(config, diffusion).table["depth"]
+  model = builders.build_model(config)
+  diffusion = builders.build_diffusion(config)
+  plan_depths = builders.build_plan(config, diffusion).table["depth"]
   assert set(plan_depths) == {0, 1}
-  sample_fn = sampling.make_sample_fn(
-      sampling.build_sampler(config, diffusion), lambda p: depth.depth_model_fn(model, p),
+  sample_fn = builders.make_sample_fn(
+      sampling.build_sampler(config, diffusion), lambda p: builders.make_model_fn(model, p),
       parallel.make_mesh(), IMAGE, batch_size=4)
   params = random_params(model)
   rngs = [jax.random.key(seed) for seed in (0, 1)]
@@ -258,7 +258,7 @@ def test_sampler_runs_every_depth_in_one_compile():
 def test_scan_by_depth_matches_one_scan_with_switch():
   model = tiny_unet()
   params = random_params(model)
-  model_fn = depth.depth_model_fn(model, params)
+  model_fn = builders.make_model_fn(model, params)
   table = {"t": np.arange(9, -1, -1, dtype=np.float32),
            "depth": np.array([2, 2, 2, 1, 1, 1, 0, 0, 0, 0], np.int32)}
 

@@ -13,10 +13,10 @@ import pytest
 from conftest import REPO, TINY_OVERRIDES, cli, tiny_config
 from jdiff import data as data_lib
 from jdiff import errors
-from jdiff import evaluate
-from jdiff import plots
-from jdiff import train
+from jdiff.drivers import evaluate
+from jdiff.drivers import train as train_lib
 from jdiff.evaluation import digits_fd, inception, metrics, torch_weights
+from jdiff.tools import plots
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +28,7 @@ def _private_cache(tmp_path, monkeypatch):
 def _trained(config, workdir, steps=2):
   config.training.num_steps = steps
   config.training.checkpoint_every = steps
-  train.train(config, str(workdir))
+  train_lib.train(config, str(workdir))
   return config
 
 

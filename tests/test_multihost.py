@@ -71,7 +71,7 @@ _ONE_PROCESS_SCRIPT = textwrap.dedent("""
     logging.set_verbosity(logging.INFO)  # the "resumed from ... at step N" line
     config = tiny_config()
     config.training.num_steps, config.training.checkpoint_every = {steps}, {every}
-    train.train(config, sys.argv[1])
+    train_lib.train(config, sys.argv[1])
 """)
 
 

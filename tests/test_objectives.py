@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
+from jdiff import builders
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
 from jdiff import diffusion as diffusion_lib
 from jdiff import objectives
 from jdiff import parallel
-from jdiff import train as train_lib
-from jdiff.models import build_model, layers, presets
+from jdiff.drivers import train as train_lib
+from jdiff.models import layers, presets
 
 BATCH = 4
 
@@ -34,12 +35,12 @@ def _diffusion(num_timesteps=20):
 
 def _tiny_model_and_params(config):
   config_lib.validate(config)
-  model = build_model(config)
-  return model, jax.jit(lambda: train_lib.init_params(model, config, jax.random.key(0)))()
+  model = builders.build_model(config)
+  return model, jax.jit(lambda: builders.init_params(model, config, jax.random.key(0)))()
 
 
 def _batch(config, seed=0):
-  shape = (BATCH,) + train_lib.image_shape(config)
+  shape = (BATCH,) + builders.image_shape(config)
   x_start = jax.random.uniform(jax.random.key(seed), shape, minval=-1.0, maxval=1.0)
   t = jnp.arange(BATCH) * (config.diffusion.num_timesteps // BATCH)
   return x_start, t
@@ -136,13 +137,13 @@ def test_loss_history_update_matches_a_sequential_ring_buffer():
 def _train_setup(config):
   config_lib.validate(config)
   mesh = parallel.make_mesh()
-  model = build_model(config)
-  optimizer = train_lib.make_optimizer(config.training)
-  state = train_lib.init_state(config, model, optimizer, mesh)
-  step_fn = train_lib.make_train_step(config, model, train_lib.build_diffusion(config), optimizer,
+  model = builders.build_model(config)
+  optimizer = builders.build_optimizer(config.training)
+  state = builders.build_state(config, model, optimizer, mesh)
+  step_fn = train_lib.make_train_step(config, model, builders.build_diffusion(config), optimizer,
                                       mesh)
   batches = np.random.default_rng(0).integers(
-      0, 256, (3, config.training.batch_size) + train_lib.image_shape(config), dtype=np.uint8)
+      0, 256, (3, config.training.batch_size) + builders.image_shape(config), dtype=np.uint8)
   return mesh, model, optimizer, state, step_fn, batches
 
 
@@ -173,13 +174,13 @@ def test_loss_aware_iwdiff_state_survives_checkpoint_and_resume(tmp_path):
 
   checkpointer = checkpoint_lib.Checkpointer(str(tmp_path), keep=1)
   identity = config_lib.checkpoint_identity(config, "train")
-  checkpointer.save(2, train_lib.checkpoint_items(state),
+  checkpointer.save(2, builders.checkpoint_items(state),
                     checkpoint_lib.identity_record(config.to_dict(), identity))
   checkpointer.wait()
-  abstract = train_lib.abstract_state(config, model, optimizer, mesh)
-  step, items = checkpointer.restore_latest(train_lib.checkpoint_items(abstract), identity)
+  abstract = builders.abstract_state(config, model, optimizer, mesh)
+  step, items = checkpointer.restore_latest(builders.checkpoint_items(abstract), identity)
   checkpointer.close()
-  restored = train_lib.state_from_items(items)
+  restored = builders.state_from_items(items)
   assert step == 2
   jax.tree.map(np.testing.assert_array_equal, restored, state)
 
@@ -246,10 +247,10 @@ def learned_variance_setup():
 
 def test_bits_per_dim_sums_the_prior_and_every_term(learned_variance_setup):
   config, model, params = learned_variance_setup
-  diffusion = train_lib.build_diffusion(config)
+  diffusion = builders.build_diffusion(config)
   x_start, _ = _batch(config)
   result = jax.jit(lambda x: objectives.bits_per_dim(
-      diffusion, train_lib.make_model_fn(model, params), x, jax.random.key(0),
+      diffusion, builders.make_model_fn(model, params), x, jax.random.key(0),
       variance_type="learned_range"))(x_start)
   assert result["terms"].shape == (BATCH, config.diffusion.num_timesteps)
   np.testing.assert_allclose(result["total"], result["terms"].sum(1) + result["prior"], rtol=1e-5)
@@ -260,7 +261,7 @@ def test_bits_per_dim_sums_the_prior_and_every_term(learned_variance_setup):
 
 def test_learned_variance_output_shapes_and_bounds(learned_variance_setup):
   config, model, params = learned_variance_setup
-  diffusion = train_lib.build_diffusion(config)
+  diffusion = builders.build_diffusion(config)
   x_start, t = _batch(config)
   output = jax.jit(model.apply)({"params": params}, x_start, t)
   assert output.shape == x_start.shape[:3] + (2 * config.data.num_channels,)
@@ -308,7 +309,7 @@ def test_preset_parameter_counts():
   for name, expected in EXPECTED_PARAMETERS.items():
     config.model.preset = name
     config_lib.validate(config)
-    shapes = jax.eval_shape(lambda: train_lib.init_params(build_model(config), config,
+    shapes = jax.eval_shape(lambda: builders.init_params(builders.build_model(config), config,
                                                           jax.random.key(0)))
     assert sum(x.size for x in jax.tree.leaves(shapes)) == expected, name
 
@@ -342,7 +343,7 @@ def test_preset_builds_and_runs_forward_and_backward(name):
   config.model.preset = ""
   config.model.ch //= 16
   config.model.num_groups = 2
-  model = build_model(config)
+  model = builders.build_model(config)
   assert model.block_type == presets.PRESETS[name]["block_type"]
   assert len(model.ch_mult) == len(presets.PRESETS[name]["ch_mult"])
   x_start, t = _batch(config)

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from jdiff import bench_precision
+from jdiff import builders
 from jdiff import depth as depth_lib
 from jdiff import parallel
-from jdiff import train as train_lib
-from jdiff.models import build_model
+from jdiff.drivers import train as train_lib
 from jdiff.models.unet import UNet
+from jdiff.tools import bench_precision
 
 BF16_MAX_RELATIVE_ERROR = 2e-2
 MIN_GRAD_COSINE = 0.99
@@ -200,10 +200,10 @@ def test_bf16_computes_in_bf16_and_reduces_in_fp32():
 
 def _one_train_step(config):
   mesh = parallel.make_mesh()
-  unet = build_model(config)
-  optimizer = train_lib.make_optimizer(config.training)
-  state = train_lib.init_state(config, unet, optimizer, mesh)
-  step = train_lib.make_train_step(config, unet, train_lib.build_diffusion(config), optimizer, mesh)
+  unet = builders.build_model(config)
+  optimizer = builders.build_optimizer(config.training)
+  state = builders.build_state(config, unet, optimizer, mesh)
+  step = train_lib.make_train_step(config, unet, builders.build_diffusion(config), optimizer, mesh)
   images = np.random.default_rng(0).integers(0, 256, (config.training.batch_size, 8, 8, 1),
                                              dtype=np.uint8)
   state, metrics = step(state, jax.device_put(images, parallel.batch_sharding(mesh)))

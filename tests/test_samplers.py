@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jdiff import builders
 from jdiff import config_lib
 from jdiff import diffusion as diffusion_lib
 from jdiff import sampling
@@ -243,11 +244,11 @@ def test_fastdpm_needs_linear_schedule_and_build_sampler_dispatches():
                                     schedule="quadratic", kappa=1.0), 10)]:
     config = _config(**fields)
     config_lib.validate(config)
-    assert sampling.build_plan(config, diffusion).num_evaluations == evaluations
+    assert builders.build_plan(config, diffusion).num_evaluations == evaluations
 
 
 def test_sngan_shapes_and_one_training_step():
-  from jdiff import gan_train
+  from jdiff.drivers import gan_train
   from jdiff.models import gan
   config = config_lib.default_config()
   config.data.image_size, config.data.num_channels = 8, 1
@@ -255,9 +256,9 @@ def test_sngan_shapes_and_one_training_step():
   config.gan.update(z_dim=8, g_ch=16, d_ch=16, n_dis=2)
   config_lib.validate(config)
   generator, discriminator = gan.build_gan(config)
-  optimizer = gan_train.make_optimizer(config)
-  state = gan_train._init(config, generator, discriminator, optimizer, jax.random.key(0))
-  images = gan_train.make_generate_fn(config, state)(jax.random.key(1), 3)
+  optimizer = builders.build_gan_optimizer(config)
+  state = builders.init_gan_state(config, generator, discriminator, optimizer, jax.random.key(0))
+  images = builders.make_gan_generate_fn(config, state)(jax.random.key(1), 3)
   assert images.shape == (3, 8, 8, 1) and float(jnp.max(jnp.abs(images))) <= 1.0
   logits = discriminator.apply({"params": state.d_params, "batch_stats": state.d_stats}, images)
   assert logits.shape == (3,)

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TINY_OVERRIDES, cli, restore_train_state, tiny_config
+from jdiff import builders
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
+from jdiff import errors
 from jdiff import parallel
-from jdiff import train as train_lib
-from jdiff.models import build_model
+from jdiff.drivers import train as train_lib
+
 
 QUICKSTART = "--config=configs/quickstart.py"
 
@@ -36,16 +38,16 @@ def test_train_step_on_4_devices_equals_1_device():
       from jax.sharding import Mesh
       from conftest import tiny_config
       from jdiff import train as t, parallel
-      from jdiff.models import build_model
+      from jdiff import builders
       assert jax.device_count() == 4, jax.devices()
       config = tiny_config()
-      model, diffusion = build_model(config), t.build_diffusion(config)
-      optimizer = t.make_optimizer(config.training)
+      model, diffusion = builders.build_model(config), builders.build_diffusion(config)
+      optimizer = builders.build_optimizer(config.training)
       images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype=np.uint8)
       results = []
       for devices in (jax.devices()[:1], jax.devices()):
         mesh = Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
-        state = t.init_state(config, model, optimizer, mesh)
+        state = builders.build_state(config, model, optimizer, mesh)
         step = t.make_train_step(config, model, diffusion, optimizer, mesh)
         batch = jax.device_put(images, parallel.batch_sharding(mesh))
         for _ in range(2):
@@ -123,9 +125,9 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
 def test_non_finite_loss_keeps_the_state_and_stops_the_run(tmp_path, monkeypatch):
   config = tiny_config()
   mesh = parallel.make_mesh()
-  model, diffusion = build_model(config), train_lib.build_diffusion(config)
-  optimizer = train_lib.make_optimizer(config.training)
-  state = train_lib.init_state(config, model, optimizer, mesh)
+  model, diffusion = builders.build_model(config), builders.build_diffusion(config)
+  optimizer = builders.build_optimizer(config.training)
+  state = builders.build_state(config, model, optimizer, mesh)
   # NaN in one weight makes the loss NaN: the step must return the old state unchanged.
   poisoned = jax.tree.map(lambda x: x, state)
   params = jax.tree.map(np.array, jax.device_get(poisoned.params))
@@ -145,7 +147,7 @@ def test_non_finite_loss_keeps_the_state_and_stops_the_run(tmp_path, monkeypatch
   monkeypatch.setattr(objectives, "example_losses",
                       lambda *a, **k: original(*a, **k) * np.nan)
   config.training.num_steps = 4
-  with pytest.raises(train_lib.NonFiniteLossError, match="non-finite"):
+  with pytest.raises(errors.NonFiniteLossError, match="non-finite"):
     train_lib.train(config, str(tmp_path))
   state, steps = restore_params(config, str(tmp_path))
   if state is not None:
@@ -189,8 +191,8 @@ def test_cli_train_sample_summary_end_to_end(tmp_path):
   result = cli([QUICKSTART, "--mode=summary", *TINY_OVERRIDES], timeout=300)
   assert result.returncode == 0
   count = int(result.stdout.strip().splitlines()[-1].split(":")[1])
-  params = jax.eval_shape(lambda: train_lib.init_params(
-      build_model(tiny_config()), tiny_config(), jax.random.key(0)))
+  params = jax.eval_shape(lambda: builders.init_params(
+      builders.build_model(tiny_config()), tiny_config(), jax.random.key(0)))
   assert count == sum(x.size for x in jax.tree.leaves(params))
 
 
@@ -203,5 +205,5 @@ def test_cifar10_config_has_35_7m_parameters():
   sys.path.insert(0, os.path.join(REPO, "configs"))
   import cifar10_ddpm  # pylint: disable=g-import-not-at-top
   config = cifar10_ddpm.get_config()
-  params = jax.eval_shape(lambda: train_lib.init_params(build_model(config), config, jax.random.key(0)))
+  params = jax.eval_shape(lambda: builders.init_params(builders.build_model(config), config, jax.random.key(0)))
   assert sum(x.size for x in jax.tree.leaves(params)) == 35_746_307

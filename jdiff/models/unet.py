@@ -23,10 +23,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdiff import choices
 from jdiff.models import layers
 
-SKIP_TYPES = ("zero", "duplicate", "interpolate")
-BLOCK_TYPES = ("res", "mbconv")
+SKIP_TYPES = choices.SKIP_TYPES
+BLOCK_TYPES = choices.BLOCK_TYPES
 
 # Rematerialised blocks. `train` (argument 3, counting self) is a Python bool: static.
 _REMAT_BLOCKS = {

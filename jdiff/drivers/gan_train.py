@@ -1,11 +1,10 @@
-"""SNGAN training (the surrogate of surrogate diffusion): hinge loss, n_dis discriminator steps
+"""--mode=train for model.kind='sngan': SNGAN training (the surrogate of surrogate diffusion): hinge loss, n_dis discriminator steps
 per generator step, Adam(2e-4, 0.0, 0.9). Run by --mode=train when config.model.kind='sngan';
 checkpointed like the diffusion models (orbax, resumed from --workdir)."""
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,45 +12,14 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
+from jdiff import builders
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
 from jdiff import data as data_lib
 from jdiff import parallel
-from jdiff.errors import CheckpointMissingError
+from jdiff.builders import GANState
+from jdiff.drivers import train as train_lib
 from jdiff.models import gan
-
-
-@flax.struct.dataclass
-class GANState:
-  step: jax.Array
-  g_params: Any
-  g_stats: Any
-  d_params: Any
-  d_stats: Any
-  g_opt: Any
-  d_opt: Any
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-  return optax.adam(config.gan.learning_rate, b1=config.gan.beta1, b2=config.gan.beta2)
-
-
-def _init(config, generator, discriminator, optimizer, rng) -> GANState:
-  g_rng, d_rng = jax.random.split(rng)
-  g_vars = generator.init(g_rng, jnp.zeros((1, config.gan.z_dim)))
-  size, channels = config.data.image_size, config.data.num_channels
-  d_vars = discriminator.init(d_rng, jnp.zeros((1, size, size, channels)))
-  return GANState(step=jnp.int32(0), g_params=g_vars["params"], g_stats=g_vars["batch_stats"],
-                  d_params=d_vars["params"], d_stats=d_vars["batch_stats"],
-                  g_opt=optimizer.init(g_vars["params"]), d_opt=optimizer.init(d_vars["params"]))
-
-
-def abstract_state(config, mesh) -> GANState:
-  generator, discriminator = gan.build_gan(config)
-  shapes = jax.eval_shape(lambda: _init(config, generator, discriminator, make_optimizer(config),
-                                        jax.random.key(0)))
-  sharding = parallel.replicated(mesh)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
 
 
 def make_train_step(config, generator, discriminator, optimizer) -> Callable:
@@ -114,47 +82,15 @@ def make_train_step(config, generator, discriminator, optimizer) -> Callable:
   return train_step
 
 
-def make_generate_fn(config, state: GANState) -> Callable:
-  """key -> images [B, H, W, C] in [-1, 1] (running BatchNorm statistics), B from the caller."""
-  generator, _ = gan.build_gan(config)
-  variables = {"params": state.g_params, "batch_stats": state.g_stats}
-
-  def generate(key, batch_size: int):
-    return generator.apply(variables, jax.random.normal(key, (batch_size, config.gan.z_dim)))
-  return generate
-
-
-def restore(config, workdir: str, mesh) -> GANState:
-  """The latest good SNGAN checkpoint (read only); CheckpointMissingError when there is none."""
-  checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
-  try:
-    restored = checkpointer.restore_latest(
-        {checkpoint_lib.STATE: abstract_state(config, mesh)},
-        config_lib.checkpoint_identity(config, "sample"), _LEGACY(config, mesh))
-  finally:
-    checkpointer.close()
-  if restored is None:
-    raise CheckpointMissingError(f"no SNGAN checkpoint in {checkpointer.directory}: train it "
-                                 "first (--mode=train with its config and --workdir)")
-  return restored[1][checkpoint_lib.STATE]
-
-
-def _LEGACY(config, mesh) -> checkpoint_lib.Legacy:  # pylint: disable=invalid-name
-  """SNGAN checkpoints from before named items hold the GANState as their one item."""
-  return checkpoint_lib.Legacy(abstract_state(config, mesh),
-                               lambda whole: {checkpoint_lib.STATE: whole})
-
-
 def train(config, workdir: str, from_scratch: bool = False):
   """Trains the SNGAN of config until config.training.num_steps generator steps (resumable; see
   train.train for what is refused, and for SIGTERM / SIGINT)."""
-  from jdiff import train as train_lib  # pylint: disable=g-import-not-at-top  (TrainResult)
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.training.batch_size, "training.batch_size")
   images = data_lib.load_images(config.data)
   stream = data_lib.BatchStream(images, config.training.batch_size, config.seed)
   generator, discriminator = gan.build_gan(config)
-  optimizer = make_optimizer(config)
+  optimizer = builders.build_gan_optimizer(config)
   identity = config_lib.checkpoint_identity(config, "train")
   record = checkpoint_lib.identity_record(config.to_dict(), identity)
   interruption = checkpoint_lib.Interruption()
@@ -162,10 +98,12 @@ def train(config, workdir: str, from_scratch: bool = False):
     with checkpoint_lib.WorkdirLock(workdir):
       checkpointer = checkpoint_lib.Checkpointer(workdir, config.training.keep_checkpoints)
       try:
-        restored = checkpoint_lib.resume(checkpointer, {checkpoint_lib.STATE: abstract_state(config, mesh)},
-                                         identity, _LEGACY(config, mesh), from_scratch)
+        restored = checkpoint_lib.resume(
+            checkpointer, {checkpoint_lib.STATE: builders.abstract_gan_state(config, mesh)},
+            identity, builders.gan_legacy(config, mesh), from_scratch)
         if restored is None:
-          state = jax.jit(functools.partial(_init, config, generator, discriminator, optimizer),
+          state = jax.jit(functools.partial(builders.init_gan_state, config, generator,
+                                            discriminator, optimizer),
                           out_shardings=parallel.replicated(mesh))(jax.random.key(config.seed))
         else:
           state = restored[1][checkpoint_lib.STATE]

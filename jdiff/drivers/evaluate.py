@@ -9,7 +9,7 @@
 Metrics (config.evaluation.metrics): fid, is, kid on the FID Inception-v3 network against the
 reference (a precomputed mu/sigma .npz, or computed from config.data and cached); digits_fd
 (jdiff.evaluation.digits_fd, for 8x8-digit-scale work; not Inception FID); bpd (bits/dim of the
-data's bpd_split under the VLB, jdiff.likelihood).
+data's bpd_split under the VLB, jdiff.drivers.likelihood).
 
 Before any sample is made, check_inputs checks the output folder is writable and loads the
 Inception weights and reference statistics the metrics need; a bad one is a one-line
@@ -32,9 +32,11 @@ from clu import metric_writers
 from jax.experimental import multihost_utils
 
 from jdiff import data as data_lib
-from jdiff import generate
 from jdiff import images as images_lib
 from jdiff import parallel
+from jdiff import progress
+from jdiff.drivers import likelihood
+from jdiff.drivers import sample as sample_lib
 from jdiff.errors import EvaluationError
 from jdiff.evaluation import metrics as metrics_lib
 
@@ -87,7 +89,7 @@ def _write_npz_atomically(path: str, **arrays) -> None:
   os.replace(partial, path)  # a killed run never leaves a half-written batch behind
 
 
-def generate_samples(config, generator: generate.Generator, out_dir: str) -> Tuple[np.ndarray, dict]:
+def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> Tuple[np.ndarray, dict]:
   """config.evaluation.num_samples uint8 samples, batches kept in <out_dir>/samples/; returns
   (samples, timing) where timing has the measured seconds per sample (compile excluded)."""
   sample_dir = os.path.join(out_dir, "samples")
@@ -111,17 +113,17 @@ def generate_samples(config, generator: generate.Generator, out_dir: str) -> Tup
       json.dump(signature, f, indent=2)
 
   compile_s = generator.compile() if missing else 0.0
-  start = time.time()
+  if num_batches > len(missing):
+    logging.info("evaluate: %d of %d sample batches kept from before", num_batches - len(missing),
+                 num_batches)
+  report = progress.batches("evaluate: sample batches", len(missing))
   for done, i in enumerate(missing):
     batch_start = time.perf_counter()
     images = generator.sample(i)
     seconds = time.perf_counter() - batch_start
     if jax.process_index() == 0:
       _write_npz_atomically(paths[i], images=images, seconds=seconds)
-    elapsed = time.time() - start
-    logging.info("evaluate: sample batch %d/%d (%d kept from before), %.1f s elapsed, ETA %.0f s",
-                 done + 1, len(missing), num_batches - len(missing), elapsed,
-                 elapsed / (done + 1) * (len(missing) - done - 1))
+    report(done + 1)
   multihost_utils.sync_global_devices("jdiff evaluate: sample batches written")
 
   batches, seconds = [], []
@@ -315,7 +317,7 @@ def inception_scores(config, samples_uint8: np.ndarray,
 def evaluate(config, workdir: str) -> dict:
   """Generates (or reuses) the samples and scores them; returns the metrics.json contents."""
   mesh = parallel.make_mesh()
-  generator = generate.make_generator(config, workdir, mesh)
+  generator = sample_lib.build_generator(config, workdir, mesh)
   name = config.evaluation.name or default_name(config, generator.network_evaluations)
   out_dir = os.path.join(workdir, "eval", name, f"step_{generator.checkpoint_step}")
   # Bad inputs fail here, in one line, not after minutes of sampling.
@@ -339,7 +341,6 @@ def evaluate(config, workdir: str) -> dict:
     from jdiff.evaluation import digits_fd  # pylint: disable=g-import-not-at-top
     results["digits_fd"] = digits_fd.digits_frechet_distance(data_lib.to_float(samples))
   if "bpd" in wanted:
-    from jdiff import likelihood  # pylint: disable=g-import-not-at-top
     bpd = likelihood.evaluate_bits_per_dim(config, workdir, config.evaluation.bpd_examples,
                                            split=config.evaluation.bpd_split)
     renamed = {"num_examples": "bpd_examples", "split": "bpd_split", "seconds": "bpd_seconds"}

@@ -1,12 +1,11 @@
-"""Training: train state, optimizer, the jitted data-parallel train step, and the train loop."""
+"""--mode=train: the jitted data-parallel train step and the train loop (checkpoints, signals,
+metrics). What it trains is built from the config by jdiff.builders."""
 
 import dataclasses
-import functools
 import json
 import os
-from typing import Any, Callable, Dict, Optional
+from typing import Dict, Optional
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,90 +13,15 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
+from jdiff import builders
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
 from jdiff import data as data_lib
 from jdiff import depth as depth_lib
-from jdiff import diffusion as diffusion_lib
 from jdiff import objectives
 from jdiff import parallel
-from jdiff import schedules
+from jdiff.builders import TrainState
 from jdiff.errors import NonFiniteLossError, WorkdirError
-from jdiff.models import build_model
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  ema_params: Any
-  opt_state: Any
-  # objectives.LossHistory of the loss-aware timestep sampler; None with uniform sampling.
-  loss_history: Any = None
-
-
-def build_diffusion(config) -> diffusion_lib.GaussianDiffusion:
-  d = config.diffusion
-  return diffusion_lib.GaussianDiffusion.from_betas(
-      schedules.get_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end))
-
-
-def make_optimizer(training_config) -> optax.GradientTransformation:
-  """Adam with linear warmup and global-norm clipping (Ho et al.)."""
-  warmup = max(training_config.warmup_steps, 1)
-  learning_rate = lambda step: training_config.learning_rate * jnp.minimum(1.0, (step + 1) / warmup)
-  return optax.chain(optax.clip_by_global_norm(training_config.grad_clip),
-                     optax.adam(learning_rate))
-
-
-def image_shape(config):
-  return (config.data.image_size, config.data.image_size, config.data.num_channels)
-
-
-def init_params(model, config, rng):
-  dummy_x = jnp.zeros((1,) + image_shape(config), jnp.float32)
-  dummy_t = jnp.zeros((1,), jnp.float32)
-  return model.init(rng, dummy_x, dummy_t, method=type(model).init_all_depths)["params"]
-
-
-def init_loss_history(config):
-  if config.training.timestep_sampler == "loss_aware":
-    return objectives.init_loss_history(config.diffusion.num_timesteps)
-  return None
-
-
-def init_state(config, model, optimizer, mesh) -> TrainState:
-  @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
-  def init():
-    params = init_params(model, config, jax.random.key(config.seed))
-    return TrainState(step=jnp.int32(0), params=params, ema_params=params,
-                      opt_state=optimizer.init(params), loss_history=init_loss_history(config))
-  return init()
-
-
-def abstract_state(config, model, optimizer, mesh):
-  """Shapes, dtypes and shardings of the train state, for restoring without initialising."""
-  sharding = parallel.replicated(mesh)
-
-  def state():
-    params = init_params(model, config, jax.random.key(0))  # traced once: it is the slow part
-    return TrainState(step=jnp.int32(0), params=params, ema_params=params,
-                      opt_state=optimizer.init(params), loss_history=init_loss_history(config))
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
-                      jax.eval_shape(state))
-
-
-def make_model_fn(model, params, *, depth=None, train=False, dropout_rng=None) -> Callable:
-  """(x_t, t) -> model output at a traced shortcut depth (None = full network)."""
-  rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-  num_levels = model.num_levels
-
-  def model_fn(x, t):
-    return depth_lib.apply_at_depth(
-        lambda x, t, shortcut_depth: model.apply(
-            {"params": params}, x, t, shortcut_depth=shortcut_depth, train=train, rngs=rngs),
-        num_levels, depth, x, t)
-  return model_fn
 
 
 def make_train_step(config, model, diffusion, optimizer, mesh):
@@ -112,8 +36,9 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
   def make_draw_loss_fn(x_start, t, depth):
     """(params, noise, dropout_rng) -> per-example losses of one noise draw."""
     def draw_loss_fn(params, noise, dropout_rng):
-      model_fn = make_model_fn(model, params, depth=depth, train=True, dropout_rng=dropout_rng)
-      return objectives.example_losses(training.loss, diffusion, model_fn, x_start, t, noise,
+      model_fn = builders.make_model_fn(model, params, train=True, dropout_rng=dropout_rng)
+      return objectives.example_losses(training.loss, diffusion,
+                                       lambda x, t: model_fn(x, t, depth), x_start, t, noise,
                                        config.diffusion.variance_type)
     return draw_loss_fn
 
@@ -160,8 +85,7 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
     grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
-                              state.ema_params, params)
+    ema_params = optax.incremental_update(params, state.ema_params, step_size=1.0 - ema_decay)
     new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
                            opt_state=opt_state, loss_history=loss_history)
     # A non-finite loss leaves the state untouched, so non-finite params are never written.
@@ -191,27 +115,16 @@ class TrainResult:
   exit_code: int = 0
 
 
-def checkpoint_items(state: TrainState) -> Dict[str, Any]:
-  """The named checkpoint items: the EMA params apart, so sampling restores only them."""
-  return {checkpoint_lib.STATE: state.replace(ema_params=None),
-          checkpoint_lib.EMA_PARAMS: state.ema_params}
-
-
-def state_from_items(items) -> TrainState:
-  return items[checkpoint_lib.STATE].replace(ema_params=items[checkpoint_lib.EMA_PARAMS])
-
-
 def restore_or_init(config, checkpointer, model, optimizer, mesh, from_scratch=False) -> TrainState:
   """The latest good checkpoint's state, or a new one when the workdir has none (or from_scratch)."""
-  abstract = abstract_state(config, model, optimizer, mesh)
-  legacy = checkpoint_lib.Legacy(abstract, checkpoint_items)
-  restored = checkpoint_lib.resume(checkpointer, checkpoint_items(abstract),
-                                   config_lib.checkpoint_identity(config, "train"), legacy,
-                                   from_scratch)
+  abstract = builders.abstract_state(config, model, optimizer, mesh)
+  restored = checkpoint_lib.resume(checkpointer, builders.checkpoint_items(abstract),
+                                   config_lib.checkpoint_identity(config, "train"),
+                                   builders.train_state_legacy(abstract), from_scratch)
   if restored is None:
-    return init_state(config, model, optimizer, mesh)
+    return builders.build_state(config, model, optimizer, mesh)
   logging.info("resumed from %s at step %d", checkpointer.directory, restored[0])
-  return state_from_items(restored[1])
+  return builders.state_from_items(restored[1])
 
 
 def write_config_record(config, workdir: str) -> None:
@@ -241,9 +154,9 @@ def train(config, workdir: str, from_scratch: bool = False) -> TrainResult:
   stream = data_lib.BatchStream(images, config.training.batch_size, config.seed)
   logging.info("data: %s, %d images of shape %s", config.data.source, len(images), images.shape[1:])
 
-  model = build_model(config)
-  diffusion = build_diffusion(config)
-  optimizer = make_optimizer(config.training)
+  model = builders.build_model(config)
+  diffusion = builders.build_diffusion(config)
+  optimizer = builders.build_optimizer(config.training)
   record = checkpoint_lib.identity_record(config.to_dict(),
                                           config_lib.checkpoint_identity(config, "train"))
   interruption = checkpoint_lib.Interruption()
@@ -276,7 +189,7 @@ def _train_loop(config, workdir, state, stream, checkpointer, record, interrupti
   try:
     while step < num_steps:
       if interruption.requested():
-        checkpoint_lib.save_or_fail(checkpointer, step, checkpoint_items(state), record, wait=True)
+        checkpoint_lib.save_or_fail(checkpointer, step, builders.checkpoint_items(state), record, wait=True)
         logging.warning("saved a checkpoint at step %d after %s", step, interruption.signal_name)
         break
       batch = parallel.global_batch_from_local(stream.batch(step), mesh)
@@ -295,7 +208,7 @@ def _train_loop(config, workdir, state, stream, checkpointer, record, interrupti
         writer.write_scalars(step, summary)
         progress(step)
         if step % config.training.checkpoint_every == 0 or is_last:
-          checkpoint_lib.save_or_fail(checkpointer, step, checkpoint_items(state), record)
+          checkpoint_lib.save_or_fail(checkpointer, step, builders.checkpoint_items(state), record)
   finally:
     writer.flush()
   return state

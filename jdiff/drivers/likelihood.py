@@ -11,15 +11,13 @@ import time
 
 import jax
 import numpy as np
-from absl import logging
 from jax.experimental import multihost_utils
 
 from jdiff import data as data_lib
-from jdiff import generate
+from jdiff import builders
 from jdiff import objectives
 from jdiff import parallel
-from jdiff import train as train_lib
-from jdiff.models import build_model
+from jdiff import progress
 
 # Digits has no test split: its loader returns all 1797 images whatever the split.
 TEST_SPLIT = "test"
@@ -40,20 +38,21 @@ def evaluate_bits_per_dim(config, workdir: str, num_examples: int = 0, batch_siz
   if num_examples:
     images = images[:num_examples]
 
-  model = build_model(config)
-  diffusion = train_lib.build_diffusion(config)
-  params, step = generate.restore_ema_params(config, workdir, model, mesh)
+  model = builders.build_model(config)
+  diffusion = builders.build_diffusion(config)
+  params, step = builders.restore_ema_params(config, workdir, model, mesh)
 
   @jax.jit
   def batch_bpd(params, images_uint8, rng):
     return objectives.bits_per_dim(
-        diffusion, train_lib.make_model_fn(model, params), data_lib.to_float(images_uint8), rng,
+        diffusion, builders.make_model_fn(model, params), data_lib.to_float(images_uint8), rng,
         variance_type=config.diffusion.variance_type, clip_denoised=config.sampling.clip_denoised)
 
   rng = jax.random.fold_in(jax.random.key(config.seed), step)
   totals, priors, terms = [], [], []
   num_batches = -(-len(images) // batch_size)
   start = time.time()
+  report = progress.batches("bits/dim batches", num_batches)
   for i in range(num_batches):
     batch = images[i * batch_size:(i + 1) * batch_size]
     valid = len(batch)
@@ -67,9 +66,7 @@ def evaluate_bits_per_dim(config, workdir: str, num_examples: int = 0, batch_siz
     totals.append(result["total"][:valid])
     priors.append(result["prior"][:valid])
     terms.append(result["terms"][:valid])
-    elapsed = time.time() - start
-    logging.info("bits/dim batch %d/%d, %.1f s elapsed, ETA %.0f s", i + 1, num_batches, elapsed,
-                 elapsed / (i + 1) * (num_batches - i - 1))
+    report(i + 1)
   total, prior, terms = np.concatenate(totals), np.concatenate(priors), np.concatenate(terms)
   summary = {
       "bits_per_dim": float(total.mean()),

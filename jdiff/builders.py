@@ -1,0 +1,342 @@
+"""Config -> objects: the one place that reads a config to build what the drivers run.
+
+build_* make objects from a config (model, diffusion, optimizer, plan, sampler, states);
+make_* make functions (the model function, the sharded sample function). Everything below this
+module (schedules, diffusion, objectives, sampling, depth, models, checkpoint, data) takes
+plain arguments and never sees a config.
+"""
+
+import functools
+from typing import Any, Callable, Dict, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from jdiff import checkpoint as checkpoint_lib
+from jdiff import config_lib
+from jdiff import depth as depth_lib
+from jdiff import diffusion as diffusion_lib
+from jdiff import objectives
+from jdiff import parallel
+from jdiff import sampling
+from jdiff import schedules
+from jdiff.errors import CheckpointMissingError
+from jdiff.models import gan
+from jdiff.models import presets
+from jdiff.models.unet import UNet
+
+# ------------------------------------------------------------------------------------------------
+# Model, diffusion, optimizer
+
+
+def model_config(config) -> ml_collections.ConfigDict:
+  """config.model with its preset's fields applied (a copy; the config itself is not changed)."""
+  return config_lib.resolved_model_config(config)
+
+
+def output_channels(config) -> int:
+  """Learned variances (improved DDPM) need a second set of C channels."""
+  factor = 2 if config.diffusion.variance_type == "learned_range" else 1
+  return config.data.num_channels * factor
+
+
+def build_model(config) -> UNet:
+  model = model_config(config)
+  return UNet(
+      ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
+      attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
+      out_ch=output_channels(config), num_groups=model.num_groups, skip_type=model.skip_type,
+      block_type=model.block_type, remat=model.remat, dtype=jnp.dtype(model.dtype))
+
+
+def num_levels(config) -> int:
+  """N, the U-Net's resolution levels (what shortcut depths count)."""
+  return len(model_config(config).ch_mult)
+
+
+def image_shape(config):
+  return (config.data.image_size, config.data.image_size, config.data.num_channels)
+
+
+def build_diffusion(config) -> diffusion_lib.GaussianDiffusion:
+  d = config.diffusion
+  return diffusion_lib.GaussianDiffusion.from_betas(
+      schedules.get_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end))
+
+
+def build_optimizer(training_config) -> optax.GradientTransformation:
+  """Adam with linear warmup (lr (step + 1) / warmup for the first warmup steps) and
+  global-norm clipping (Ho et al.)."""
+  warmup = max(training_config.warmup_steps, 1)
+  lr = training_config.learning_rate
+  learning_rate = optax.linear_schedule(lr / warmup, lr, warmup - 1) if warmup > 1 else lr
+  return optax.chain(optax.clip_by_global_norm(training_config.grad_clip),
+                     optax.adam(learning_rate))
+
+
+def parameter_count(config) -> int:
+  """Parameters of the config's U-Net (shapes only, no compute)."""
+  shapes = jax.eval_shape(lambda: init_params(build_model(config), config, jax.random.key(0)))
+  return sum(x.size for x in jax.tree.leaves(shapes))
+
+
+def preset_parameter_counts(config) -> Dict[str, int]:
+  """{Table 4.3 preset: parameter count} for config's data and diffusion."""
+  counts = {}
+  for name in presets.PRESETS:
+    preset_config = config.copy_and_resolve_references()
+    preset_config.model.preset = name
+    counts[name] = parameter_count(preset_config)
+  return counts
+
+
+# ------------------------------------------------------------------------------------------------
+# Train state
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  # objectives.LossHistory of the loss-aware timestep sampler; None with uniform sampling.
+  loss_history: Any = None
+
+
+def init_params(model, config, rng):
+  dummy_x = jnp.zeros((1,) + image_shape(config), jnp.float32)
+  dummy_t = jnp.zeros((1,), jnp.float32)
+  return model.init(rng, dummy_x, dummy_t, method=type(model).init_all_depths)["params"]
+
+
+def init_loss_history(config):
+  if config.training.timestep_sampler == "loss_aware":
+    return objectives.init_loss_history(config.diffusion.num_timesteps)
+  return None
+
+
+def build_state(config, model, optimizer, mesh) -> TrainState:
+  """A new train state (step 0), replicated on the mesh."""
+  @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+  def init():
+    params = init_params(model, config, jax.random.key(config.seed))
+    return TrainState(step=jnp.int32(0), params=params, ema_params=params,
+                      opt_state=optimizer.init(params), loss_history=init_loss_history(config))
+  return init()
+
+
+def _with_sharding(shapes, mesh):
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
+
+
+def abstract_params(config, model, mesh):
+  """Shapes, dtypes and shardings of the params (what sampling restores)."""
+  return _with_sharding(jax.eval_shape(lambda: init_params(model, config, jax.random.key(0))), mesh)
+
+
+def abstract_state(config, model, optimizer, mesh) -> TrainState:
+  """Shapes, dtypes and shardings of the train state, for restoring without initialising."""
+  def state():
+    params = init_params(model, config, jax.random.key(0))  # traced once: it is the slow part
+    return TrainState(step=jnp.int32(0), params=params, ema_params=params,
+                      opt_state=optimizer.init(params), loss_history=init_loss_history(config))
+  return _with_sharding(jax.eval_shape(state), mesh)
+
+
+def checkpoint_items(state: TrainState) -> Dict[str, Any]:
+  """The named checkpoint items: the EMA params apart, so sampling restores only them."""
+  return {checkpoint_lib.STATE: state.replace(ema_params=None),
+          checkpoint_lib.EMA_PARAMS: state.ema_params}
+
+
+def state_from_items(items) -> TrainState:
+  return items[checkpoint_lib.STATE].replace(ema_params=items[checkpoint_lib.EMA_PARAMS])
+
+
+def train_state_legacy(abstract: TrainState) -> checkpoint_lib.Legacy:
+  """Checkpoints from before named items hold one whole TrainState."""
+  return checkpoint_lib.Legacy(abstract, checkpoint_items)
+
+
+def restore_ema_params(config, workdir: str, model, mesh):
+  """(EMA params, step) of the latest good checkpoint; restores nothing else (no optimizer).
+
+  Reads only: a mistyped workdir gets an error and no new folder.
+  """
+  checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  try:
+    # Old single-item checkpoints hold the whole TrainState: only they need the optimizer's shapes.
+    legacy = checkpoint_lib.Legacy(
+        abstract_state(config, model, build_optimizer(config.training), mesh),
+        lambda whole: {checkpoint_lib.EMA_PARAMS: whole.ema_params})
+    restored = checkpointer.restore_latest(
+        {checkpoint_lib.EMA_PARAMS: abstract_params(config, model, mesh)},
+        config_lib.checkpoint_identity(config, "sample"), legacy)
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise CheckpointMissingError(f"no checkpoint in {checkpointer.directory}: train first "
+                                 "(--mode=train with the same --workdir)")
+  step, items = restored
+  return items[checkpoint_lib.EMA_PARAMS], step
+
+
+# ------------------------------------------------------------------------------------------------
+# The model function
+
+
+def make_model_fn(model, params, *, train: bool = False, dropout_rng=None) -> Callable:
+  """model_fn(x_t, t, depth=None) -> model output; depth None is the full network, an int that
+  shortcut depth, a traced scalar any depth (lax.switch, depth.apply_at_depth)."""
+  rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+
+  def model_fn(x, t, depth=None):
+    return depth_lib.apply_at_depth(
+        lambda x, t, shortcut_depth: model.apply(
+            {"params": params}, x, t, shortcut_depth=shortcut_depth, train=train, rngs=rngs),
+        model.num_levels, depth, x, t)
+  return model_fn
+
+
+# ------------------------------------------------------------------------------------------------
+# Samplers
+
+
+def depth_schedule(config) -> Optional[np.ndarray]:
+  """k(t) for t = 0..T-1 when the config asks for adaptive depth (depth.power > 0), else None."""
+  if config.depth.power == 0:
+    return None
+  return depth_lib.depth_schedule(num_levels(config), config.depth.power,
+                                  config.diffusion.num_timesteps)
+
+
+def build_plan(config, diffusion: diffusion_lib.GaussianDiffusion, name: Optional[str] = None,
+               steps: Optional[int] = None, **overrides) -> sampling.Plan:
+  """The plan of config.sampling (name / steps / other sampling fields overridable)."""
+  s = config.sampling
+  name = name or s.name
+  steps = steps or s.steps
+  get = lambda field: overrides.get(field, s[field])
+  d = config.diffusion
+  betas = schedules.get_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end)
+  common = dict(variance_type=d.variance_type, clip_denoised=get("clip_denoised"),
+                depth_schedule=depth_schedule(config))
+  if name == "ancestral":
+    return sampling.ancestral_plan(diffusion, **common)
+  if name == "respaced":
+    return sampling.respaced_plan(
+        betas, schedules.respaced_steps(d.num_timesteps, steps, get("respacing")), **common)
+  if name == "ddim":
+    return sampling.ddim_plan(
+        betas, schedules.step_schedule(d.num_timesteps, steps, get("schedule")), eta=get("eta"),
+        **common)
+  if name == "fastdpm":
+    return sampling.fastdpm_plan(betas, steps, kind=get("fastdpm_kind"), schedule=get("schedule"),
+                                 kappa=get("kappa"), **common)
+  raise ValueError(f"sampler {name!r}: allowed {sampling.SAMPLERS}")
+
+
+def build_sampler(config, diffusion: diffusion_lib.GaussianDiffusion,
+                  surrogate_fn: Optional[Callable] = None):
+  """(sampler(model_fn, x_T, rng) for config.sampling, its network evaluations per sample).
+
+  With surrogate_fn (surrogate.make_surrogate_fn) it starts from the surrogate at
+  config.surrogate.t_mid (Algorithm 4).
+  """
+  plan = build_plan(config, diffusion)
+  if surrogate_fn is not None:
+    return sampling.with_surrogate(plan, surrogate_fn, config.surrogate.t_mid,
+                                   diffusion.num_timesteps)
+
+  def sampler(model_fn, x_T, rng):
+    return sampling.run_plan(plan, model_fn, x_T, rng)
+  return sampler, plan.num_evaluations
+
+
+def make_sample_fn(sampler: Callable, model, mesh, image_shape_, batch_size: int):
+  """Jitted (params, rng) -> images [batch_size, *image_shape], the batch sharded on the mesh.
+
+  sampler(model_fn, x_T, rng) runs the reverse process on make_model_fn(model, params).
+  """
+  parallel.check_batch_divisible(batch_size, "sampling.batch_size")
+  sharding = parallel.batch_sharding(mesh)
+
+  @functools.partial(jax.jit, out_shardings=sharding)
+  def sample_fn(params, rng):
+    noise_rng, sampler_rng = jax.random.split(rng)
+    x_T = jax.random.normal(noise_rng, (batch_size,) + tuple(image_shape_))
+    x_T = jax.lax.with_sharding_constraint(x_T, sharding)
+    return sampler(make_model_fn(model, params), x_T, sampler_rng)
+
+  return sample_fn
+
+
+# ------------------------------------------------------------------------------------------------
+# SNGAN (the surrogate of surrogate diffusion)
+
+
+@flax.struct.dataclass
+class GANState:
+  step: jax.Array
+  g_params: Any
+  g_stats: Any
+  d_params: Any
+  d_stats: Any
+  g_opt: Any
+  d_opt: Any
+
+
+def build_gan_optimizer(config) -> optax.GradientTransformation:
+  return optax.adam(config.gan.learning_rate, b1=config.gan.beta1, b2=config.gan.beta2)
+
+
+def init_gan_state(config, generator, discriminator, optimizer, rng) -> GANState:
+  g_rng, d_rng = jax.random.split(rng)
+  g_vars = generator.init(g_rng, jnp.zeros((1, config.gan.z_dim)))
+  d_vars = discriminator.init(d_rng, jnp.zeros((1,) + image_shape(config)))
+  return GANState(step=jnp.int32(0), g_params=g_vars["params"], g_stats=g_vars["batch_stats"],
+                  d_params=d_vars["params"], d_stats=d_vars["batch_stats"],
+                  g_opt=optimizer.init(g_vars["params"]), d_opt=optimizer.init(d_vars["params"]))
+
+
+def abstract_gan_state(config, mesh) -> GANState:
+  generator, discriminator = gan.build_gan(config)
+  return _with_sharding(jax.eval_shape(lambda: init_gan_state(
+      config, generator, discriminator, build_gan_optimizer(config), jax.random.key(0))), mesh)
+
+
+def gan_legacy(config, mesh) -> checkpoint_lib.Legacy:
+  """SNGAN checkpoints from before named items hold the GANState as their one item."""
+  return checkpoint_lib.Legacy(abstract_gan_state(config, mesh),
+                               lambda whole: {checkpoint_lib.STATE: whole})
+
+
+def restore_gan_state(config, workdir: str, mesh) -> GANState:
+  """The latest good SNGAN checkpoint (read only); CheckpointMissingError when there is none."""
+  checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  try:
+    restored = checkpointer.restore_latest(
+        {checkpoint_lib.STATE: abstract_gan_state(config, mesh)},
+        config_lib.checkpoint_identity(config, "sample"), gan_legacy(config, mesh))
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise CheckpointMissingError(f"no SNGAN checkpoint in {checkpointer.directory}: train it "
+                                 "first (--mode=train with its config and --workdir)")
+  return restored[1][checkpoint_lib.STATE]
+
+
+def make_gan_generate_fn(config, state: GANState) -> Callable:
+  """(key, batch_size) -> images [B, H, W, C] in [-1, 1] (running BatchNorm statistics)."""
+  generator, _ = gan.build_gan(config)
+  variables = {"params": state.g_params, "batch_stats": state.g_stats}
+
+  def generate(key, batch_size: int):
+    return generator.apply(variables, jax.random.normal(key, (batch_size, config.gan.z_dim)))
+  return generate

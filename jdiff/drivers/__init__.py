@@ -1,0 +1,1 @@
+"""Drivers: the train loops, sampling, evaluation and likelihood runs that --mode=... starts."""

@@ -1,0 +1,81 @@
+"""--mode=sample: samples from the EMA params of the latest checkpoint; .npz (uint8) + PNG grid.
+
+`build_generator` is the one place that turns a config and a workdir into a batch sampler (the
+configured sampler, depth schedule and surrogate); --mode=evaluate draws its samples from it too.
+"""
+
+import dataclasses
+import os
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jdiff import builders
+from jdiff import images as images_lib
+from jdiff import parallel
+from jdiff import progress
+from jdiff import sampling
+from jdiff import surrogate as surrogate_lib
+
+
+@dataclasses.dataclass
+class Generator:
+  """Batches of config.sampling.batch_size samples from one checkpoint.
+
+  sample(index) -> uint8 [B, H, W, C] on every process; batch `index` depends only on
+  (config.seed, checkpoint_step, index), so any subset of batches can be made in any order.
+  """
+  sample_fn: Callable            # jitted (params, rng) -> [B, H, W, C] in [-1, 1], sharded
+  params: object
+  checkpoint_step: int
+  network_evaluations: int       # per sample
+  batch_size: int
+  rng: jax.Array
+
+  def compile(self) -> float:
+    """Compiles the sampler now; returns the seconds it took."""
+    start = time.perf_counter()
+    self.sample_fn = self.sample_fn.lower(self.params, self.rng).compile()
+    return time.perf_counter() - start
+
+  def sample(self, index: int) -> np.ndarray:
+    images = self.sample_fn(self.params, jax.random.fold_in(self.rng, index))
+    # Gathers every process's rows (a no-op copy to host with one process).
+    return sampling.to_uint8(multihost_utils.process_allgather(images, tiled=True))
+
+
+def build_generator(config, workdir: str, mesh) -> Generator:
+  model = builders.build_model(config)
+  diffusion = builders.build_diffusion(config)
+  params, step = builders.restore_ema_params(config, workdir, model, mesh)
+  surrogate_fn = None
+  if config.surrogate.kind != "none":
+    surrogate_fn = surrogate_lib.make_surrogate_fn(config, mesh)
+  sampler, evaluations = builders.build_sampler(config, diffusion, surrogate_fn)
+  sample_fn = builders.make_sample_fn(sampler, model, mesh, builders.image_shape(config),
+                                      config.sampling.batch_size)
+  return Generator(sample_fn, params, step, evaluations, config.sampling.batch_size,
+                   jax.random.fold_in(jax.random.key(config.seed), 1 + step))
+
+
+def sample(config, workdir: str) -> str:
+  """Writes <workdir>/samples/samples.npz and grid.png; returns the grid's path."""
+  generator = build_generator(config, workdir, parallel.make_mesh())
+  num_batches = -(-config.sampling.num_samples // config.sampling.batch_size)
+  batches = []
+  report = progress.batches("sampling", num_batches)
+  for i in range(num_batches):
+    batches.append(generator.sample(i))
+    report(i + 1)
+  samples = np.concatenate(batches)[:config.sampling.num_samples]
+  out_dir = os.path.join(workdir, "samples")
+  grid_path = os.path.join(out_dir, "grid.png")
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    np.savez_compressed(os.path.join(out_dir, "samples.npz"), images=samples,
+                        step=generator.checkpoint_step)
+    images_lib.save_grid(samples[:256], grid_path)
+  return grid_path

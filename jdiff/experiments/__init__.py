@@ -1,1 +1,0 @@
-"""Experiment drivers: sweeps that train and evaluate several configs and report a table."""
