@@ -12,9 +12,9 @@ measured here next to the FLOP-count saving. Training needs an accelerator (800k
 from jdiff import config_lib
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = config_lib.default_config()
   config.model.skip_type = "zero"
   config.depth.training = "bucketed"
   config.depth.power = 2.0
-  return config
+  return config_lib.apply_variant(config, variant)

@@ -9,5 +9,5 @@ Expected: `--mode=summary` prints `parameters: 35746307`. The paper trains 800k 
 from jdiff import config_lib
 
 
-def get_config():
-  return config_lib.default_config()
+def get_config(variant: str = ""):
+  return config_lib.apply_variant(config_lib.default_config(), variant)

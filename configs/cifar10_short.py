@@ -10,10 +10,10 @@ noisy.
 from jdiff import config_lib
 
 
-def get_config():
+def get_config(variant: str = ""):
   config = config_lib.default_config()
   config.diffusion.num_timesteps = 100
   config.diffusion.beta_start = 4e-4
   config.diffusion.beta_end = 0.18
   config.training.num_steps = 150_000
-  return config
+  return config_lib.apply_variant(config, variant)

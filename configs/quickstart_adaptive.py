@@ -16,12 +16,14 @@ slower than the full-depth one (measured on 2 cores with jax 0.10.2: 23-34 s aga
 hour there (not measured on an accelerator).
 """
 
+import os
+
 from jdiff import config_lib
 
 
-def get_config():
-  config = config_lib.load_sibling_config(__file__, "quickstart.py")
+def get_config(variant: str = ""):
+  config = config_lib.load_config(os.path.join(os.path.dirname(__file__), "quickstart.py"))
   config.model.skip_type = "zero"
   config.depth.training = "bucketed"
   config.depth.power = 2.0
-  return config
+  return config_lib.apply_variant(config, variant)

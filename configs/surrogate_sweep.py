@@ -12,11 +12,13 @@ For the low-resolution DDPM surrogate (DDPM-16's analogue, 4x4 digits upsampled)
 Writes bench_samplers.json in --workdir and prints the table.
 """
 
+import os
+
 from jdiff import config_lib
 
 
-def get_config():
-  config = config_lib.load_sibling_config(__file__, "quickstart.py")
+def get_config(variant: str = ""):
+  config = config_lib.load_config(os.path.join(os.path.dirname(__file__), "quickstart.py"))
   config.surrogate.kind = "sngan"
   config.surrogate.config = "configs/quickstart_gan.py"
   config.surrogate.workdir = "workdirs/quickstart_gan"
@@ -26,4 +28,4 @@ def get_config():
   config.bench.quality_samples = 512
   config.bench.num_iters = 2
   config.sampling.batch_size = 128
-  return config
+  return config_lib.apply_variant(config, variant)

@@ -278,9 +278,9 @@ def checkpoint_identity(config: ml_collections.ConfigDict, purpose: str) -> dict
     section, _, name = field.partition(".")
     holds = ((section == "model" and name not in _COMPUTE_ONLY_MODEL_FIELDS)
              or section == "diffusion" or field in ("data.image_size", "data.num_channels")
-             or field in ("gan.z_dim", "gan.g_ch", "gan.d_ch"))
+             or (config.model.kind == "sngan" and field in ("gan.z_dim", "gan.g_ch", "gan.d_ch")))
     trains = purpose == "train" and (
-        field in _OBJECTIVE_FIELDS
+        (field in _OBJECTIVE_FIELDS and (field != "gan.n_dis" or config.model.kind == "sngan"))
         # Bucketed training draws its batches by k(t), so c shapes what was learned.
         or (field == "depth.power" and config.depth.training == "bucketed"))
     if holds or trains:

@@ -9,7 +9,7 @@ lax.scan per run of equal depth with k static (no switch). On CPU the two took t
 samplers keep the single scan with the switch; bench_depth re-measures both on any device.
 """
 
-from typing import Callable, List
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -29,12 +29,6 @@ def depth_schedule(num_levels: int, power: float, num_timesteps: int) -> np.ndar
   frac = np.arange(num_timesteps, dtype=np.float64) / num_timesteps
   depth = np.floor(num_levels - num_levels * (1.0 - frac) ** power + _FLOOR_TOLERANCE)
   return np.minimum(num_levels - 1, depth).astype(np.int32)
-
-
-def depth_buckets(num_levels: int, power: float, num_timesteps: int) -> List[np.ndarray]:
-  """For each k in 0..N-1, the steps t with k(t) = k (possibly empty)."""
-  schedule = depth_schedule(num_levels, power, num_timesteps)
-  return [np.nonzero(schedule == k)[0] for k in range(num_levels)]
 
 
 def apply_at_depth(apply_fn: Callable, num_levels: int, depth, *args, **kwargs):

@@ -20,28 +20,15 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
-sys.path.insert(0, os.path.join(REPO, "configs"))
+
+
+TINY = os.path.join(REPO, "configs", "quickstart.py") + ":tiny"
 
 
 def tiny_config():
-  """The quickstart config shrunk so a train step compiles and runs in seconds."""
-  import quickstart  # pylint: disable=g-import-not-at-top
-  config = quickstart.get_config()
-  config.model.ch = 8
-  config.model.ch_mult = (1, 2)
-  config.model.attn_resolutions = (4,)
-  config.model.num_groups = 4
-  config.diffusion.num_timesteps = 20
-  config.training.batch_size = 8
-  config.training.num_steps = 6
-  config.training.warmup_steps = 2
-  config.training.log_every = 2
-  config.training.checkpoint_every = 3
-  config.sampling.batch_size = 4
-  config.sampling.num_samples = 4
-  config.bench.batch_sizes = (2,)
-  config.bench.num_iters = 1
-  return config
+  """configs/quickstart.py:tiny (a train step compiles and runs in seconds), loaded as the CLI does."""
+  from jdiff import config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.load_config(TINY)
 
 
 def restore_train_state(config, workdir, step=None):
@@ -65,23 +52,20 @@ def restore_train_state(config, workdir, step=None):
   return step, builders.state_from_items(items)
 
 
-def config_overrides(config_dict_items):
-  return [f"--config.{key}={value}" for key, value in config_dict_items]
-
-
-TINY_OVERRIDES = config_overrides([
-    ("model.ch", 8), ("model.ch_mult", "(1,2)"), ("model.attn_resolutions", "(4,)"),
-    ("model.num_groups", 4), ("diffusion.num_timesteps", 20), ("training.batch_size", 8),
-    ("training.warmup_steps", 2), ("training.log_every", 2), ("sampling.batch_size", 4),
-    ("sampling.num_samples", 4),
-])
-
-
 def cli(args, env=None, **kwargs):
   """Runs `python -m jdiff.main ARGS` in a fresh process."""
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
   return subprocess.run([sys.executable, "-m", "jdiff.main", *args], cwd=REPO, env=full_env,
                         capture_output=True, text=True, **kwargs)
+
+
+def on_four_devices(check: str, timeout: int = 600):
+  """Runs tests/on_four_devices.py CHECK (4 fake CPU devices through chex) in a fresh process."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  result = subprocess.run([sys.executable, os.path.join(REPO, "tests", "on_four_devices.py"), check],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0 and f"PASSED {check}" in result.stdout, result.stderr[-3000:]
 
 
 def requires_shared_data(*parts):

@@ -137,8 +137,11 @@ def test_checkpoint_identity_fields():
   assert "training.loss" not in sample_fields and "model.ch" in sample_fields
   assert not {"model.remat", "model.dtype", "training.batch_size", "training.num_steps",
               "training.learning_rate", "depth.power"} & set(train_fields)
+  assert not any(field.startswith("gan.") for field in train_fields)  # a U-Net has no GAN
   config.depth.training = "bucketed"
   assert "depth.power" in config_lib.checkpoint_identity(config, "train")
+  config.model.kind = "sngan"
+  assert {"gan.g_ch", "gan.n_dis"} <= set(config_lib.checkpoint_identity(config, "train"))
   with pytest.raises(ValueError, match="purpose"):
     config_lib.checkpoint_identity(config, "evaluate")
 

@@ -178,7 +178,7 @@ def test_idx_arrays_are_validated_like_npz(tmp_path):
 def test_cli_prints_one_error_line_for_a_bad_data_file(tmp_path):
   bad_file = tmp_path / "flat.npz"
   np.savez(bad_file, x=_images(16, 64))
-  result = cli(["--config=configs/quickstart.py", f"--workdir={tmp_path}/w", "--mode=train",
+  result = cli(["--config=configs/quickstart.py:tiny", f"--workdir={tmp_path}/w", "--mode=train",
                 "--config.data.source=npz", f"--config.data.path={bad_file}"])
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and EXPECTED_SHAPE in errors[0], result.stderr

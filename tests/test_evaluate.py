@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, cli, tiny_config
+from conftest import REPO, cli, tiny_config
 from jdiff import data as data_lib
 from jdiff import errors
 from jdiff.drivers import evaluate
@@ -147,7 +147,7 @@ def test_inception_metrics_and_reference_statistics_agree(tmp_path, random_weigh
 
 def test_evaluate_cli_errors_are_one_line(tmp_path):
   workdir = str(tmp_path / "empty")
-  base = ["--config=configs/quickstart.py", f"--workdir={workdir}", "--mode=evaluate", *TINY_OVERRIDES]
+  base = ["--config=configs/quickstart.py:tiny", f"--workdir={workdir}", "--mode=evaluate"]
   result = cli(base)
   assert result.returncode == 1 and "no checkpoint" in result.stderr.strip().splitlines()[-1]
   result = cli(base + ["--config.data.num_channels=3"])
@@ -155,12 +155,12 @@ def test_evaluate_cli_errors_are_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[-1].startswith("error: config.evaluation.metrics=")
   result = cli(base + ["--config.evaluation.metrics=('fid','typo')"])
   assert result.returncode == 2 and "typo" in result.stderr.strip().splitlines()[-1]
-  result = cli(["--config=configs/quickstart.py", "--mode=reference_stats"])
+  result = cli(["--config=configs/quickstart.py:tiny", "--mode=reference_stats"])
   assert result.returncode == 2 and "--workdir is required" in result.stderr
 
 
 def test_reference_stats_without_weights_fails_with_one_line(tmp_path):
-  result = cli(["--config=configs/quickstart.py", f"--workdir={tmp_path}", "--mode=reference_stats",
+  result = cli(["--config=configs/quickstart.py:tiny", f"--workdir={tmp_path}", "--mode=reference_stats",
                 f"--config.evaluation.inception_weights={tmp_path / 'absent.pth'}"])
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1].startswith(
@@ -297,11 +297,19 @@ def test_plots_command_groups_metrics_files_into_curves(tmp_path):
   runs = plots.runs_from_metrics_files(paths)
   assert {run["label"] for run in runs} == {"full: DDIM eta=0.0", "adaptive: DDIM eta=0.0 c=2"}
 
-  command = [sys.executable, "-m", "jdiff.plots", "--metrics", str(tmp_path / "*/eval/*/step_*/metrics.json")]
+  plots_command = [sys.executable, "-m", "jdiff.tools.plots"]
+  command = plots_command + ["--metrics", str(tmp_path / "*/eval/*/step_*/metrics.json")]
   out = str(tmp_path / "tradeoff.png")
   result = subprocess.run(command + ["--out", out, "--log_x"], cwd=REPO, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr
   assert "6 points" in result.stdout and os.path.getsize(out) > 1000
-  result = subprocess.run(command + ["--y", "inception_score"], cwd=REPO, capture_output=True, text=True)
-  assert result.returncode == 2
-  assert result.stderr.strip().startswith("error: --y=inception_score: not a number")
+  # Files after the flags (a glob the shell expanded) are metrics files too.
+  result = subprocess.run(plots_command + ["--metrics", paths[0], f"--out={out}"] + paths[1:],
+                          cwd=REPO, capture_output=True, text=True)
+  assert result.returncode == 0 and "6 points" in result.stdout, result.stderr
+  for bad, message in ((["--y", "inception_score"], "error: --y=inception_score: not a number"),
+                       (["--nope"], "error: Unknown command line flag 'nope'")):
+    result = subprocess.run(command + bad, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.strip().startswith(message), result.stderr

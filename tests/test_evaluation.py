@@ -4,14 +4,13 @@ files (zip written here, legacy built by hand), the torch-exact resize, Digits F
 import os
 import pickle
 import struct
-import subprocess
-import sys
 import zipfile
 
 import jax
 import numpy as np
 import pytest
 
+from conftest import on_four_devices
 from jdiff.evaluation import digits_fd, inception, metrics, torch_weights
 
 # ----------------------------------------------------------------------------------------------
@@ -126,19 +125,7 @@ def test_extract_features_regroups_pads_and_keeps_order():
 
 
 def test_extract_features_shards_over_four_devices():
-  script = (
-      "import jax, numpy as np\n"
-      "from jdiff.evaluation import metrics\n"
-      "assert metrics.data_mesh().size == 4, jax.devices()\n"
-      "def f(v, x):\n"
-      "  return x.sum(axis=1) * v\n"
-      "x = np.arange(30, dtype=np.float32).reshape(10, 3)\n"
-      "out = metrics.extract_features(f, np.float32(3), x, batch_size=3)\n"
-      "np.testing.assert_array_equal(out, x.sum(axis=1) * 3)\n")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                          timeout=120)
-  assert result.returncode == 0, result.stderr[-2000:]
+  on_four_devices("extract_features_shards")
 
 
 def test_cached_features_computes_once(tmp_path):

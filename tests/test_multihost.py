@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, restore_train_state, tiny_config
+from conftest import REPO, restore_train_state, tiny_config
 from jdiff import checkpoint as checkpoint_lib
 
 STEPS_2PROC = 4        # the 2-process run stops here (checkpoints at 2 and 4) ...
@@ -47,8 +47,8 @@ def _env(num_devices, **extra):
 def _start_two_processes(workdir, num_steps, mode="train", extra_args=()):
   """`python -m jdiff.main --mode=MODE --config.distributed=True` in 2 processes x 2 devices."""
   port = _free_port()
-  command = [sys.executable, "-m", "jdiff.main", "--config=configs/quickstart.py",
-             f"--workdir={workdir}", f"--mode={mode}", *TINY_OVERRIDES,
+  command = [sys.executable, "-m", "jdiff.main", "--config=configs/quickstart.py:tiny",
+             f"--workdir={workdir}", f"--mode={mode}",
              f"--config.training.num_steps={num_steps}",
              f"--config.training.checkpoint_every={CHECKPOINT_EVERY}", "--config.distributed=True",
              *extra_args]
@@ -193,8 +193,8 @@ def test_two_processes_evaluate_like_one(tmp_path):
   """--mode=evaluate in 2 processes x 2 devices: the same samples, Digits FD and bits/dim as one
   process with 4 devices, each written once (by process 0)."""
   workdir = str(tmp_path / "run")
-  one_process = [sys.executable, "-m", "jdiff.main", "--config=configs/quickstart.py",
-                 f"--workdir={workdir}", *TINY_OVERRIDES, f"--config.training.num_steps={CHECKPOINT_EVERY}",
+  one_process = [sys.executable, "-m", "jdiff.main", "--config=configs/quickstart.py:tiny",
+                 f"--workdir={workdir}", f"--config.training.num_steps={CHECKPOINT_EVERY}",
                  f"--config.training.checkpoint_every={CHECKPOINT_EVERY}", *_EVALUATE_ARGS]
   for mode in ("train", "evaluate"):
     _wait([subprocess.Popen(one_process + [f"--mode={mode}", "--config.evaluation.name=one"],

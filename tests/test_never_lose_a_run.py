@@ -18,15 +18,15 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, cli, restore_train_state, tiny_config
+from conftest import REPO, cli, restore_train_state, tiny_config
 from jdiff import errors
 
-QUICKSTART = "--config=configs/quickstart.py"
+QUICKSTART = "--config=configs/quickstart.py:tiny"
 STEPS, EVERY = 6, 3
 
 
 def train_args(workdir, *extra, num_steps=STEPS, every=EVERY):
-  return [QUICKSTART, f"--workdir={workdir}", "--mode=train", *TINY_OVERRIDES,
+  return [QUICKSTART, f"--workdir={workdir}", "--mode=train",
           f"--config.training.num_steps={num_steps}",
           f"--config.training.checkpoint_every={every}", *extra]
 
@@ -108,7 +108,7 @@ def test_changed_model_or_objective_is_refused_and_nothing_changes(workdir):
   assert snapshot(workdir / "checkpoints") == before
 
   # Sampling with another model is refused too (instead of sampling garbage or "no checkpoint").
-  args = override([QUICKSTART, f"--workdir={workdir}", "--mode=sample", *TINY_OVERRIDES],
+  args = override([QUICKSTART, f"--workdir={workdir}", "--mode=sample"],
                   "diffusion.num_timesteps", 30)
   assert_one_error_line(cli(args, timeout=600), 2, "diffusion.num_timesteps=20 there, 30 here")
 
@@ -146,7 +146,7 @@ def test_damaged_final_checkpoint_is_moved_aside_and_saved_again(workdir):
   assert snapshot(workdir / "checkpoints" / "3") == good_3
   # The new step 6 restores, and sampling uses it.
   assert restore(workdir)[0] == 6
-  result = cli([QUICKSTART, f"--workdir={workdir}", "--mode=sample", *TINY_OVERRIDES], timeout=600)
+  result = cli([QUICKSTART, f"--workdir={workdir}", "--mode=sample"], timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert int(np.load(workdir / "samples" / "samples.npz")["step"]) == 6
 
@@ -165,7 +165,7 @@ def test_rerun_of_a_finished_run_saves_nothing_new_and_says_so(workdir):
 def test_empty_latest_step_folder_is_set_aside_and_training_continues(workdir):
   os.makedirs(workdir / "checkpoints" / "9")
   # Sampling reads past it (and moves nothing).
-  result = cli([QUICKSTART, f"--workdir={workdir}", "--mode=sample", *TINY_OVERRIDES], timeout=600)
+  result = cli([QUICKSTART, f"--workdir={workdir}", "--mode=sample"], timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert int(np.load(workdir / "samples" / "samples.npz")["step"]) == 6
   assert os.path.isdir(workdir / "checkpoints" / "9")
@@ -241,7 +241,7 @@ def test_signal_saves_a_checkpoint_reports_the_step_and_exit_code(tmp_path, sign
 @pytest.mark.parametrize("args, fragment", [
     (["--config.model.ch_mult=(1,2)", "--config.model.ch_mult=1,2"],
      "--config.model.ch_mult is given twice ('(1,2)' and '1,2')"),
-    (["--config.model.chh=3"], '--config.model.chh: no such field in configs/quickstart.py '
+    (["--config.model.chh=3"], '--config.model.chh: no such field in configs/quickstart.py:tiny '
                                '(did you mean "ch"?)'),
     (["--config.model.ch=abc"], "--config.model.ch=abc: invalid literal for int()"),
 ])
@@ -280,7 +280,7 @@ def test_batch_not_divisible_by_devices_is_one_line(tmp_path):
 @pytest.mark.parametrize("mode", ["sample", "evaluate"])
 def test_reading_a_mistyped_workdir_creates_nothing(tmp_path, mode):
   missing = tmp_path / "typo"
-  result = cli([QUICKSTART, f"--workdir={missing}", f"--mode={mode}", *TINY_OVERRIDES,
+  result = cli([QUICKSTART, f"--workdir={missing}", f"--mode={mode}",
                 "--config.evaluation.metrics=('digits_fd',)", "--config.evaluation.num_samples=4"],
                timeout=600)
   assert_one_error_line(result, 1, "no checkpoint in", "train first")

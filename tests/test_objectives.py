@@ -4,6 +4,8 @@ Compiles dominate the run time on a CPU, so the networks here have one resolutio
 each test compiles as few functions as it can.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -111,7 +113,7 @@ def test_timestep_probabilities_against_a_hand_computed_history():
   np.testing.assert_allclose(weights, 1.0 / (4 * expected[np.asarray(t)]), rtol=1e-5)
   assert np.sum(np.asarray(t) == 3) < 10  # p_3 = u / 4: almost never drawn
   # One t short of a full history: still uniform.
-  not_warm = history.replace(counts=jnp.array([10, 10, 9, 10]))
+  not_warm = dataclasses.replace(history, counts=jnp.array([10, 10, 9, 10]))
   np.testing.assert_allclose(objectives.timestep_probabilities(not_warm), np.full(4, 0.25))
 
 

@@ -1,18 +1,18 @@
 """Training end to end: multi-device equality, kill -9 resume, non-finite guard, config
 validation and the CLI. (SIGTERM / SIGINT, damaged and mismatched checkpoints: test_never_lose_a_run.)"""
 
+import glob
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, TINY_OVERRIDES, cli, restore_train_state, tiny_config
+from conftest import REPO, cli, on_four_devices, restore_train_state, tiny_config
 from jdiff import builders
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
@@ -21,7 +21,7 @@ from jdiff import parallel
 from jdiff.drivers import train as train_lib
 
 
-QUICKSTART = "--config=configs/quickstart.py"
+QUICKSTART = "--config=configs/quickstart.py:tiny"
 
 
 def restore_params(config, workdir):
@@ -33,36 +33,7 @@ def restore_params(config, workdir):
 
 
 def test_train_step_on_4_devices_equals_1_device():
-  script = textwrap.dedent("""
-      import jax, numpy as np
-      from jax.sharding import Mesh
-      from conftest import tiny_config
-      from jdiff import train as t, parallel
-      from jdiff import builders
-      assert jax.device_count() == 4, jax.devices()
-      config = tiny_config()
-      model, diffusion = builders.build_model(config), builders.build_diffusion(config)
-      optimizer = builders.build_optimizer(config.training)
-      images = np.random.default_rng(0).integers(0, 256, (8, 8, 8, 1), dtype=np.uint8)
-      results = []
-      for devices in (jax.devices()[:1], jax.devices()):
-        mesh = Mesh(np.asarray(devices), (parallel.DATA_AXIS,))
-        state = builders.build_state(config, model, optimizer, mesh)
-        step = t.make_train_step(config, model, diffusion, optimizer, mesh)
-        batch = jax.device_put(images, parallel.batch_sharding(mesh))
-        for _ in range(2):
-          state, metrics = step(state, batch)
-        results.append((jax.device_get(state.params), float(metrics["loss"])))
-      (p1, l1), (p4, l4) = results
-      assert abs(l1 - l4) <= 1e-5 * abs(l1), (l1, l4)
-      jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p4)
-      print("EQUAL", l1, l4)
-  """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.path.join(REPO, "tests"))
-  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-  assert result.returncode == 0 and "EQUAL" in result.stdout, result.stderr[-3000:]
+  on_four_devices("train_step_equals_one_device")
 
 
 def _wait_for(predicate, timeout_s, process):
@@ -77,7 +48,7 @@ def _wait_for(predicate, timeout_s, process):
 
 
 def _start_training(workdir, num_steps, checkpoint_every):
-  args = [QUICKSTART, f"--workdir={workdir}", "--mode=train", *TINY_OVERRIDES,
+  args = [QUICKSTART, f"--workdir={workdir}", "--mode=train",
           f"--config.training.num_steps={num_steps}",
           f"--config.training.checkpoint_every={checkpoint_every}"]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -94,7 +65,7 @@ def _tiny_quickstart(num_steps):
 def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
   num_steps = 40
   straight = tmp_path / "straight"
-  result = cli([QUICKSTART, f"--workdir={straight}", "--mode=train", *TINY_OVERRIDES,
+  result = cli([QUICKSTART, f"--workdir={straight}", "--mode=train",
                 f"--config.training.num_steps={num_steps}", "--config.training.checkpoint_every=10"],
                timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -107,7 +78,7 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
   process.wait()
   _, steps = restore_params(_tiny_quickstart(num_steps), str(killed))
   assert steps and steps[-1] < num_steps, steps  # it really was interrupted
-  result = cli([QUICKSTART, f"--workdir={killed}", "--mode=train", *TINY_OVERRIDES,
+  result = cli([QUICKSTART, f"--workdir={killed}", "--mode=train",
                 f"--config.training.num_steps={num_steps}", "--config.training.checkpoint_every=10"],
                timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -180,15 +151,15 @@ def test_missing_data_path_is_one_clear_line(tmp_path):
 
 
 def test_cli_train_sample_summary_end_to_end(tmp_path):
-  result = cli([QUICKSTART, f"--workdir={tmp_path}", "--mode=train", *TINY_OVERRIDES,
+  result = cli([QUICKSTART, f"--workdir={tmp_path}", "--mode=train",
                 "--config.training.num_steps=4"], timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
-  result = cli([QUICKSTART, f"--workdir={tmp_path}", "--mode=sample", *TINY_OVERRIDES], timeout=600)
+  result = cli([QUICKSTART, f"--workdir={tmp_path}", "--mode=sample"], timeout=600)
   assert result.returncode == 0, result.stderr[-2000:]
   samples = np.load(tmp_path / "samples" / "samples.npz")["images"]
   assert samples.shape == (4, 8, 8, 1) and samples.dtype == np.uint8
   assert (tmp_path / "samples" / "grid.png").exists()
-  result = cli([QUICKSTART, "--mode=summary", *TINY_OVERRIDES], timeout=300)
+  result = cli([QUICKSTART, "--mode=summary"], timeout=300)
   assert result.returncode == 0
   count = int(result.stdout.strip().splitlines()[-1].split(":")[1])
   params = jax.eval_shape(lambda: builders.init_params(
@@ -197,13 +168,18 @@ def test_cli_train_sample_summary_end_to_end(tmp_path):
 
 
 def test_sample_without_checkpoint_says_train_first(tmp_path):
-  result = cli([QUICKSTART, f"--workdir={tmp_path}", "--mode=sample", *TINY_OVERRIDES], timeout=300)
+  result = cli([QUICKSTART, f"--workdir={tmp_path}", "--mode=sample"], timeout=300)
   assert result.returncode == 1 and "train first" in result.stderr
 
 
 def test_cifar10_config_has_35_7m_parameters():
-  sys.path.insert(0, os.path.join(REPO, "configs"))
-  import cifar10_ddpm  # pylint: disable=g-import-not-at-top
-  config = cifar10_ddpm.get_config()
-  params = jax.eval_shape(lambda: builders.init_params(builders.build_model(config), config, jax.random.key(0)))
-  assert sum(x.size for x in jax.tree.leaves(params)) == 35_746_307
+  config = config_lib.load_config(os.path.join(REPO, "configs", "cifar10_ddpm.py"))
+  assert builders.parameter_count(config) == 35_746_307
+
+
+def test_every_config_and_its_tiny_variant_load_and_validate():
+  for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))):
+    for spec in (path, path + ":tiny"):
+      config = config_lib.load_config(spec)
+      assert config.model.kind in ("unet", "sngan"), spec
+    assert config.diffusion.num_timesteps == 20 and config.training.num_steps == 6, path

@@ -1,167 +1,137 @@
 """--mode=bench: U-Net forward and train-step throughput, sampler speed, compile times, memory, FLOPs.
 
-Writes <workdir>/bench.json and prints a table. Benchmarks are measurements, not tests.
-config.bench.kind selects the core benchmark here, or the adaptive-depth / sampler / precision
-(bf16 x remat) ones.
+config.bench.kind selects the benchmark: 'core' (here: writes <workdir>/bench.json and prints a
+table), 'depth' (jdiff.tools.bench_depth), 'samplers' (jdiff.tools.bench_samplers) or
+'precision' (jdiff.tools.bench_precision, bf16 x remat). Benchmarks are measurements, not tests;
+the timers are jdiff.tools.timing's, the JSON and tables jdiff.tools.report's.
+
+  python -m jdiff.main --config=configs/quickstart.py --workdir=/tmp/bench --mode=bench
+  python -m jdiff.main --config=configs/quickstart.py:tiny --workdir=/tmp/bench --mode=bench \\
+      --config.bench.kind=samplers
 """
 
-import json
 import os
 import platform
-import resource
-import time
-from typing import Callable, Dict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jdiff import builders
 from jdiff import diffusion as diffusion_lib
 from jdiff import parallel
 from jdiff import sampling
-from jdiff import train as train_lib
-from jdiff.models import build_model
-
-
-def compile_only(jitted: Callable, args):
-  """Compile time, XLA's FLOP count and temporary memory of jitted(*args); returns (stats, compiled)."""
-  start = time.perf_counter()
-  compiled = jitted.lower(*args).compile()
-  compile_s = time.perf_counter() - start
-  cost = compiled.cost_analysis() or {}
-  if isinstance(cost, (list, tuple)):  # older JAX returned one dict per device program
-    cost = cost[0] if cost else {}
-  memory = compiled.memory_analysis()
-  stats = {
-      "compile_s": compile_s,
-      "flops": float(cost.get("flops", float("nan"))),
-      "temp_bytes": int(getattr(memory, "temp_size_in_bytes", 0) or 0),
-  }
-  return stats, compiled
-
-
-def compile_and_run(jitted: Callable, args, num_iters: int):
-  """(compile_only's stats plus the best and median of num_iters timed calls after a warm-up,
-  the compiled function, the warm-up call's output)."""
-  stats, compiled = compile_only(jitted, args)
-  output = jax.block_until_ready(compiled(*args))
-  times = []
-  for _ in range(num_iters):
-    start = time.perf_counter()
-    jax.block_until_ready(compiled(*args))
-    times.append(time.perf_counter() - start)
-  return dict(stats, best_s=float(np.min(times)), median_s=float(np.median(times))), compiled, output
-
-
-def compile_and_time(jitted: Callable, args, num_iters: int) -> Dict[str, float]:
-  """compile_and_run's stats."""
-  return compile_and_run(jitted, args, num_iters)[0]
-
-
-def peak_memory_bytes() -> Dict[str, int]:
-  stats = jax.devices()[0].memory_stats() or {}
-  return {
-      "device_peak_bytes": int(stats.get("peak_bytes_in_use", 0)),
-      "host_max_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
-  }
+from jdiff.drivers import train as train_lib
+from jdiff.tools import bench_depth
+from jdiff.tools import bench_precision
+from jdiff.tools import bench_samplers
+from jdiff.tools import report
+from jdiff.tools import timing
 
 
 def bench_core(config) -> dict:
   mesh = parallel.make_mesh()
-  model = build_model(config)
-  diffusion = train_lib.build_diffusion(config)
-  optimizer = train_lib.make_optimizer(config.training)
-  state = train_lib.init_state(config, model, optimizer, mesh)
-  shape = train_lib.image_shape(config)
+  model = builders.build_model(config)
+  diffusion = builders.build_diffusion(config)
+  optimizer = builders.build_optimizer(config.training)
+  state = builders.build_state(config, model, optimizer, mesh)
+  shape = builders.image_shape(config)
   num_iters = config.bench.num_iters
   rng = np.random.default_rng(0)
   results = {"forward": {}, "device": str(jax.devices()[0].device_kind),
              "num_devices": jax.device_count(), "host": platform.node()}
 
-  forward = jax.jit(lambda params, x, t: model.apply({"params": params}, x, t))
+  forward = jax.jit(lambda params, x, t: builders.make_model_fn(model, params)(x, t))
   for batch_size in config.bench.batch_sizes:
     x = jnp.asarray(rng.standard_normal((batch_size,) + shape), jnp.float32)
     t = jnp.asarray(rng.integers(0, config.diffusion.num_timesteps, batch_size), jnp.float32)
-    timing = compile_and_time(forward, (state.params, x, t), num_iters)
-    timing["images_per_s"] = batch_size / timing["best_s"]
-    timing["flops_per_image"] = timing["flops"] / batch_size
-    timing["achieved_flops_per_s"] = timing["flops"] / timing["best_s"]
-    results["forward"][str(batch_size)] = timing
+    stats = timing.compile_and_time(forward, (state.params, x, t), num_iters)
+    stats["images_per_s"] = batch_size / stats["best_s"]
+    stats["flops_per_image"] = stats["flops"] / batch_size
+    stats["achieved_flops_per_s"] = stats["flops"] / stats["best_s"]
+    results["forward"][str(batch_size)] = stats
 
   train_step = train_lib.make_train_step(config, model, diffusion, optimizer, mesh)
   batch_size = config.training.batch_size
   images = parallel.global_batch_from_local(
       rng.integers(0, 256, (batch_size // jax.process_count(),) + shape, dtype=np.uint8), mesh)
-  # The train step donates its state: compile it for cost and time, then thread the state.
-  timing, _ = compile_only(train_step, (state, images))
-  current = jax.tree.map(jnp.copy, state)
-  step_times = []
-  for _ in range(num_iters + 1):  # the first call is a warm-up
-    start = time.perf_counter()
-    current, metrics = train_step(current, images)
-    jax.block_until_ready(metrics)
-    step_times.append(time.perf_counter() - start)
-  step_times = step_times[1:]
-  timing.update(best_s=float(np.min(step_times)), median_s=float(np.median(step_times)),
-                batch_size=batch_size, images_per_s=batch_size / float(np.min(step_times)))
-  timing["achieved_flops_per_s"] = timing["flops"] / timing["best_s"]
-  results["train_step"] = timing
+  # The train step donates its state: compile it for cost, then thread a copy of the state
+  # through the compiled executable (the first call a warm-up).
+  stats, compiled = timing.compile_only(train_step, (state, images))
+  times, _, _ = timing.run_threaded(compiled, jax.tree.map(jnp.copy, state), lambda i: (images,),
+                                    num_iters + 1, warmup=1)
+  stats.update(best_s=times["best_s"], median_s=times["median_s"], batch_size=batch_size,
+               images_per_s=batch_size / times["best_s"])
+  stats["achieved_flops_per_s"] = stats["flops"] / stats["best_s"]
+  results["train_step"] = stats
 
   num_steps = config.bench.sampler_steps or config.diffusion.num_timesteps
   timing_diffusion = diffusion_lib.GaussianDiffusion.from_betas(
       np.asarray(diffusion.betas, np.float64)[:num_steps])
   sample_batch = config.sampling.batch_size
-  sample_fn = sampling.make_sample_fn(
+  sample_fn = builders.make_sample_fn(
       lambda model_fn, x_T, key: sampling.ancestral_sample(
           model_fn, timing_diffusion, x_T, key, variance_type=config.diffusion.variance_type),
-      lambda params: train_lib.make_model_fn(model, params), mesh, shape, sample_batch)
-  timing = compile_and_time(sample_fn, (state.ema_params, jax.random.key(0)), 1)
-  timing.update(
+      model, mesh, shape, sample_batch)
+  stats = timing.compile_and_time(sample_fn, (state.ema_params, jax.random.key(0)), 1)
+  stats.update(
       batch_size=sample_batch, steps_timed=num_steps,
       steps_per_sample=config.diffusion.num_timesteps,
-      seconds_per_step=timing["best_s"] / num_steps,
+      seconds_per_step=stats["best_s"] / num_steps,
       # Exact when steps_timed == steps_per_sample; otherwise scaled by the step count.
-      seconds_per_sample=timing["best_s"] / sample_batch * config.diffusion.num_timesteps / num_steps)
-  results["sampler"] = timing
-  results["memory"] = peak_memory_bytes()
+      seconds_per_sample=stats["best_s"] / sample_batch * config.diffusion.num_timesteps / num_steps)
+  results["sampler"] = stats
+  results["memory"] = timing.peak_memory_bytes()
   return results
 
 
-def print_core_table(results: dict) -> None:
-  print(f"device: {results['device']} x{results['num_devices']}")
-  print(f"{'what':<22}{'batch':>7}{'images/s':>12}{'compile s':>11}{'GFLOP/img':>11}{'GFLOP/s':>10}")
-  for batch_size, r in results["forward"].items():
-    print(f"{'U-Net forward':<22}{batch_size:>7}{r['images_per_s']:>12.1f}{r['compile_s']:>11.2f}"
-          f"{r['flops_per_image'] / 1e9:>11.3f}{r['achieved_flops_per_s'] / 1e9:>10.1f}")
-  r = results["train_step"]
-  print(f"{'train step':<22}{r['batch_size']:>7}{r['images_per_s']:>12.1f}{r['compile_s']:>11.2f}"
-        f"{r['flops'] / r['batch_size'] / 1e9:>11.3f}{r['achieved_flops_per_s'] / 1e9:>10.1f}")
-  r = results["sampler"]
-  print(f"sampler: {r['seconds_per_sample']:.4f} s/sample ({r['steps_per_sample']} steps, "
-        f"batch {r['batch_size']}, {r['steps_timed']} steps timed), compile {r['compile_s']:.2f} s")
-  m = results["memory"]
-  print(f"memory: device peak {m['device_peak_bytes'] / 2**20:.1f} MiB, "
-        f"host max RSS {m['host_max_rss_bytes'] / 2**20:.1f} MiB")
+def _mib(value) -> str:
+  return "n/a" if value is None else f"{value / 2**20:.1f} MiB"
+
+
+def print_core_table(results: dict) -> str:
+  rows = [dict(r, what="U-Net forward", batch_size=int(batch_size))
+          for batch_size, r in results["forward"].items()]
+  train_step = results["train_step"]
+  rows.append(dict(train_step, what="train step",
+                   flops_per_image=train_step["flops"] / train_step["batch_size"]))
+  r, m = results["sampler"], results["memory"]
+  return report.print_table(
+      rows,
+      [report.Column("what", "what"), report.Column("batch", "batch_size"),
+       report.Column("images/s", "images_per_s", ".1f"),
+       report.Column("best s", "best_s", ".4f"), report.Column("median s", "median_s", ".4f"),
+       report.Column("compile s", "compile_s", ".2f"),
+       report.Column("GFLOP/img", lambda row: row["flops_per_image"] / 1e9, ".3f"),
+       report.Column("GFLOP/s", lambda row: row["achieved_flops_per_s"] / 1e9, ".1f"),
+       report.Column("temp MiB", lambda row: row["temp_bytes"] / 2**20, ".2f")],
+      title=f"device: {results['device']} x{results['num_devices']} ({results['host']})",
+      notes=[f"sampler: {r['seconds_per_sample']:.4f} s/sample ({r['steps_per_sample']} steps, "
+             f"batch {r['batch_size']}, {r['steps_timed']} steps timed, "
+             f"{r['seconds_per_step']:.5f} s/step), compile {r['compile_s']:.2f} s",
+             f"memory: device peak {_mib(m['device_peak_bytes'])}, "
+             f"host max RSS {_mib(m['host_max_rss_bytes'])}"])
+
+
+def run_core(config, workdir: str) -> dict:
+  """The core benchmark: writes <workdir>/bench.json, prints the table, returns the results."""
+  results = bench_core(config)
+  report.write_json(os.path.join(workdir, "bench.json"), results)
+  print_core_table(results)
+  return results
+
+
+RUNNERS = {
+    "core": run_core,
+    "depth": bench_depth.run,
+    "samplers": bench_samplers.run,
+    "precision": bench_precision.run,
+}
 
 
 def run(config, workdir: str) -> dict:
+  """Runs the benchmark config.bench.kind names; returns its results (also written as JSON)."""
   kind = config.bench.kind
-  if kind == "core":
-    results = bench_core(config)
-    print_core_table(results)
-    name = "bench.json"
-  elif kind == "depth":
-    from jdiff import bench_depth  # pylint: disable=g-import-not-at-top
-    return bench_depth.run(config, workdir)
-  elif kind == "precision":
-    from jdiff import bench_precision  # pylint: disable=g-import-not-at-top
-    return bench_precision.run(config, workdir)
-  else:
-    from jdiff import bench_samplers  # pylint: disable=g-import-not-at-top
-    return bench_samplers.run(config, workdir)
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, name)
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2)
-  print(f"wrote {path}")
-  return results
+  if kind not in RUNNERS:
+    raise ValueError(f"config.bench.kind={kind!r}: must be one of {sorted(RUNNERS)}")
+  return RUNNERS[kind](config, workdir)

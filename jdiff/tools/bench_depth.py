@@ -10,67 +10,51 @@ For each skip type and c in {0, 1, 2, 3, 5}, with the ancestral sampler over all
           the runs of the five c values interleaved.
   saved:  1 - value / value at c = 0 for the same skip type, for time and for FLOPs.
 Also times the alternative dispatch (one lax.scan per depth segment, static k) for zero skip at
-c = 2. Writes <workdir>/bench_depth.json and prints a table shaped like the paper's Table 2.
+c = 2. Writes <workdir>/bench_depth.json and prints a table shaped like the paper's Table 2
+(and the seconds behind it).
 
-  python -m jdiff.main --config=configs/quickstart_adaptive.py --workdir=workdirs/bench_depth \
+  python -m jdiff.main --config=configs/quickstart_adaptive.py --workdir=workdirs/bench_depth \\
       --mode=bench --config.bench.kind=depth
 """
 
-import json
 import os
-import time
 from typing import Callable, Dict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdiff import bench
+from jdiff import builders
 from jdiff import depth as depth_lib
 from jdiff import sampling
-from jdiff import train as train_lib
-from jdiff.models import build_model
 from jdiff.models.unet import SKIP_TYPES
+from jdiff.tools import report
+from jdiff.tools import timing
 
 POWERS = (0, 1, 2, 3, 5)
 # The configuration the dispatch comparison times (the paper's choice).
 DISPATCH_SKIP_TYPE, DISPATCH_POWER = "zero", 2
 
 
-def best_times(jitted: Dict[str, Callable], args, num_iters: int) -> Dict[str, float]:
-  """Best of num_iters timed calls of each function after a warm-up, interleaved round by round
-  so that load from other processes on a shared machine falls on all of them alike."""
-  for fn in jitted.values():
-    jax.block_until_ready(fn(*args))  # compile and warm up
-  times = {name: [] for name in jitted}
-  for _ in range(num_iters):
-    for name, fn in jitted.items():
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[name].append(time.perf_counter() - start)
-  return {name: float(np.min(t)) for name, t in times.items()}
-
-
 def forward_flops_per_depth(model, params, x, t) -> list:
   """XLA's FLOP count of one U-Net forward at each static depth k."""
   flops = []
   for k in range(model.num_levels):
-    forward = jax.jit(lambda params, x, t, k=k: model.apply({"params": params}, x, t,
-                                                             shortcut_depth=k))
-    stats, _ = bench.compile_only(forward, (params, x, t))
+    forward = jax.jit(lambda params, x, t, k=k: builders.make_model_fn(model, params)(x, t, depth=k))
+    stats, _ = timing.compile_only(forward, (params, x, t))
     flops.append(stats["flops"])
   return flops
 
 
 def make_sampler(config, model, diffusion, schedule, batch_size) -> Callable:
   """Jitted (params, rng) -> images: the ancestral sampler at k(t), as --mode=sample runs it."""
-  shape = train_lib.image_shape(config)
+  shape = builders.image_shape(config)
 
   @jax.jit
   def sample(params, rng):
     x_T = jax.random.normal(rng, (batch_size,) + shape)
     return sampling.ancestral_sample(
-        depth_lib.depth_model_fn(model, params), diffusion, x_T, rng,
+        builders.make_model_fn(model, params), diffusion, x_T, rng,
         variance_type=config.diffusion.variance_type,
         clip_denoised=config.sampling.clip_denoised, depth_schedule=schedule)
   return sample
@@ -79,7 +63,7 @@ def make_sampler(config, model, diffusion, schedule, batch_size) -> Callable:
 def make_dispatch_samplers(config, model, diffusion, schedule, batch_size) -> Dict[str, Callable]:
   """The same ancestral plan run with each dispatch: 'switch' (sampling.run_plan: one scan,
   lax.switch per step) and 'segments' (depth.scan_by_depth: one scan per depth, k static)."""
-  shape = train_lib.image_shape(config)
+  shape = builders.image_shape(config)
   plan = sampling.ancestral_plan(diffusion, variance_type=config.diffusion.variance_type,
                                  clip_denoised=config.sampling.clip_denoised,
                                  depth_schedule=schedule)
@@ -92,7 +76,7 @@ def make_dispatch_samplers(config, model, diffusion, schedule, batch_size) -> Di
     @jax.jit
     def sample(params, rng):
       x_T = jax.random.normal(rng, (batch_size,) + shape)
-      return run(depth_lib.depth_model_fn(model, params), x_T, rng)
+      return run(builders.make_model_fn(model, params), x_T, rng)
     return sample
 
   return {"switch": make(lambda model_fn, x_T, rng: sampling.run_plan(plan, model_fn, x_T, rng)),
@@ -104,8 +88,8 @@ def run(config, workdir: str) -> dict:
   num_timesteps = config.diffusion.num_timesteps
   batch_size = config.sampling.batch_size
   num_iters = config.bench.num_iters
-  diffusion = train_lib.build_diffusion(config)
-  shape = train_lib.image_shape(config)
+  diffusion = builders.build_diffusion(config)
+  shape = builders.image_shape(config)
   x = jnp.zeros((batch_size,) + shape, jnp.float32)
   t = jnp.zeros((batch_size,), jnp.float32)
   results = {"device": str(jax.devices()[0].device_kind), "num_timesteps": num_timesteps,
@@ -114,12 +98,12 @@ def run(config, workdir: str) -> dict:
   for skip_type in SKIP_TYPES:
     skip_config = config.copy_and_resolve_references()
     skip_config.model.skip_type = skip_type
-    model = build_model(skip_config)
-    params = train_lib.init_params(model, skip_config, jax.random.key(config.seed))
+    model = builders.build_model(skip_config)
+    params = builders.init_params(model, skip_config, jax.random.key(config.seed))
     per_depth = forward_flops_per_depth(model, params, x, t)
     schedules = {str(power): depth_lib.depth_schedule(model.num_levels, power, num_timesteps)
                  for power in POWERS}
-    seconds = best_times(
+    seconds = timing.best_times(
         {power: make_sampler(skip_config, model, diffusion, schedule, batch_size)
          for power, schedule in schedules.items()}, (params, jax.random.key(0)), num_iters)
     rows = {power: {"flops": float(sum(per_depth[k] for k in schedule)),
@@ -136,24 +120,33 @@ def run(config, workdir: str) -> dict:
       samplers = make_dispatch_samplers(skip_config, model, diffusion, schedule, batch_size)
       results["dispatch"] = {
           "skip_type": DISPATCH_SKIP_TYPE, "power": DISPATCH_POWER,
-          **best_times(samplers, (params, jax.random.key(0)), num_iters)}
+          **timing.best_times(samplers, (params, jax.random.key(0)), num_iters)}
 
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "bench_depth.json"), "w") as f:
-    json.dump(results, f, indent=2)
+  report.write_json(os.path.join(workdir, "bench_depth.json"), results)
   print_table(results)
   return results
 
 
-def print_table(results: dict) -> None:
-  """Table 2 of the paper: rows skip types, columns c; each cell time saved / FLOPs saved."""
-  print(f"device: {results['device']}, T={results['num_timesteps']}, "
-        f"batch {results['batch_size']}: time saved / FLOP-count saved against c = 0")
-  print(f"{'skip type':<13}" + "".join(f"{f'c = {power}':>17}" for power in POWERS))
-  for skip_type, entry in results["skip_types"].items():
-    cells = [f"{row['time_saved']:>7.1%} / {row['flops_saved']:>6.1%}"
-             for row in entry["powers"].values()]
-    print(f"{skip_type:<13}" + "".join(f"{cell:>17}" for cell in cells))
+def print_table(results: dict) -> str:
+  """Table 2 of the paper: rows skip types, columns c; each cell time saved / FLOPs saved; then
+  the seconds per sampling run behind the time column."""
+  entries = [dict(entry, skip_type=skip_type) for skip_type, entry in results["skip_types"].items()]
+  saved = report.print_table(
+      entries,
+      [report.Column("skip type", "skip_type")] + [
+          report.Column(f"c = {power}", lambda e, p=str(power): e["powers"][p],
+                        lambda row: f"{row['time_saved']:.1%} / {row['flops_saved']:.1%}")
+          for power in POWERS],
+      title=(f"device: {results['device']}, T={results['num_timesteps']}, "
+             f"batch {results['batch_size']}: time saved / FLOP-count saved against c = 0"))
   dispatch = results["dispatch"]
-  print(f"dispatch ({dispatch['skip_type']}, c = {dispatch['power']}): one scan with lax.switch "
-        f"{dispatch['switch']:.3f} s, one scan per depth segment {dispatch['segments']:.3f} s")
+  seconds = report.print_table(
+      entries,
+      [report.Column("skip type", "skip_type")] + [
+          report.Column(f"c = {power}", lambda e, p=str(power): e["powers"][p]["seconds"], ".3f")
+          for power in POWERS],
+      title=f"seconds per sampling run (best of {results['num_iters']})",
+      notes=[f"dispatch ({dispatch['skip_type']}, c = {dispatch['power']}): one scan with "
+             f"lax.switch {dispatch['switch']:.3f} s, one scan per depth segment "
+             f"{dispatch['segments']:.3f} s"])
+  return saved + "\n" + seconds

@@ -29,31 +29,26 @@ import pickle
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jdiff import bench
+from jdiff import builders
 from jdiff import parallel
-from jdiff import train as train_lib
-from jdiff.models import build_model
+from jdiff.drivers import train as train_lib
+from jdiff.tools import report
+from jdiff.tools import timing
 
 VARIANTS = (("float32", False), ("float32", True), ("bfloat16", False), ("bfloat16", True))
+BASELINE = ("float32", False)
+# The repository root: where the subprocess of one variant imports jdiff from.
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _variant_name(dtype: str, remat: bool) -> str:
   return f"{dtype}/remat={'on' if remat else 'off'}"
-
-
-def device_memory_stats() -> Optional[dict]:
-  """device.memory_stats() of the first local device, or None where the backend has none (CPU)."""
-  try:
-    return jax.local_devices()[0].memory_stats() or None
-  except Exception:  # pylint: disable=broad-except  # some backends raise instead of None
-    return None
 
 
 def residual_bytes(model, params, batch_size: int, image_shape) -> int:
@@ -73,44 +68,32 @@ def bench_variant(config, dtype: str, remat: bool) -> dict:
   config.model.dtype = dtype
   config.model.remat = remat
   mesh = parallel.make_mesh()
-  model = build_model(config)
-  diffusion = train_lib.build_diffusion(config)
-  optimizer = train_lib.make_optimizer(config.training)
-  state = train_lib.init_state(config, model, optimizer, mesh)
+  model = builders.build_model(config)
+  diffusion = builders.build_diffusion(config)
+  optimizer = builders.build_optimizer(config.training)
+  state = builders.build_state(config, model, optimizer, mesh)
   batch_size = config.training.batch_size
-  shape = train_lib.image_shape(config)
+  shape = builders.image_shape(config)
   rng = np.random.default_rng(0)
   images = parallel.global_batch_from_local(
       rng.integers(0, 256, (batch_size // jax.process_count(),) + shape, dtype=np.uint8), mesh)
   train_step = train_lib.make_train_step(config, model, diffusion, optimizer, mesh)
 
-  stats, compiled = bench.compile_only(train_step, (state, images))
+  stats, compiled = timing.compile_only(train_step, (state, images))
   stats["residual_bytes"] = residual_bytes(model, state.params, batch_size, shape)
-  memory = compiled.memory_analysis()
-  for field in ("argument", "output", "alias", "temp", "generated_code"):
-    stats[f"{field}_bytes"] = int(getattr(memory, f"{field}_size_in_bytes", 0) or 0)
+  stats.update(timing.compiled_memory_bytes(compiled))
 
-  # The step donates its state: thread it, calling the compiled executable (no second compile).
-  times = []
-  first_loss = None
-  for _ in range(config.bench.num_iters + 1):  # the first call is a warm-up
-    start = time.perf_counter()
-    state, metrics = compiled(state, images)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-    if first_loss is None:
-      first_loss = float(metrics["loss"])
-  times = times[1:]
+  # The step donates its state: thread it through the compiled executable (no second compile);
+  # the first call is a warm-up.
+  times, state, metrics = timing.run_threaded(compiled, state, lambda i: (images,),
+                                              config.bench.num_iters + 1, warmup=1)
   param_dtypes = sorted({str(x.dtype) for x in jax.tree.leaves((state.params, state.opt_state))
                          if jnp.issubdtype(x.dtype, jnp.floating)})
-  memory_stats = device_memory_stats()
   stats.update(
       dtype=dtype, remat=remat, batch_size=batch_size, num_iters=config.bench.num_iters,
-      best_s=float(np.min(times)), median_s=float(np.median(times)),
-      images_per_s=batch_size / float(np.min(times)), first_loss=first_loss,
-      state_float_dtypes=param_dtypes,
-      device_peak_bytes=(int(memory_stats["peak_bytes_in_use"])
-                         if memory_stats and "peak_bytes_in_use" in memory_stats else None))
+      best_s=times["best_s"], median_s=times["median_s"],
+      images_per_s=batch_size / times["best_s"], first_loss=float(metrics[0]["loss"]),
+      state_float_dtypes=param_dtypes, device_peak_bytes=timing.device_peak_bytes())
   return stats
 
 
@@ -120,10 +103,9 @@ def _bench_variant_in_subprocess(config, dtype: str, remat: bool) -> dict:
     config_path, result_path = os.path.join(tmp, "config.pkl"), os.path.join(tmp, "result.json")
     with open(config_path, "wb") as f:
       pickle.dump(config, f)
-    command = [sys.executable, "-m", "jdiff.bench_precision", config_path, dtype, str(int(remat)),
-               result_path]
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run(command, cwd=repo, capture_output=True, text=True, check=False)
+    command = [sys.executable, "-m", "jdiff.tools.bench_precision", config_path, dtype,
+               str(int(remat)), result_path]
+    result = subprocess.run(command, cwd=_REPO, capture_output=True, text=True, check=False)
     if result.returncode != 0:
       raise RuntimeError(f"precision bench variant {_variant_name(dtype, remat)} failed:\n"
                          f"{result.stderr[-3000:]}")
@@ -131,26 +113,36 @@ def _bench_variant_in_subprocess(config, dtype: str, remat: bool) -> dict:
       return json.load(f)
 
 
-def print_table(results: dict) -> None:
-  base = results["variants"][_variant_name("float32", False)]
-  print(f"device: {results['device']} x{results['num_devices']}, train step at batch "
-        f"{results['batch_size']}, best of {results['num_iters']} steps after a warm-up")
-  print(f"{'variant':<21}{'compile s':>10}{'images/s':>10}{'speed':>7}{'temp MiB':>10}"
-        f"{'temp':>7}{'resid MiB':>10}{'resid':>7}{'args MiB':>10}{'out MiB':>9}{'peak MiB':>10}"
-        f"{'first loss':>12}")
-  for name, r in results["variants"].items():
-    peak = r["device_peak_bytes"]
-    peak_text = f"{peak / 2**20:>10.1f}" if peak is not None else f"{'n/a':>10}"
-    ratio = lambda key, r=r: r[key] / base[key] if base[key] else float("nan")
-    print(f"{name:<21}{r['compile_s']:>10.2f}{r['images_per_s']:>10.1f}"
-          f"{ratio('images_per_s'):>6.2f}x{r['temp_bytes'] / 2**20:>10.2f}{ratio('temp_bytes'):>6.2f}x"
-          f"{r['residual_bytes'] / 2**20:>10.2f}{ratio('residual_bytes'):>6.2f}x"
-          f"{r['argument_bytes'] / 2**20:>10.2f}{r['output_bytes'] / 2**20:>9.2f}"
-          f"{peak_text}{r['first_loss']:>12.5f}")
-  print("speed, temp, resid: relative to float32/remat=off. temp: XLA's temp bytes of the compiled "
-        "train step; resid: what autodiff keeps from the U-Net forward for the backward pass")
-  if results["device_peak_note"]:
-    print(results["device_peak_note"])
+def print_table(results: dict) -> str:
+  base = results["variants"][_variant_name(*BASELINE)]
+
+  def ratio(key):
+    return lambda r: r[key] / base[key] if base[key] else float("nan")
+
+  def mib(key):
+    return lambda r: None if r[key] is None else r[key] / 2**20
+
+  times = lambda value: f"{value:.2f}x"
+  rows = [dict(r, variant=name) for name, r in results["variants"].items()]
+  return report.print_table(
+      rows,
+      [report.Column("variant", "variant"), report.Column("compile s", "compile_s", ".2f"),
+       report.Column("images/s", "images_per_s", ".1f"),
+       report.Column("speed", ratio("images_per_s"), times),
+       report.Column("temp MiB", mib("temp_bytes"), ".2f"),
+       report.Column("temp", ratio("temp_bytes"), times),
+       report.Column("resid MiB", mib("residual_bytes"), ".2f"),
+       report.Column("resid", ratio("residual_bytes"), times),
+       report.Column("args MiB", mib("argument_bytes"), ".2f"),
+       report.Column("out MiB", mib("output_bytes"), ".2f"),
+       report.Column("peak MiB", mib("device_peak_bytes"), ".1f"),
+       report.Column("first loss", "first_loss", ".5f")],
+      title=(f"device: {results['device']} x{results['num_devices']}, train step at batch "
+             f"{results['batch_size']}, best of {results['num_iters']} steps after a warm-up"),
+      notes=["speed, temp, resid: relative to float32/remat=off. temp: XLA's temp bytes of the "
+             "compiled train step; resid: what autodiff keeps from the U-Net forward for the "
+             "backward pass"] + ([results["device_peak_note"]] if results["device_peak_note"]
+                                 else []))
 
 
 def run(config, workdir: str, isolate: Optional[bool] = None) -> dict:
@@ -159,13 +151,13 @@ def run(config, workdir: str, isolate: Optional[bool] = None) -> dict:
   isolate: run each variant in its own subprocess (None: where the device reports peak memory,
   which a single process cannot reset between variants; never with several processes).
   """
-  has_memory_stats = device_memory_stats() is not None
+  has_memory_stats = timing.device_memory_stats() is not None
   if isolate is None:
     isolate = has_memory_stats and jax.process_count() == 1
   results = {
       "device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
       "batch_size": config.training.batch_size, "num_iters": config.bench.num_iters,
-      "image_shape": list(train_lib.image_shape(config)), "isolated": bool(isolate),
+      "image_shape": list(builders.image_shape(config)), "isolated": bool(isolate),
       "device_peak_note": None if has_memory_stats else (
           f"device peak memory: unavailable (the {jax.default_backend()} backend reports no "
           "memory_stats); see XLA's temp/argument/output bytes"),
@@ -174,19 +166,16 @@ def run(config, workdir: str, isolate: Optional[bool] = None) -> dict:
   for dtype, remat in VARIANTS:
     bench_fn = _bench_variant_in_subprocess if isolate else bench_variant
     results["variants"][_variant_name(dtype, remat)] = bench_fn(config, dtype, remat)
+  report.write_json(os.path.join(workdir, "bench_precision.json"), results)
   print_table(results)
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "bench_precision.json")
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2)
-  print(f"wrote {path}")
   return results
 
 
 if __name__ == "__main__":
-  # One variant in this process: python -m jdiff.bench_precision CONFIG.pkl DTYPE REMAT OUT.json
+  # One variant in this process:
+  #   python -m jdiff.tools.bench_precision CONFIG.pkl DTYPE REMAT OUT.json
   _config_path, _dtype, _remat, _result_path = sys.argv[1:5]
   with open(_config_path, "rb") as _f:
     _config = pickle.load(_f)
-  with open(_result_path, "w") as _f:
-    json.dump(bench_variant(_config, _dtype, bool(int(_remat))), _f)
+  report.write_json(_result_path, bench_variant(_config, _dtype, bool(int(_remat))),
+                    announce=False)

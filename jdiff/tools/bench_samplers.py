@@ -7,9 +7,11 @@ digits, each row also gets the digits Frechet distance of that many samples.
 Writes <workdir>/bench_samplers.json and prints a table (Table 4.5's shape for the surrogate).
 Uses the EMA params of the workdir's latest checkpoint, or random ones when there is none
 (speeds are the same; quality then means nothing).
+
+  python -m jdiff.main --config=configs/quickstart_adaptive.py --workdir=workdirs/quickstart_adaptive \\
+      --mode=bench --config.bench.kind=samplers
 """
 
-import json
 import os
 from typing import List, Tuple
 
@@ -17,20 +19,19 @@ import jax
 import numpy as np
 from absl import logging
 
-from jdiff import bench
-from jdiff import depth as depth_lib
-from jdiff import generate as generate_lib
+from jdiff import builders
+from jdiff import choices
 from jdiff import parallel
 from jdiff import sampling
-from jdiff import train as train_lib
 from jdiff.errors import CheckpointMissingError
-from jdiff.models import build_model
+from jdiff.tools import report
+from jdiff.tools import timing
 
-FAMILIES = ("ddpm", "respaced", "ddim", "fastdpm", "surrogate")
+FAMILIES = choices.BENCH_SAMPLER_FAMILIES  # ("ddpm", "respaced", "ddim", "fastdpm", "surrogate")
 
 
 def _specs(config) -> List[Tuple[str, str, dict]]:
-  """(family, label, build_plan overrides) for every sampler the bench runs."""
+  """(family, label, builders.build_plan overrides) for every sampler the bench runs."""
   T = config.diffusion.num_timesteps
   specs = [("ddpm", f"DDPM-{T}", dict(name="ancestral"))]
   specs += [("respaced", f"respaced-{k}", dict(name="respaced", steps=k, respacing="even"))
@@ -61,13 +62,13 @@ def _quality(compiled, params, num_samples: int, batch_size: int) -> float:
 
 def run(config, workdir: str) -> dict:
   mesh = parallel.make_mesh()
-  model = build_model(config)
-  diffusion = train_lib.build_diffusion(config)
+  model = builders.build_model(config)
+  diffusion = builders.build_diffusion(config)
   try:
-    params, step = generate_lib.restore_ema_params(config, workdir, model, mesh)
+    params, step = builders.restore_ema_params(config, workdir, model, mesh)
   except CheckpointMissingError:
     logging.warning("no checkpoint in %s: timing with random params", workdir)
-    params, step = train_lib.init_state(config, model, train_lib.make_optimizer(config.training),
+    params, step = builders.build_state(config, model, builders.build_optimizer(config.training),
                                         mesh).ema_params, None
   surrogate_fn = None
   if config.surrogate.kind != "none":
@@ -75,27 +76,26 @@ def run(config, workdir: str) -> dict:
     surrogate_fn = surrogate_lib.make_surrogate_fn(config, mesh)
   quality = config.bench.quality_samples > 0 and config.data.source == "digits"
   batch_size = config.sampling.batch_size
-  shape = train_lib.image_shape(config)
+  shape = builders.image_shape(config)
   T = config.diffusion.num_timesteps
-  model_fn_from_params = lambda p: depth_lib.depth_model_fn(model, p)
 
   rows = []
   for family, label, overrides in _specs(config):
     if family == "surrogate":
-      sampler, evaluations = sampling.with_surrogate(sampling.build_plan(config, diffusion),
+      sampler, evaluations = sampling.with_surrogate(builders.build_plan(config, diffusion),
                                                      surrogate_fn, overrides["t_mid"], T)
     else:
-      plan = sampling.build_plan(config, diffusion, **overrides)
+      plan = builders.build_plan(config, diffusion, **overrides)
       sampler = lambda model_fn, x_T, key, plan=plan: sampling.run_plan(plan, model_fn, x_T, key)
       evaluations = plan.num_evaluations
-    sample_fn = sampling.make_sample_fn(sampler, model_fn_from_params, mesh, shape, batch_size)
-    timing, compiled, _ = bench.compile_and_run(sample_fn, (params, jax.random.key(0)),
+    sample_fn = builders.make_sample_fn(sampler, model, mesh, shape, batch_size)
+    stats, compiled, _ = timing.compile_and_run(sample_fn, (params, jax.random.key(0)),
                                                 config.bench.num_iters)
     row = {"family": family, "sampler": label, "network_evaluations": evaluations,
-           "compile_s": timing["compile_s"], "batch_size": batch_size,
-           "seconds_per_sample": timing["best_s"] / batch_size,
-           "median_seconds_per_sample": timing["median_s"] / batch_size,
-           "samples_per_s": batch_size / timing["best_s"]}
+           "compile_s": stats["compile_s"], "batch_size": batch_size,
+           "seconds_per_sample": stats["best_s"] / batch_size,
+           "median_seconds_per_sample": stats["median_s"] / batch_size,
+           "samples_per_s": batch_size / stats["best_s"]}
     if family == "surrogate":
       row["t_mid"] = overrides["t_mid"]
     if quality:
@@ -107,22 +107,26 @@ def run(config, workdir: str) -> dict:
   for row in rows:
     row["speedup_vs_ddpm"] = baseline / row["seconds_per_sample"]
   results = {"device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
-             "checkpoint_step": step, "num_timesteps": T, "rows": rows}
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "bench_samplers.json"), "w") as f:
-    json.dump(results, f, indent=2)
+             "checkpoint_step": step, "num_timesteps": T, "batch_size": batch_size,
+             "num_iters": config.bench.num_iters, "rows": rows}
+  report.write_json(os.path.join(workdir, "bench_samplers.json"), results)
   print_table(results)
   return results
 
 
-def print_table(results: dict) -> None:
+def print_table(results: dict) -> str:
   rows = results["rows"]
   has_fd = any("digits_fd" in row for row in rows)
-  print(f"device: {results['device']} x{results['num_devices']}; params: "
-        f"{'step ' + str(results['checkpoint_step']) if results['checkpoint_step'] else 'random'}")
-  print(f"{'sampler':<38}{'NFE':>6}{'s/sample':>11}{'samples/s':>11}{'x DDPM':>8}{'compile s':>11}"
-        + (f"{'digits FD':>11}" if has_fd else ""))
-  for row in rows:
-    print(f"{row['sampler']:<38}{row['network_evaluations']:>6}{row['seconds_per_sample']:>11.5f}"
-          f"{row['samples_per_s']:>11.1f}{row['speedup_vs_ddpm']:>8.1f}{row['compile_s']:>11.2f}"
-          + (f"{row.get('digits_fd', float('nan')):>11.3f}" if has_fd else ""))
+  step = results["checkpoint_step"]
+  return report.print_table(
+      rows,
+      [report.Column("sampler", "sampler"), report.Column("NFE", "network_evaluations"),
+       report.Column("s/sample", "seconds_per_sample", ".5f"),
+       report.Column("median s/sample", "median_seconds_per_sample", ".5f"),
+       report.Column("samples/s", "samples_per_s", ".1f"),
+       report.Column("x DDPM", "speedup_vs_ddpm", ".1f"),
+       report.Column("compile s", "compile_s", ".2f")]
+      + ([report.Column("digits FD", "digits_fd", ".3f")] if has_fd else []),
+      title=(f"device: {results['device']} x{results['num_devices']}; params: "
+             f"{'random' if step is None else f'step {step}'}; batch "
+             f"{results.get('batch_size', 'n/a')}, best of {results.get('num_iters', 'n/a')}"))

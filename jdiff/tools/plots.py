@@ -1,12 +1,14 @@
 """Speed/quality trade-off plots (PNG), e.g. FID against network evaluations or seconds.
 
-  python -m jdiff.plots --metrics='workdirs/*/eval/*/step_*/metrics.json' \
+  python -m jdiff.tools.plots --metrics='workdirs/*/eval/*/step_*/metrics.json' \\
       --x=network_evaluations --y=fid --out=tradeoff.png --log_x
 
 Each metrics.json (written by --mode=evaluate) is one point; points of the same sampler family
 (its "curve", e.g. "DDIM eta=0.0") form a curve, prefixed by the workdir when the files come
 from several workdirs. Any numeric key of metrics.json can be an axis (seconds_per_sample,
-digits_fd, inception_score, kid, bits_per_dim, ...).
+digits_fd, inception_score, kid, bits_per_dim, ...). --metrics may be repeated; arguments after
+the flags are more metrics files (so an unquoted glob that the shell expands works too). A bad
+flag, a missing file or a key that is not a number in every file: one line `error: ...`, exit 2.
 """
 
 import glob
@@ -16,9 +18,27 @@ import sys
 from typing import List, Mapping, Sequence
 
 import numpy as np
+from absl import app, flags
 # A bare Figure renders with the Agg backend and leaves pyplot's global state (and any display)
 # alone.
 from matplotlib.figure import Figure
+
+from jdiff.tools import cli
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """The program's flags (not defined on import: notebooks and tests import plot_tradeoff)."""
+  flags.DEFINE_multi_string(
+      "metrics", None, "metrics.json files (of --mode=evaluate) or glob patterns (quote them); "
+      "repeat the flag or list more files after the flags.")
+  flags.DEFINE_string("x", "network_evaluations", "The cost axis: a numeric key of metrics.json.")
+  flags.DEFINE_string("y", "fid", "The quality axis: a numeric key of metrics.json.")
+  flags.DEFINE_string("out", "tradeoff.png", "The PNG written.")
+  flags.DEFINE_string("title", "", "Plot title (default: '<y> vs <x>').")
+  flags.DEFINE_bool("log_x", False, "Logarithmic x axis.")
+  flags.mark_flags_as_required(["metrics"])
 
 
 def plot_tradeoff(runs: Sequence[Mapping], x_key: str, y_key: str, path: str, title: str = "",
@@ -70,35 +90,31 @@ def runs_from_metrics_files(paths: Sequence[str]) -> List[dict]:
   return runs
 
 
-def main(argv=None) -> int:
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(prog="python -m jdiff.plots", description=__doc__.split("\n")[0])
-  parser.add_argument("--metrics", required=True, nargs="+",
-                      help="metrics.json files or glob patterns (quote them)")
-  parser.add_argument("--x", default="network_evaluations", help="the cost axis")
-  parser.add_argument("--y", default="fid", help="the quality axis")
-  parser.add_argument("--out", default="tradeoff.png")
-  parser.add_argument("--title", default="")
-  parser.add_argument("--log_x", action="store_true")
-  args = parser.parse_args(argv)
-  paths = sorted({path for pattern in args.metrics for path in (glob.glob(pattern) or [pattern])})
+def main(argv) -> int:
+  patterns = list(FLAGS.metrics) + list(argv[1:])
+  paths = sorted({path for pattern in patterns for path in (glob.glob(pattern) or [pattern])})
   missing = [path for path in paths if not os.path.isfile(path)]
   if missing:
     print(f"error: --metrics: no file {missing[0]} (give metrics.json files of --mode=evaluate)",
           file=sys.stderr)
     return 2
   runs = runs_from_metrics_files(paths)
-  for key in (args.x, args.y):
-    lacking = [run["name"] for run in runs if not isinstance(run.get(key), (int, float))]
+  for flag, key in (("x", FLAGS.x), ("y", FLAGS.y)):
+    lacking = [run["name"] for run in runs if not _is_number(run.get(key))]
     if lacking:
-      keys = sorted(k for k, v in runs[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool))
-      print(f"error: --{'x' if key == args.x else 'y'}={key}: not a number in the metrics of "
-            f"{lacking[0]}; numeric keys there: {keys}", file=sys.stderr)
+      keys = sorted(k for k, v in runs[0].items() if _is_number(v))
+      print(f"error: --{flag}={key}: not a number in the metrics of {lacking[0]}; numeric keys "
+            f"there: {keys}", file=sys.stderr)
       return 2
-  path = plot_tradeoff(runs, args.x, args.y, args.out, args.title, args.log_x)
+  path = plot_tradeoff(runs, FLAGS.x, FLAGS.y, FLAGS.out, FLAGS.title, FLAGS.log_x)
   print(f"plot: {path} ({len(runs)} points)")
   return 0
 
 
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)
