@@ -107,6 +107,7 @@ def random_weights_file(tmp_path_factory):
   return path
 
 
+@pytest.mark.slow  # ~3.5 min on 2 cores (several 2048x2048 sqrtm); evaluate.ipynb runs FID / IS by default
 def test_inception_metrics_and_reference_statistics_agree(tmp_path, random_weights_file):
   rng = np.random.default_rng(0)
   data_path = str(tmp_path / "rgb.npz")
