@@ -44,6 +44,7 @@ STATE, EMA_PARAMS, CONFIG = "state", "ema_params", "config"
 LEGACY_ITEM = "default"       # the single item of checkpoints from before named items
 COMMIT_RECORD = "_CHECKPOINT_METADATA"  # orbax writes it when a step is complete
 DAMAGED_PREFIX = "damaged-"   # checkpoints/damaged-<step>/: orbax does not list it as a step
+REPLACED_PREFIX = "replaced-"  # a step an earlier run left where this run saves
 MAX_NAMED_DIFFERENCES = 4
 
 
@@ -188,17 +189,18 @@ class Checkpointer:
 
   # -- moving aside ------------------------------------------------------------------------------
 
-  def _set_aside(self, step: int, why: str) -> None:
-    """Moves checkpoints/<step> to checkpoints/damaged-<step>[-n]/ (process 0), with one warning."""
+  def _set_aside(self, step: int, why: str, prefix: str = DAMAGED_PREFIX) -> None:
+    """Moves checkpoints/<step> to checkpoints/<prefix><step>[-n]/ (process 0), with one warning."""
     source = self._step_dir(step)
-    target = epath.Path(self.directory) / f"{DAMAGED_PREFIX}{step}"
+    target = epath.Path(self.directory) / f"{prefix}{step}"
     suffix = 1
     while target.exists():
-      target = epath.Path(self.directory) / f"{DAMAGED_PREFIX}{step}-{suffix}"
+      target = epath.Path(self.directory) / f"{prefix}{step}-{suffix}"
       suffix += 1
     if jax.process_index() == 0:
       source.rename(target)
-    logging.warning("checkpoint step %d is damaged (%s); moved to %s", step, why, target)
+    what = "is damaged" if prefix == DAMAGED_PREFIX else "is replaced"
+    logging.warning("checkpoint step %d %s (%s); moved to %s", step, what, why, target)
 
   def _set_aside_unfinished_steps(self) -> None:
     unfinished = [step for step, path in self._listed_step_dirs() if not self._is_finished(path)]
@@ -238,7 +240,7 @@ class Checkpointer:
       return
     self.manager.reload()
     if step in self.manager.all_steps():
-      self._set_aside(step, "a new checkpoint of this step replaces it")
+      self._set_aside(step, "an earlier run's; this run saves its own", REPLACED_PREFIX)
       _barrier("jdiff checkpoints: replaced step set aside")
       self.manager.reload()
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}

@@ -179,8 +179,8 @@ def test_saving_a_step_left_by_another_run_sets_the_old_one_aside(tmp_path, stat
   checkpointer.save(7, builders.checkpoint_items(newer),
                     checkpoint_lib.identity_record(config.to_dict(), {}))
   checkpointer.close()
-  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["7", "damaged-7"]
-  assert sorted(os.listdir(tmp_path / "checkpoints" / "damaged-7" / "ema_params")) == before
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["7", "replaced-7"]
+  assert sorted(os.listdir(tmp_path / "checkpoints" / "replaced-7" / "ema_params")) == before
   mesh, model, _ = _setup(config)
   params, _ = builders.restore_ema_params(config, str(tmp_path), model, mesh)
   _assert_trees_equal(params, newer.ema_params)

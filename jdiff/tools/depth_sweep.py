@@ -52,13 +52,9 @@ BASELINE = "full (baseline)"
 
 def define_flags():
   """The program's flags (not defined on import, so that the tools import side by side)."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file(
-      "config", "configs/quickstart.py", "Config file of the model swept (configs/*.py[:variant]).")
-  flags.DEFINE_string("workdir", None, "Checkpoints of every model, json and plot.")
-  flags.DEFINE_integer("num_steps", 3000, "Training steps per model.")
-  flags.DEFINE_integer("num_timesteps", 1000, "Diffusion steps T.")
-  flags.DEFINE_integer("num_samples", 512, "Samples per Digits FD value.")
+  cli.define_experiment_flags("Config file of the model swept (configs/*.py[:variant]).",
+                              "Checkpoints of every model, json and plot.",
+                              "Training steps per model.")
   flags.DEFINE_list("skip_types", list(SKIP_TYPES), "Skip types to train.")
   flags.DEFINE_list("schemes", list(SCHEMES), "Training schemes to train.")
   flags.mark_flags_as_required(["workdir"])

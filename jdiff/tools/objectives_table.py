@@ -45,13 +45,8 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """The program's flags (not defined on import, so that the tools import side by side)."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file(
-      "config", "configs/quickstart.py", "Config file of the model (configs/*.py[:variant]).")
-  flags.DEFINE_string("workdir", None, "Where the JSON table goes.")
-  flags.DEFINE_integer("num_steps", 3000, "Training steps per objective.")
-  flags.DEFINE_integer("num_timesteps", 1000, "Diffusion steps T.")
-  flags.DEFINE_integer("num_samples", 512, "Samples per Digits FD value.")
+  cli.define_experiment_flags("Config file of the model (configs/*.py[:variant]).",
+                              "Where the JSON table goes.", "Training steps per objective.")
   flags.DEFINE_integer("iwdiff_k", 2, "IWDiff noise draws (the paper: 2).")
   flags.mark_flags_as_required(["workdir"])
 
