@@ -106,7 +106,8 @@ def tree_differences(stored, expected) -> List[str]:
   """What differs between a checkpoint item's metadata and the abstract tree it should fill."""
   stored, expected = _leaf_shapes(stored), _leaf_shapes(expected)
   differences = [f"{key} is {stored[key][0]} there, {expected[key][0]} here"
-                 for key in sorted(set(stored) & set(expected)) if stored[key][0] != expected[key][0]]
+                 for key in sorted(set(stored) & set(expected))
+                 if stored[key][0] != expected[key][0]]
   differences += [f"{key} only there" for key in sorted(set(stored) - set(expected))]
   differences += [f"{key} only here" for key in sorted(set(expected) - set(stored))]
   return differences
@@ -145,7 +146,7 @@ class Checkpointer:
   """
 
   def __init__(self, workdir: str, keep: Optional[int] = None, *, read_only: bool = False):
-    # Cloud paths (gs://bucket/run, for TPU pods) go to orbax as they are; abspath would mangle them.
+    # Cloud paths (gs://bucket/run, for TPU pods) go to orbax as they are; abspath mangles them.
     base = workdir if _is_remote(workdir) else os.path.abspath(workdir)
     self.directory = os.path.join(base, "checkpoints")
     self.read_only = read_only
@@ -223,13 +224,15 @@ class Checkpointer:
     if jax.process_index() == 0:
       root.rename(target)
     _barrier("jdiff checkpoints: set aside all")
+    # A fresh manager on the (now empty) folder.
     self.__init__(os.path.dirname(self.directory), self._keep)  # pylint: disable=unnecessary-dunder-call
     return str(target)
 
   # -- saving ------------------------------------------------------------------------------------
 
   def save(self, step: int, items: Dict[str, Any], config_record: Mapping[str, Any]) -> None:
-    """Saves the items and the config record (identity_record) at `step` (asynchronously; `wait` or `close` to finish).
+    """Saves the items and the config record (identity_record) at `step`, asynchronously
+    (`wait` or `close` to finish).
 
     A step that this run already saved is skipped (e.g. SIGTERM right after a periodic save); one
     left by an earlier run is never silently kept in place of this run's state: it is moved
@@ -338,7 +341,8 @@ class Checkpointer:
     if damaged and not self.read_only:
       _barrier("jdiff checkpoints: damaged steps set aside")
       self.manager.reload()
-    names = sorted(set(self.damaged_steps()) | ({str(s) for s in damaged} if self.read_only else set()))
+    unreadable_now = {str(step) for step in damaged} if self.read_only else set()
+    names = sorted(set(self.damaged_steps()) | unreadable_now)
     if names:
       what_to_do = ("train first (--mode=train with this --workdir)" if self.read_only else
                     "train again with --from_scratch to start a new run beside them")
@@ -423,7 +427,8 @@ def resume(checkpointer: Checkpointer, abstract_items: Dict[str, Any], identity:
     return None
   restored = checkpointer.restore_latest(abstract_items, identity, legacy)
   if restored is not None:
-    checkpointer._saved_here.add(restored[0])  # pylint: disable=protected-access  (nothing new to save)
+    # The state is that checkpoint's: a save at the same step (a signal right away) is a no-op.
+    checkpointer._saved_here.add(restored[0])  # pylint: disable=protected-access
   return restored
 
 

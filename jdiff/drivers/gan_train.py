@@ -1,6 +1,7 @@
-"""--mode=train for model.kind='sngan': SNGAN training (the surrogate of surrogate diffusion): hinge loss, n_dis discriminator steps
-per generator step, Adam(2e-4, 0.0, 0.9). Run by --mode=train when config.model.kind='sngan';
-checkpointed like the diffusion models (orbax, resumed from --workdir)."""
+"""--mode=train for model.kind='sngan': SNGAN training (the surrogate of surrogate diffusion).
+
+Hinge loss, n_dis discriminator steps per generator step, Adam(2e-4, 0.0, 0.9); checkpointed,
+resumed, refused and interrupted like the diffusion models (jdiff.drivers.train)."""
 
 import functools
 from typing import Callable
