@@ -33,6 +33,7 @@ import threading
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -251,6 +252,10 @@ class Checkpointer:
     self.manager.save(step, args=ocp.args.Composite(**args), force=True)
     self._saved_here.add(step)
 
+  def mark_saved(self, step: int) -> None:
+    """The state in hand is checkpoint `step`'s (just restored): saving it again is a no-op."""
+    self._saved_here.add(step)
+
   def wait(self) -> None:
     if self.manager is not None:
       self.manager.wait_until_finished()
@@ -428,7 +433,7 @@ def resume(checkpointer: Checkpointer, abstract_items: Dict[str, Any], identity:
   restored = checkpointer.restore_latest(abstract_items, identity, legacy)
   if restored is not None:
     # The state is that checkpoint's: a save at the same step (a signal right away) is a no-op.
-    checkpointer._saved_here.add(restored[0])  # pylint: disable=protected-access
+    checkpointer.mark_saved(restored[0])
   return restored
 
 
@@ -489,7 +494,6 @@ class Interruption:
     if jax.process_count() == 1:
       return self.signal_name is not None
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    import numpy as np  # pylint: disable=g-import-not-at-top
     asked = multihost_utils.process_allgather(np.array(self.signal_name is not None))
     if np.any(asked) and self.signal_name is None:
       self.signal_name = "SIGTERM"  # another process was preempted

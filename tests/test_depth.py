@@ -216,11 +216,7 @@ def test_train_step_does_not_recompile_when_depth_changes():
   config.depth.training = "random"
   config.depth.power = 2.0
   mesh = parallel.make_mesh()
-  model = builders.build_model(config)
-  optimizer = builders.build_optimizer(config.training)
-  state = builders.build_state(config, model, optimizer, mesh)
-  train_step = train_lib.make_train_step(config, model, builders.build_diffusion(config),
-                                         optimizer, mesh)
+  _, state, train_step = train_lib.build_fresh_training(config, mesh)
   images = jnp.zeros((config.training.batch_size,) + IMAGE, jnp.uint8)
   images = jax.device_put(images, parallel.batch_sharding(mesh))
   seen = set()

@@ -141,6 +141,16 @@ def write_config_record(config, workdir: str) -> None:
     raise WorkdirError(f"cannot write {path} ({e.strerror})") from None
 
 
+def build_fresh_training(config, mesh):
+  """(model, a new state at step 0, the jitted train step) of config on mesh: what a benchmark
+  or a test of the train step needs (train() restores its state from the workdir instead)."""
+  model = builders.build_model(config)
+  optimizer = builders.build_optimizer(config.training)
+  state = builders.build_state(config, model, optimizer, mesh)
+  return model, state, make_train_step(config, model, builders.build_diffusion(config), optimizer,
+                                       mesh)
+
+
 def train(config, workdir: str, from_scratch: bool = False) -> TrainResult:
   """Trains until config.training.num_steps, resuming from the latest checkpoint in workdir.
 

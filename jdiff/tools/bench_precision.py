@@ -68,16 +68,12 @@ def bench_variant(config, dtype: str, remat: bool) -> dict:
   config.model.dtype = dtype
   config.model.remat = remat
   mesh = parallel.make_mesh()
-  model = builders.build_model(config)
-  diffusion = builders.build_diffusion(config)
-  optimizer = builders.build_optimizer(config.training)
-  state = builders.build_state(config, model, optimizer, mesh)
+  model, state, train_step = train_lib.build_fresh_training(config, mesh)
   batch_size = config.training.batch_size
   shape = builders.image_shape(config)
   rng = np.random.default_rng(0)
   images = parallel.global_batch_from_local(
       rng.integers(0, 256, (batch_size // jax.process_count(),) + shape, dtype=np.uint8), mesh)
-  train_step = train_lib.make_train_step(config, model, diffusion, optimizer, mesh)
 
   stats, compiled = timing.compile_only(train_step, (state, images))
   stats["residual_bytes"] = residual_bytes(model, state.params, batch_size, shape)

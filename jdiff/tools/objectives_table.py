@@ -88,11 +88,7 @@ def train_and_time(config):
   """(EMA params, seconds per step, mean loss of the last 100 steps): the steps dispatched as a
   training loop runs them; the first step (compile) is excluded from the timing."""
   mesh = parallel.make_mesh()
-  model = builders.build_model(config)
-  optimizer = builders.build_optimizer(config.training)
-  state = builders.build_state(config, model, optimizer, mesh)
-  train_step = train_lib.make_train_step(config, model, builders.build_diffusion(config),
-                                         optimizer, mesh)
+  _, state, train_step = train_lib.build_fresh_training(config, mesh)
   stream = data_lib.BatchStream(data_lib.load_images(config.data), config.training.batch_size,
                                 config.seed)
   stats, state, metrics = timing.run_threaded(
