@@ -335,8 +335,8 @@ def test_full_disk_is_one_line_and_earlier_checkpoints_stay_intact(trained, tmp_
   assert "EXIT=1" in result.stdout, result.stdout[-2000:] + result.stderr[-3000:]
   lines = error_lines(result)
   assert len(lines) == 1 and "No space left on device" in lines[0], result.stderr[-3000:]
-  hashes = {line.split()[1][2:]: line.split()[0] for line in result.stdout.splitlines()
-            if len(line.split()) == 2 and len(line.split()[0]) == 64}  # "./3/..." -> "3/..."
+  hashes = {line.split()[1]: line.split()[0] for line in result.stdout.splitlines()
+            if len(line.split()) == 2 and len(line.split()[0]) == 64}  # sha256sum: "<hash>  3/..."
   expected = snapshot(trained / "checkpoints")
   assert hashes == {k: v for k, v in expected.items() if k.split(os.sep)[0] in ("3", "6")}
 
