@@ -16,6 +16,7 @@ VARIANCE_TYPES = ("fixedlarge", "fixedsmall", "learned_range")
 
 # objectives.py
 LOSSES = ("simple", "hybrid", "iwdiff")
+IWDIFF_WEIGHTS = ("sum", "mean")           # softmax over Algorithm 3's l_i | per-pixel means
 TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
 
 # sampling.py

@@ -96,6 +96,7 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("training.loss", one_of(*choices.LOSSES)),
     ("training.iwdiff_k", POSITIVE_INT),
     ("training.iwdiff_accumulate", BOOL),
+    ("training.iwdiff_weights", one_of(*choices.IWDIFF_WEIGHTS)),
     ("training.timestep_sampler", one_of(*choices.TIMESTEP_SAMPLERS)),
     ("training.extra_updates", NON_NEGATIVE_INT),
     ("sampling.batch_size", POSITIVE_INT),
@@ -282,7 +283,8 @@ def checkpoint_identity(config: ml_collections.ConfigDict, purpose: str) -> dict
     trains = purpose == "train" and (
         (field in _OBJECTIVE_FIELDS and (field != "gan.n_dis" or config.model.kind == "sngan"))
         # Bucketed training draws its batches by k(t), so c shapes what was learned.
-        or (field == "depth.power" and config.depth.training == "bucketed"))
+        or (field == "depth.power" and config.depth.training == "bucketed")
+        or (field == "training.iwdiff_weights" and config.training.loss == "iwdiff"))
     if holds or trains:
       identity[field] = list(value) if isinstance(value, tuple) else value
   return identity
@@ -327,6 +329,7 @@ def default_config() -> ml_collections.ConfigDict:
       loss="simple",              # simple | hybrid (needs variance_type=learned_range) | iwdiff
       iwdiff_k=2,                 # IWDiff noise draws per example
       iwdiff_accumulate=False,    # IWDiff: one draw's gradient at a time (memory flat in k)
+      iwdiff_weights="sum",       # IWDiff softmax over: sum (Algorithm 3 line 6) | mean (ablation)
       timestep_sampler="uniform", # uniform | loss_aware (p_t ∝ sqrt(E[L_t^2]), needs full depth)
       extra_updates=0,            # loss_aware: forward-only history updates per step (paper: 2)
   ))

@@ -5,7 +5,8 @@ Losses (per example; the train step averages them):
   hybrid:  L_simple + lambda L_vlb with learned variances (Nichol & Dhariwal); the vlb term sees
            the predicted mean through a stop-gradient, so only the variance learns from it.
   iwdiff:  Algorithm 3: k noise draws per example, sum_i softmax(l)_i l_i with the softmax
-           weights held constant.
+           weights held constant and computed from line 6's l_i (the per-example *sum* of squared
+           errors; training.iwdiff_weights='mean' is the per-pixel-mean ablation).
 Timestep samplers: uniform, or loss-aware importance sampling p_t ∝ sqrt(E[L_t^2]) over the
 last HISTORY_LENGTH losses of each t, with the loss reweighted by 1 / (T p_t).
 Likelihood: the VLB terms per t (prior L_T, KL terms, discretized Gaussian decoder L_0) in bits
@@ -23,6 +24,7 @@ from jdiff import choices
 from jdiff import diffusion as diffusion_lib
 
 LOSSES = choices.LOSSES
+IWDIFF_WEIGHTS = choices.IWDIFF_WEIGHTS
 TIMESTEP_SAMPLERS = choices.TIMESTEP_SAMPLERS
 HYBRID_VLB_WEIGHT = 0.001   # lambda of improved DDPM
 HISTORY_LENGTH = 10         # losses kept per t by the loss-aware sampler
@@ -93,27 +95,53 @@ def example_losses(loss_type: str, diffusion, model_fn, x_start, t, noise, varia
 
 # ---------------------------------------------------------------------------------------------
 # IWDiff (Algorithm 3) and the gradient of any of the losses.
+#
+# Algorithm 3 (papers/hse_coursework.txt): line 6, l_i = ||eps_i - eps_theta(x_t(eps_i), t)||_2^2
+# summed over all D values of an example; lines 8-9, l_max and s = sum_i exp(l_i - l_max); line 10,
+# a gradient step on sum_i l_i exp(l_i - l_max) / s = sum_i w_i l_i, w = softmax(l) held constant.
+# jdiff's per-example losses are per-pixel means (l_i / D, as L_simple is everywhere here), so the
+# weights are softmax(D * loss) ("sum", the algorithm) and the loss that is differentiated is
+# sum_i w_i (l_i / D): line 10's objective divided by the constant D. Its gradient is line 10's
+# gradient / D, the scale of L_simple, so Adam's epsilon, the learning rate and grad-norm clipping
+# behave as for L_simple (with D = 3072 on CIFAR-10 the raw sum would be clipped every step).
 
-def importance_weights(draw_losses):
-  """softmax over the draws (axis 0) of the per-draw losses [k, B], held constant.
 
-  softmax subtracts the max as in Algorithm 3 (l_i - l_max), so large losses do not overflow.
+def iwdiff_weight_scale(weights_from: str, example_shape) -> float:
+  """The factor from a per-pixel-mean loss to the l_i the softmax sees.
+
+  "sum": D = prod(example_shape), Algorithm 3 line 6's squared L2 norm over all values;
+  "mean": 1, the softmax over per-pixel means (an ablation: at D = 3072 its temperature is 3072x
+  higher and the weights are nearly uniform).
   """
-  return jax.nn.softmax(jax.lax.stop_gradient(draw_losses), axis=0)
+  if weights_from == "sum":
+    return float(np.prod(example_shape))
+  if weights_from == "mean":
+    return 1.0
+  raise ValueError(f"IWDiff weights from {weights_from!r}: allowed {IWDIFF_WEIGHTS}")
 
 
-def iwdiff_combine(draw_losses):
-  """sum_i w_i l_i per example for draw losses [k, B]; with k = 1 it is l_1 exactly (w = 1)."""
-  return jnp.sum(importance_weights(draw_losses) * draw_losses, axis=0)
+def importance_weights(draw_losses, weight_scale: float = 1.0):
+  """Algorithm 3 lines 8-10's weights exp(l_i - l_max) / s over the draws (axis 0) of the
+  per-draw losses [k, B], l = weight_scale * draw_losses, held constant (stop_gradient).
+
+  jax.nn.softmax subtracts the max as line 8 does, so large losses do not overflow.
+  """
+  return jax.nn.softmax(weight_scale * jax.lax.stop_gradient(draw_losses), axis=0)
+
+
+def iwdiff_combine(draw_losses, weight_scale: float = 1.0):
+  """sum_i w_i loss_i per example for draw losses [k, B]; with k = 1 it is loss_1 exactly (w = 1)."""
+  return jnp.sum(importance_weights(draw_losses, weight_scale) * draw_losses, axis=0)
 
 
 def objective_value_and_grad(draw_loss_fn: Callable, params, noises, dropout_rngs, time_weights, *,
-                             accumulate: bool = False):
+                             accumulate: bool = False, weight_scale: float = 1.0):
   """(loss, grads, per-example losses [B]) of mean_b(time_weight_b * sum_i w_ib l_ib).
 
   draw_loss_fn(params, noise, dropout_rng) -> per-example losses [B] of one draw.
   noises: [k, B, ...] and dropout_rngs: [k] keys; k = 1 is the plain (non-IW) loss, since its
-  weight is exactly 1. The per-example losses returned (weighted over draws, not by time) feed
+  weight is exactly 1. w = importance_weights(l, weight_scale) (see iwdiff_weight_scale).
+  The per-example losses returned (weighted over draws, not by time) feed
   the loss-aware sampler's history.
 
   accumulate=False differentiates all k draws at once (activations of all k are live).
@@ -125,13 +153,13 @@ def objective_value_and_grad(draw_loss_fn: Callable, params, noises, dropout_rng
   if not accumulate or num_draws == 1:
     def loss_fn(p):
       draw_losses = jnp.stack([draw_loss_fn(p, noises[i], dropout_rngs[i]) for i in range(num_draws)])
-      per_example = iwdiff_combine(draw_losses)
+      per_example = iwdiff_combine(draw_losses, weight_scale)
       return jnp.mean(time_weights * per_example), per_example
     (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return loss, grads, per_example
 
   draw_losses = _forward_only_draw_losses(draw_loss_fn, params, noises, dropout_rngs)
-  weights = importance_weights(draw_losses)
+  weights = importance_weights(draw_losses, weight_scale)
 
   def add_draw_gradient(grads, draw):
     noise, dropout_rng, weight = draw
@@ -150,9 +178,11 @@ def _forward_only_draw_losses(draw_loss_fn: Callable, params, noises, dropout_rn
   return jax.lax.map(lambda draw: draw_loss_fn(frozen_params, *draw), (noises, dropout_rngs))
 
 
-def forward_only_losses(draw_loss_fn: Callable, params, noises, dropout_rngs):
+def forward_only_losses(draw_loss_fn: Callable, params, noises, dropout_rngs,
+                        weight_scale: float = 1.0):
   """The per-example losses objective_value_and_grad would report, without gradient."""
-  return iwdiff_combine(_forward_only_draw_losses(draw_loss_fn, params, noises, dropout_rngs))
+  return iwdiff_combine(_forward_only_draw_losses(draw_loss_fn, params, noises, dropout_rngs),
+                        weight_scale)
 
 
 # ---------------------------------------------------------------------------------------------

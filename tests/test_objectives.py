@@ -71,6 +71,78 @@ def test_iwdiff_with_one_draw_equals_l_simple_exactly():
   jax.tree.map(np.testing.assert_array_equal, iw_grads, simple_grads)
 
 
+def _linear_eps_setup(num_draws):
+  """A per-pixel linear eps model on 4x4x1 examples (D = 16) and k noise draws."""
+  diffusion = _diffusion()
+  x_start = jax.random.uniform(jax.random.key(0), (BATCH, 4, 4, 1), minval=-1, maxval=1)
+  t = jnp.array([0, 3, 10, 19])
+  noises = jax.random.normal(jax.random.key(1), (num_draws,) + x_start.shape)
+  params = {"w": 0.5 * jax.random.normal(jax.random.key(2), (4, 4, 1)), "b": jnp.float32(0.05)}
+  model = lambda p, x_t, t: p["w"] * x_t + p["b"] * t[:, None, None, None]
+
+  def draw_loss_fn(p, draw_noise, dropout_rng):
+    del dropout_rng
+    return objectives.l_simple(diffusion, lambda x_t, t: model(p, x_t, t), x_start, t, draw_noise)
+
+  def squared_errors(p):  # [k, B, 4, 4, 1], written out from q(x_t | x_0) without objectives.py
+    abar = jnp.asarray(diffusion.alphas_cumprod)[t][:, None, None, None]
+    x_t = jnp.sqrt(abar) * x_start + jnp.sqrt(1 - abar) * noises
+    return (noises - jax.vmap(lambda x: model(p, x, t))(x_t)) ** 2
+  return draw_loss_fn, params, noises, squared_errors
+
+
+def test_iwdiff_is_algorithm_3_with_weights_from_the_summed_squared_error():
+  """Line 6: l_i = ||eps_i - eps_theta||^2 summed over the D = 16 values; lines 8-10: weights
+  exp(l_i - l_max) / s held constant; jdiff differentiates line 10's sum_i w_i l_i divided by D.
+  A flipped softmax sign, weights from the per-pixel mean, or gradient through the weights fail."""
+  draw_loss_fn, params, noises, squared_errors = _linear_eps_setup(num_draws=3)
+  dims = 16
+  scale = objectives.iwdiff_weight_scale("sum", (4, 4, 1))
+  assert scale == dims
+  loss, grads, per_example = objectives.objective_value_and_grad(
+      draw_loss_fn, params, noises, jax.random.split(jax.random.key(3), 3), jnp.ones(BATCH),
+      weight_scale=scale)
+
+  l = np.asarray(jnp.sum(squared_errors(params), axis=(2, 3, 4)), np.float64)  # [k, B], line 6
+  w = np.exp(l - l.max(axis=0)) / np.sum(np.exp(l - l.max(axis=0)), axis=0)   # lines 8-9
+  assert np.median(w.max(axis=0)) > 0.6, "the test needs weights far from uniform"
+  np.testing.assert_allclose(per_example, np.sum(w * l, axis=0) / dims, rtol=1e-5)
+  np.testing.assert_allclose(loss, np.mean(np.sum(w * l, axis=0)) / dims, rtol=1e-5)
+  constant_w = jnp.asarray(w, jnp.float32)
+  expected = jax.grad(lambda p: jnp.mean(jnp.sum(
+      constant_w * jnp.sum(squared_errors(p), axis=(2, 3, 4)), axis=0)) / dims)(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), grads, expected)
+
+  # The ablation: weights from the per-pixel mean, i.e. a 16x higher softmax temperature.
+  _, _, mean_weighted = objectives.objective_value_and_grad(
+      draw_loss_fn, params, noises, jax.random.split(jax.random.key(3), 3), jnp.ones(BATCH),
+      weight_scale=objectives.iwdiff_weight_scale("mean", (4, 4, 1)))
+  w_mean = np.exp(l / dims) / np.sum(np.exp(l / dims), axis=0)
+  np.testing.assert_allclose(mean_weighted, np.sum(w_mean * l, axis=0) / dims, rtol=1e-5)
+
+
+def test_train_step_takes_iwdiff_weights_from_the_config():
+  """The train step's loss with weights from the sum differs from the mean ablation's (same rngs),
+  and the sum-weighted loss is the larger: the softmax leans to the worse draw."""
+  losses = {}
+  for weights_from in objectives.IWDIFF_WEIGHTS:
+    config = _small_config()
+    config.training.loss = "iwdiff"
+    config.training.iwdiff_weights = weights_from
+    config_lib.validate(config)
+    model = builders.build_model(config)
+    diffusion = builders.build_diffusion(config)
+    optimizer = builders.build_optimizer(config.training)
+    mesh = parallel.make_mesh()
+    state = builders.build_state(config, model, optimizer, mesh)
+    step = train_lib.make_train_step(config, model, diffusion, optimizer, mesh)
+    images = np.random.default_rng(0).integers(0, 256, (BATCH,) + builders.image_shape(config),
+                                               dtype=np.uint8)
+    _, metrics = step(state, images)
+    losses[weights_from] = float(metrics["loss"])
+  assert losses["sum"] > losses["mean"] * 1.001, losses
+
+
 def test_importance_weights_sum_to_one_and_carry_no_gradient():
   draw_losses = jax.random.uniform(jax.random.key(0), (3, 5)) * 4.0
   weights = objectives.importance_weights(draw_losses)

@@ -32,6 +32,8 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
   ema_decay = training.ema_decay
   loss_aware = training.timestep_sampler == "loss_aware"
   num_draws = training.iwdiff_k if training.loss == "iwdiff" else 1
+  weight_scale = objectives.iwdiff_weight_scale(training.iwdiff_weights,
+                                                builders.image_shape(config))
 
   def make_draw_loss_fn(x_start, t, depth):
     """(params, noise, dropout_rng) -> per-example losses of one noise draw."""
@@ -67,13 +69,13 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
     model_depth = None if config.depth.training == "full" else depth
     loss, grads, example_losses = objectives.objective_value_and_grad(
         make_draw_loss_fn(x_start, t, model_depth), params, *draws(draw_rng, x_start.shape),
-        time_weights, accumulate=training.iwdiff_accumulate)
+        time_weights, accumulate=training.iwdiff_accumulate, weight_scale=weight_scale)
     if loss_aware:
       loss_history = objectives.update_loss_history(loss_history, t, example_losses)
 
       def forward_only_losses(extra_t, extra_rng):
         return objectives.forward_only_losses(make_draw_loss_fn(x_start, extra_t, None), params,
-                                              *draws(extra_rng, x_start.shape))
+                                              *draws(extra_rng, x_start.shape), weight_scale)
       loss_history = objectives.refresh_loss_history(
           loss_history, forward_only_losses, jax.random.fold_in(rng, 1), batch_size,
           training.extra_updates)
