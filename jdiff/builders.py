@@ -216,17 +216,31 @@ def depth_schedule(config) -> Optional[np.ndarray]:
                                   config.diffusion.num_timesteps)
 
 
+def clip_x0(config, name: Optional[str] = None, clip_x0_setting: Optional[str] = None) -> bool:
+  """Whether sampler `name` clips its x0 prediction: sampling.clip_x0, where 'auto' means what
+  the sampler's reference code does (sampling.REFERENCE_CLIP_X0)."""
+  setting = clip_x0_setting or config.sampling.clip_x0
+  if setting == "auto":
+    return sampling.REFERENCE_CLIP_X0[name or config.sampling.name]
+  return setting == "on"
+
+
 def build_plan(config, diffusion: diffusion_lib.GaussianDiffusion, name: Optional[str] = None,
                steps: Optional[int] = None, **overrides) -> sampling.Plan:
-  """The plan of config.sampling (name / steps / other sampling fields overridable)."""
+  """The plan of config.sampling (name / steps / other sampling fields overridable); 'auto'
+  fields take the sampler's reference default."""
   s = config.sampling
   name = name or s.name
   steps = steps or s.steps
   get = lambda field: overrides.get(field, s[field])
   d = config.diffusion
   betas = schedules.get_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end)
-  common = dict(variance_type=d.variance_type, clip_denoised=get("clip_denoised"),
+  common = dict(variance_type=d.variance_type,
+                clip_denoised=clip_x0(config, name, overrides.get("clip_x0")),
                 depth_schedule=depth_schedule(config))
+  schedule = get("schedule")
+  if schedule == "auto" and name in sampling.REFERENCE_SCHEDULE:
+    schedule = sampling.REFERENCE_SCHEDULE[name]
   if name == "ancestral":
     return sampling.ancestral_plan(diffusion, **common)
   if name == "respaced":
@@ -234,11 +248,11 @@ def build_plan(config, diffusion: diffusion_lib.GaussianDiffusion, name: Optiona
         betas, schedules.respaced_steps(d.num_timesteps, steps, get("respacing")), **common)
   if name == "ddim":
     return sampling.ddim_plan(
-        betas, schedules.step_schedule(d.num_timesteps, steps, get("schedule")), eta=get("eta"),
+        betas, schedules.step_schedule(d.num_timesteps, steps, schedule), eta=get("eta"),
         **common)
   if name == "fastdpm":
-    return sampling.fastdpm_plan(betas, steps, kind=get("fastdpm_kind"), schedule=get("schedule"),
-                                 kappa=get("kappa"), **common)
+    return sampling.fastdpm_plan(betas, steps, kind=get("fastdpm_kind"), schedule=schedule,
+                                 kappa=get("kappa"), var_domain=get("var_domain"), **common)
   raise ValueError(f"sampler {name!r}: allowed {sampling.SAMPLERS}")
 
 

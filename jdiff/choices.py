@@ -7,9 +7,21 @@ importing jax: a bad flag is reported before anything heavy loads.
 
 # schedules.py
 BETA_SCHEDULES = ("linear", "cosine")
-RESPACINGS = ("even", "ddim")             # respaced: round(linspace(0, T-1, K)) | one stride
-STEP_SCHEDULES = ("uniform", "quadratic")  # DDIM / FastDPM-STEP step selection
+RESPACINGS = ("even", "ddim")             # respaced: K evenly spaced | one stride; or "10,10,10"
+STEP_SCHEDULES = ("uniform", "linear", "quadratic")  # DDIM / FastDPM-STEP step selection
 VAR_SCHEDULES = ("linear", "quadratic")    # FastDPM-VAR noise-level selection
+VAR_DOMAINS = ("reference", "full")        # FastDPM-VAR search domain: its code's | up to beta 1
+
+
+
+def parse_section_counts(respacing: str):
+  """sampling.respacing "10,10,10" -> (10, 10, 10) (improved-diffusion's sections); None when it
+  is not a comma-separated list of positive counts."""
+  parts = respacing.split(",")
+  if not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+    return None
+  return tuple(int(part) for part in parts)
+
 
 # diffusion.py
 VARIANCE_TYPES = ("fixedlarge", "fixedsmall", "learned_range")
@@ -21,6 +33,7 @@ TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
 
 # sampling.py
 SAMPLERS = ("ancestral", "respaced", "ddim", "fastdpm")
+CLIP_X0 = ("auto", "on", "off")           # auto: what the sampler's reference code does
 FASTDPM_KINDS = ("var", "step")
 
 # depth.py

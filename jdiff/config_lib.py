@@ -101,14 +101,17 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("training.extra_updates", NON_NEGATIVE_INT),
     ("sampling.batch_size", POSITIVE_INT),
     ("sampling.num_samples", POSITIVE_INT),
-    ("sampling.clip_denoised", BOOL),
+    ("sampling.clip_x0", one_of(*choices.CLIP_X0)),
     ("sampling.name", one_of(*choices.SAMPLERS)),
     ("sampling.steps", POSITIVE_INT),
-    ("sampling.respacing", one_of(*choices.RESPACINGS)),
-    ("sampling.schedule", one_of(*choices.STEP_SCHEDULES, "linear")),
+    ("sampling.respacing", ((lambda value: value in choices.RESPACINGS or (
+        isinstance(value, str) and choices.parse_section_counts(value) is not None)),
+                            f"one of {list(choices.RESPACINGS)} or counts per section like '10,10,10'")),
+    ("sampling.schedule", one_of("auto", *choices.STEP_SCHEDULES)),
     ("sampling.eta", in_range(0.0, 1.0)),
     ("sampling.kappa", in_range(0.0, 1.0)),
     ("sampling.fastdpm_kind", one_of(*choices.FASTDPM_KINDS)),
+    ("sampling.var_domain", one_of(*choices.VAR_DOMAINS)),
     ("model.kind", one_of(*choices.MODEL_KINDS)),
     ("gan.z_dim", POSITIVE_INT),
     ("gan.g_ch", POSITIVE_INT),
@@ -215,6 +218,17 @@ def _validate_sampling(config: ml_collections.ConfigDict) -> None:
            f"<= diffusion.num_timesteps ({d.num_timesteps})")
   if s.name in ("ddim", "fastdpm"):
     _check(s.steps >= 2, "sampling.steps", s.steps, f">= 2 for sampling.name={s.name!r}")
+  if "clip_denoised" in s:
+    raise ConfigError(f"config.sampling.clip_denoised={s.clip_denoised!r}: replaced by "
+                      "sampling.clip_x0 ('auto' = each sampler's reference default, 'on', 'off')")
+  sections = choices.parse_section_counts(s.respacing)
+  if s.name == "respaced" and sections is not None:
+    _check(s.steps == sum(sections), "sampling.steps", s.steps,
+           f"the sum of sampling.respacing={s.respacing!r} ({sum(sections)})")
+    _check(all(count <= d.num_timesteps // len(sections) for count in sections),
+           "sampling.respacing", s.respacing,
+           f"at most {d.num_timesteps // len(sections)} steps per section "
+           f"({len(sections)} sections of {d.num_timesteps} steps)")
   if s.name == "respaced" and s.respacing == "ddim":
     _check(any(len(range(0, d.num_timesteps, stride)) == s.steps
                for stride in range(1, d.num_timesteps + 1)), "sampling.steps", s.steps,
@@ -222,12 +236,12 @@ def _validate_sampling(config: ml_collections.ConfigDict) -> None:
            "with sampling.respacing='ddim' (or use 'even')")
   var = s.name == "fastdpm" and s.fastdpm_kind == "var"
   if s.name == "ddim" or (s.name == "fastdpm" and not var):
-    _check(s.schedule in choices.STEP_SCHEDULES, "sampling.schedule", s.schedule,
-           f"one of {list(choices.STEP_SCHEDULES)} for sampling.name={s.name!r} "
+    _check(s.schedule in ("auto",) + choices.STEP_SCHEDULES, "sampling.schedule", s.schedule,
+           f"one of {['auto', *choices.STEP_SCHEDULES]} for sampling.name={s.name!r} "
            f"(fastdpm_kind={s.fastdpm_kind!r})")
   if var:
-    _check(s.schedule in choices.VAR_SCHEDULES, "sampling.schedule", s.schedule,
-           f"one of {list(choices.VAR_SCHEDULES)} for FastDPM VAR")
+    _check(s.schedule in ("auto",) + choices.VAR_SCHEDULES, "sampling.schedule", s.schedule,
+           f"one of {['auto', *choices.VAR_SCHEDULES]} for FastDPM VAR")
   if s.name == "fastdpm":
     _check(d.beta_schedule == "linear" and d.beta_end > d.beta_start and d.num_timesteps >= 2,
            "diffusion.beta_schedule", d.beta_schedule,
@@ -334,14 +348,21 @@ def default_config() -> ml_collections.ConfigDict:
       extra_updates=0,            # loss_aware: forward-only history updates per step (paper: 2)
   ))
   config.sampling = ml_collections.ConfigDict(dict(
-      batch_size=64, num_samples=64, clip_denoised=True,
+      batch_size=64, num_samples=64,
       name="ancestral",     # ancestral | respaced | ddim | fastdpm
+      clip_x0="auto",       # auto: as the sampler's reference code (ancestral/respaced clip x0 to
+                            # [-1, 1], ddim/fastdpm do not) | on | off
       steps=50,             # respaced / ddim / fastdpm: network evaluations per sample
-      respacing="even",     # respaced: even (round(linspace(0, T-1, K))) | ddim (one stride)
-      schedule="uniform",   # ddim, fastdpm step: uniform | quadratic; fastdpm var: linear | quadratic
+      respacing="even",     # respaced: even (K evenly spaced) | ddim (one stride) | "10,10,10"
+                            # (improved-diffusion's counts per equal section; steps = their sum)
+      schedule="auto",      # auto (ddim: uniform; fastdpm: quadratic) | ddim, fastdpm step:
+                            # uniform (range(0, T, T//S)) | linear (floor(i (T-1)/(S-1))) |
+                            # quadratic; fastdpm var: linear | quadratic
       eta=0.0,              # ddim: 0 deterministic, 1 DDPM-like
-      kappa=0.0,            # fastdpm: 0 DDIM-rev, 1 DDPM-rev
+      kappa=1.0,            # fastdpm: 1 DDPM-rev (FastDPM's default), 0 DDIM-rev
       fastdpm_kind="step",  # var | step
+      var_domain="reference",  # fastdpm var: reference (FastDPM's search domain; its quadratic
+                               # levels at S <= 20 end above abar_T) | full (products always match)
   ))
   # Surrogate diffusion (Algorithm 4): start the reverse process at t_mid from a cheaper model.
   config.surrogate = ml_collections.ConfigDict(dict(

@@ -23,6 +23,11 @@ input), so any plan can also start part-way down from a surrogate sample (Algori
              sigma = eta sqrt((1 - a') / (1 - a) (1 - a / a')).
   fastdpm    the same update at FastDPM's continuous steps / noise levels (VAR or STEP) with
              kappa in place of eta (kappa = 1 DDPM-rev, 0 DDIM-rev).
+Defaults are those of each sampler's reference code (REFERENCE_CLIP_X0, REFERENCE_SCHEDULE):
+ancestral and respaced clip the x0 prediction to [-1, 1] (Ho et al.'s p_sample, improved-diffusion's
+sampling scripts); DDIM (ermongroup/ddim generalized_steps) and FastDPM (FastDPM_pytorch
+STEP_sampling / VAR_sampling) do not. DDIM picks steps range(0, T, T // S) by default, FastDPM's
+CIFAR-10 commands use its quadratic schedule; FastDPM's kappa defaults to 1 (DDPM-rev).
 Adaptive depth: depth_schedule[t] = k(t) for integer steps 0..T-1; a real step t uses
 k(floor(t)), the deeper (never cheaper) of its two neighbours' networks.
 """
@@ -40,6 +45,11 @@ from jdiff import schedules
 
 SAMPLERS = choices.SAMPLERS
 FASTDPM_KINDS = choices.FASTDPM_KINDS
+
+# What each sampler's reference code does when nothing is said (config: clip_x0 / schedule "auto").
+REFERENCE_CLIP_X0 = {"ancestral": True, "respaced": True, "ddim": False, "fastdpm": False}
+REFERENCE_SCHEDULE = {"ddim": "uniform", "fastdpm": "quadratic"}
+REFERENCE_KAPPA = 1.0  # FastDPM generate.py's -kappa default (DDPM-rev)
 
 
 def call_model(model_fn: Callable, x, t, depth=None):
@@ -125,7 +135,7 @@ def respaced_plan(betas: np.ndarray, steps: np.ndarray, *, variance_type="fixedl
 
 
 def generalized_plan(steps: np.ndarray, log_levels: np.ndarray, *, kappa: float,
-                     variance_type="fixedlarge", clip_denoised=True, depth_schedule=None) -> Plan:
+                     variance_type="fixedlarge", clip_denoised=False, depth_schedule=None) -> Plan:
   """DDIM / FastDPM reverse process over increasing (possibly real) steps with log abar levels.
 
   From level a to the next lower step's a' (a' = 1 after the last row):
@@ -133,6 +143,7 @@ def generalized_plan(steps: np.ndarray, log_levels: np.ndarray, *, kappa: float,
   eps + sigma z with x0 = (x - sqrt(1 - a) eps) / sqrt(a); unclipped this is FastDPM's
   x' = sqrt(a'/a) x + (sqrt(1 - a' - sigma^2) - sqrt(1 - a) sqrt(a'/a)) eps + sigma z.
   Coefficients are formed in float64 (1 - a ~ 1e-4 near t = 0 loses digits in float32).
+  clip_denoised clips x0 to [-1, 1] and recomputes eps from it (off in both reference codes).
   Learned variances are not used: only the eps half of the output is read.
   """
   log_a = np.asarray(log_levels, np.float64)[::-1]
@@ -165,21 +176,25 @@ def _log_alphas_cumprod(betas: np.ndarray) -> np.ndarray:
   return np.cumsum(np.log1p(-np.asarray(betas, np.float64)))
 
 
-def ddim_plan(betas: np.ndarray, steps: np.ndarray, *, eta: float, **kwargs) -> Plan:
+def ddim_plan(betas: np.ndarray, steps: np.ndarray, *, eta: float = 0.0, **kwargs) -> Plan:
   """DDIM(eta) on the increasing integer steps of the schedule `betas` (float64)."""
   steps = np.asarray(steps)
   return generalized_plan(steps, _log_alphas_cumprod(betas)[steps], kappa=eta, **kwargs)
 
 
-def fastdpm_plan(betas: np.ndarray, num_steps: int, *, kind: str, schedule: str, kappa: float,
-                 **kwargs) -> Plan:
-  """FastDPM VAR (continuous steps from S variances) or STEP (S integer steps), any kappa."""
+def fastdpm_plan(betas: np.ndarray, num_steps: int, *, kind: str,
+                 schedule: str = REFERENCE_SCHEDULE["fastdpm"], kappa: float = REFERENCE_KAPPA,
+                 var_domain: str = "reference", **kwargs) -> Plan:
+  """FastDPM VAR (continuous steps from S variances) or STEP (S integer steps), any kappa.
+
+  var_domain: schedules.var_betas's search domain ("reference": FastDPM's code, "full").
+  """
   if kind == "step":
     steps = schedules.step_schedule(len(betas), num_steps, schedule)
     return generalized_plan(steps, _log_alphas_cumprod(betas)[steps], kappa=kappa, **kwargs)
   if kind == "var":
     steps, log_levels = schedules.var_steps(float(betas[0]), float(betas[-1]), len(betas),
-                                            num_steps, schedule)
+                                            num_steps, schedule, var_domain)
     return generalized_plan(steps, log_levels, kappa=kappa, **kwargs)
   raise ValueError(f"FastDPM kind {kind!r}: allowed {FASTDPM_KINDS}")
 

@@ -39,24 +39,58 @@ def get_betas(name: str, num_timesteps: int, beta_start: float = 1e-4,
 RESPACINGS = choices.RESPACINGS
 STEP_SCHEDULES = choices.STEP_SCHEDULES
 VAR_SCHEDULES = choices.VAR_SCHEDULES
+VAR_DOMAINS = choices.VAR_DOMAINS
+
+
+def sectioned_steps(num_timesteps: int, section_counts) -> np.ndarray:
+  """improved-diffusion's space_timesteps for a list of counts ("10,10,10").
+
+  The chain 0..T-1 is cut into len(counts) consecutive sections of T // n steps (the first T % n
+  sections one longer); section i keeps count_i steps, start + round(j * stride) for
+  j = 0..count_i - 1 with stride = (size - 1) / (count_i - 1) (1 for a count of 1), the offset
+  accumulated by repeated addition and rounded half to even, as the reference does (Python's
+  round), so ties land where its steps do.
+  """
+  counts = tuple(int(c) for c in section_counts)
+  num_sections = len(counts)
+  if num_sections == 0 or any(c < 1 for c in counts):
+    raise ValueError(f"section counts {counts}: need at least one, each >= 1")
+  steps, start = [], 0
+  for i, count in enumerate(counts):
+    size = num_timesteps // num_sections + (1 if i < num_timesteps % num_sections else 0)
+    if count > size:
+      raise ValueError(f"section {i} has {size} steps of the chain's {num_timesteps}; "
+                       f"cannot take {count} from it")
+    stride = (size - 1) / (count - 1) if count > 1 else 1.0
+    offset = 0.0
+    for _ in range(count):
+      steps.append(start + round(offset))
+      offset += stride
+    start += size
+  return np.array(sorted(set(steps)), np.int64)
 
 
 def respaced_steps(num_timesteps: int, num_steps: int, kind: str = "even") -> np.ndarray:
-  """An increasing subsequence of 0..T-1 with num_steps entries.
+  """The increasing subsequence of 0..T-1 that respacing keeps.
 
-  even: round(linspace(0, T-1, K)) (improved DDPM's evenly spaced K steps);
-  ddim: range(0, T, stride) for the stride giving exactly K steps ("ddimK").
+  even:       num_steps steps evenly spaced over the chain (one section of sectioned_steps,
+              round(i (T - 1) / (K - 1)));
+  ddim:       range(0, T, stride) for the stride giving exactly num_steps steps ("ddimK");
+  "10,10,10": improved-diffusion's sections (sectioned_steps); num_steps is their sum.
   """
   if not 1 <= num_steps <= num_timesteps:
     raise ValueError(f"num_steps={num_steps}: must be in [1, {num_timesteps}]")
   if kind == "even":
-    return np.round(np.linspace(0, num_timesteps - 1, num_steps)).astype(np.int64)
+    return sectioned_steps(num_timesteps, (num_steps,))
   if kind == "ddim":
     for stride in range(1, num_timesteps + 1):
       if len(range(0, num_timesteps, stride)) == num_steps:
         return np.arange(0, num_timesteps, stride, dtype=np.int64)
     raise ValueError(f"no stride gives exactly {num_steps} of {num_timesteps} steps; use 'even'")
-  raise ValueError(f"respacing {kind!r}: allowed {RESPACINGS}")
+  counts = choices.parse_section_counts(kind)
+  if counts is None:
+    raise ValueError(f"respacing {kind!r}: allowed {RESPACINGS} or counts per section, e.g. '10,10,10'")
+  return sectioned_steps(num_timesteps, counts)
 
 
 def respaced_betas(alphas_cumprod: np.ndarray, steps: np.ndarray) -> np.ndarray:
@@ -66,15 +100,21 @@ def respaced_betas(alphas_cumprod: np.ndarray, steps: np.ndarray) -> np.ndarray:
 
 
 def step_schedule(num_timesteps: int, num_steps: int, schedule: str) -> np.ndarray:
-  """S integer steps for DDIM / FastDPM STEP (may repeat a step for quadratic at small T/S).
+  """Integer steps for DDIM / FastDPM STEP, increasing (quadratic may repeat a step at small T/S).
 
-  uniform:   floor(i (T - 1) / (S - 1)), i = 0..S-1;
-  quadratic: floor(linspace(0, sqrt(0.8 T), S)^2) (DDIM's and FastDPM's choice).
+  uniform:   range(0, T, T // S), ermongroup/ddim's skip_type="uniform" (its default); gives
+             more than S steps when S does not divide T (T = 1000, S = 30: 31 steps);
+  linear:    floor(i (T - 1) / (S - 1)), i = 0..S-1, FastDPM's STEP "linear" (exactly S steps,
+             first 0 and last T - 1);
+  quadratic: floor(linspace(0, sqrt(0.8 T), S)^2), DDIM's "quad" and FastDPM's "quadratic".
   """
-  if num_steps < 2:
-    raise ValueError(f"num_steps={num_steps}: must be >= 2")
+  if num_steps < 2 or num_steps > num_timesteps:
+    raise ValueError(f"num_steps={num_steps}: must be in [2, {num_timesteps}]")
   if schedule == "uniform":
-    return np.arange(num_steps, dtype=np.int64) * (num_timesteps - 1) // (num_steps - 1)
+    return np.arange(0, num_timesteps, num_timesteps // num_steps, dtype=np.int64)
+  if schedule == "linear":
+    stride = (num_timesteps - 1.0) / (num_steps - 1.0)
+    return np.floor(np.arange(num_steps) * stride).astype(np.int64)
   if schedule == "quadratic":
     return np.floor(np.linspace(0, np.sqrt(0.8 * num_timesteps), num_steps) ** 2).astype(np.int64)
   raise ValueError(f"step schedule {schedule!r}: allowed {STEP_SCHEDULES}")
@@ -129,40 +169,64 @@ def continuous_step(log_alpha_bar, beta_start: float, beta_end: float, num_times
   return 0.5 * (low + high)
 
 
-def _bisect_increasing(fn, target: float, low: float, high: float, iterations: int = 200) -> float:
-  """x in [low, high] with fn(x) = target for an increasing fn."""
-  for _ in range(iterations):
-    mid = 0.5 * (low + high)
-    low, high = (mid, high) if fn(mid) < target else (low, mid)
-  return 0.5 * (low + high)
+def _reference_bisection(fn, target: float, low: float, high: float,
+                         relative_tolerance: float) -> float:
+  """FastDPM's bisection (generate.py, bisearch) for a decreasing fn: the first midpoint x with
+  target <= fn(x) <= (1 + tol) target (target > 0), at most 1000 halvings.
+
+  jdiff follows its stopping rule and domain, not a bisection to convergence, so the noise levels
+  are the reference's own (the product matches the full chain's to 1e-4, not to 1e-16).
+  """
+  x = 0.5 * (low + high)
+  for _ in range(1000):
+    x = 0.5 * (low + high)
+    value = fn(x)
+    if value < target:
+      high = x
+    elif value > (1.0 + relative_tolerance) * target:
+      low = x
+    else:
+      break
+  return x
 
 
 def var_betas(beta_start: float, beta_end: float, num_timesteps: int, num_steps: int,
-              schedule: str) -> np.ndarray:
-  """FastDPM VAR: S variances whose product prod(1 - beta~) equals the full process's abar_T.
+              schedule: str, domain: str = "reference") -> np.ndarray:
+  """FastDPM VAR: S variances whose product prod(1 - beta~) should match the full chain's abar_T.
 
-  linear:    beta~ = linspace(beta_1, x, S);
-  quadratic: beta~_i = beta_1 (1 + i x)^2, i = 0..S-1;
-  x found by bisection (-log prod(1 - beta~) increases with x).
+  linear:    beta~ = linspace(beta_1, x, S), x searched in (beta_1, 0.99);
+  quadratic: beta~_i = beta_1 (1 + i x)^2, i = 0..S-1, x searched in (0, 0.95 / sqrt(beta_1) / S)
+             with domain="reference" (FastDPM generate.py's get_VAR_noise), or up to beta~ <= 1
+             with domain="full".
+  x by FastDPM's bisection (prod(1 - beta~) within 1e-4 relative above abar_T). With T = 1000
+  the reference's quadratic domain cannot reach abar_T at S <= 20 (the product ends 516x too
+  large at S = 10, 3.9x at S = 20): its chain then starts from a lower noise level than the full
+  chain's. jdiff's default keeps the reference's levels; domain="full" gives the paper's
+  definition (the products match) at every S.
   """
   if num_steps < 2:
     raise ValueError(f"num_steps={num_steps}: must be >= 2")
-  target = -np.sum(np.log1p(-linear_betas(num_timesteps, beta_start, beta_end)))
+  if domain not in VAR_DOMAINS:
+    raise ValueError(f"VAR domain {domain!r}: allowed {VAR_DOMAINS}")
+  target = float(np.prod(1.0 - linear_betas(num_timesteps, beta_start, beta_end)))
+  full = domain == "full"
   if schedule == "linear":
     levels = lambda x: np.linspace(beta_start, x, num_steps)
-    high = 1.0 - 1e-12
+    low, high = beta_start, (1.0 - 1e-12 if full else 0.99)
   elif schedule == "quadratic":
     levels = lambda x: beta_start * (1.0 + np.arange(num_steps) * x) ** 2
-    high = (1.0 / np.sqrt(beta_start) - 1.0) / (num_steps - 1) * (1.0 - 1e-12)
+    low = 0.0
+    high = ((1.0 / np.sqrt(beta_start) - 1.0) / (num_steps - 1) * (1.0 - 1e-12) if full
+            else 0.95 / np.sqrt(beta_start) / num_steps)
   else:
     raise ValueError(f"VAR schedule {schedule!r}: allowed {VAR_SCHEDULES}")
-  x = _bisect_increasing(lambda x: -np.sum(np.log1p(-levels(x))), target, 0.0, high)
+  x = _reference_bisection(lambda x: float(np.prod(1.0 - levels(x))), target, low, high, 1e-4)
   return levels(x)
 
 
 def var_steps(beta_start: float, beta_end: float, num_timesteps: int, num_steps: int,
-              schedule: str):
+              schedule: str, domain: str = "reference"):
   """(continuous 0-based steps, log noise levels) of FastDPM VAR, in increasing step order."""
   log_gamma = np.cumsum(np.log1p(-var_betas(beta_start, beta_end, num_timesteps, num_steps,
-                                            schedule)))
+                                            schedule, domain)))
   return continuous_step(log_gamma, beta_start, beta_end, num_timesteps), log_gamma

@@ -66,8 +66,8 @@ def _ddim(num_steps, schedule):
 
 def _fastdpm_var(num_steps, schedule):
   plan = sampling.fastdpm_plan(BETAS, num_steps, kind="var", schedule=schedule, kappa=0.0,
-                               clip_denoised=False)
-  return plan, schedules.var_steps(BETA_START, BETA_END, T, num_steps, schedule)[1]
+                               var_domain="full")
+  return plan, schedules.var_steps(BETA_START, BETA_END, T, num_steps, schedule, "full")[1]
 
 
 def _fastdpm_step(num_steps, schedule):
@@ -108,28 +108,130 @@ def test_gamma_map_matches_discrete_schedule_and_inverts():
                              real_steps, atol=1e-8)
 
 
+def _fastdpm_reference_var_betas(num_steps, schedule):
+  """FastDPM generate.py's get_VAR_noise, written out: bisection on x over its domain, stopping
+  at the first midpoint whose product of (1 - beta~) lies in [target, (1 + 1e-4) target]."""
+  target = np.prod(1 - np.linspace(BETA_START, BETA_END, T))
+  if schedule == "linear":
+    levels, (left, right) = (lambda x: np.linspace(BETA_START, x, num_steps)), (BETA_START, 0.99)
+  else:
+    levels = lambda x: np.array([BETA_START * (1 + i * x) ** 2 for i in range(num_steps)])
+    left, right = 0.0, 0.95 / np.sqrt(BETA_START) / num_steps
+  for _ in range(1000):
+    x = (left + right) / 2
+    if np.prod(1 - levels(x)) < target:
+      right = x
+    elif np.prod(1 - levels(x)) > (1 + 1e-4) * target:
+      left = x
+    else:
+      break
+  return levels(x)
+
+
 @pytest.mark.parametrize("schedule", schedules.VAR_SCHEDULES)
 @pytest.mark.parametrize("num_steps", [10, 50])
-def test_var_levels_match_full_process(schedule, num_steps):
+def test_var_levels_are_fastdpm_s_and_match_the_full_process(schedule, num_steps):
   betas = schedules.var_betas(BETA_START, BETA_END, T, num_steps, schedule)
+  np.testing.assert_allclose(betas, _fastdpm_reference_var_betas(num_steps, schedule), rtol=1e-12)
   assert betas[0] == pytest.approx(BETA_START) and np.all(np.diff(betas) > 0)
-  np.testing.assert_allclose(np.sum(np.log1p(-betas)), LOG_ABAR[-1], rtol=1e-12)
-  steps, log_levels = schedules.var_steps(BETA_START, BETA_END, T, num_steps, schedule)
-  # The first level is 1 - beta_1 (step 0); the last is abar_T (step T - 1).
-  np.testing.assert_allclose(steps[[0, -1]], [0, T - 1], atol=1e-6)
+  # The reference stops within 1e-4 (relative) above the full chain's abar_T, except where its
+  # quadratic domain cannot reach it (S = 10: 516x); domain="full" always gets there.
+  ratio = lambda b: np.exp(np.sum(np.log1p(-b)) - LOG_ABAR[-1])
+  if schedule == "quadratic" and num_steps == 10:
+    assert ratio(betas) == pytest.approx(515.627, rel=1e-4)
+  else:
+    assert 1.0 <= ratio(betas) <= 1.0 + 1e-4 + 1e-12
+  full = schedules.var_betas(BETA_START, BETA_END, T, num_steps, schedule, domain="full")
+  assert 1.0 <= ratio(full) <= 1.0 + 1e-4 + 1e-12
+  steps, log_levels = schedules.var_steps(BETA_START, BETA_END, T, num_steps, schedule, "full")
+  # The first level is 1 - beta_1 (step 0); the last is ~abar_T (step ~T - 1).
+  np.testing.assert_allclose(steps[0], 0, atol=1e-6)
+  np.testing.assert_allclose(steps[-1], T - 1, atol=1e-2)
   np.testing.assert_allclose(
       schedules.continuous_log_alpha_bar(steps, BETA_START, BETA_END, T), log_levels, rtol=1e-9)
 
 
-def test_step_schedules():
-  for num_steps in (10, 20, 50, 100):
+def test_step_schedules_are_the_reference_codes():
+  for num_steps in (10, 20, 30, 50, 100, 300):
+    # DDIM (ermongroup/ddim) skip_type="quad" and FastDPM's "quadratic": int(linspace(...)^2).
     np.testing.assert_array_equal(
         schedules.step_schedule(T, num_steps, "quadratic"),
-        np.floor(np.linspace(0, np.sqrt(0.8 * T), num_steps) ** 2).astype(int))
-    uniform = schedules.step_schedule(T, num_steps, "uniform")
-    np.testing.assert_array_equal(uniform, [i * (T - 1) // (num_steps - 1) for i in range(num_steps)])
+        [int(s) for s in np.linspace(0, np.sqrt(T * 0.8), num_steps) ** 2])
+    # DDIM's skip_type="uniform": range(0, T, T // S), which has more than S steps when S does
+    # not divide T.
+    np.testing.assert_array_equal(schedules.step_schedule(T, num_steps, "uniform"),
+                                  list(range(0, T, T // num_steps)))
+    # FastDPM's STEP "linear": floor(i (T - 1) / (S - 1)).
+    np.testing.assert_array_equal(schedules.step_schedule(T, num_steps, "linear"),
+                                  [int(np.floor(i * (T - 1.0) / (num_steps - 1.0)))
+                                   for i in range(num_steps)])
+  assert len(schedules.step_schedule(T, 30, "uniform")) == 31
+  assert len(schedules.step_schedule(T, 300, "uniform")) == 334
   np.testing.assert_array_equal(schedules.respaced_steps(T, 50, "ddim"), np.arange(0, T, 20))
   np.testing.assert_array_equal(schedules.respaced_steps(10, 4, "even"), [0, 3, 6, 9])
+
+
+def test_sectioned_respacing_is_improved_diffusion_s():
+  """space_timesteps: equal sections (the first T % n one longer), round-half-even offsets."""
+  np.testing.assert_array_equal(schedules.respaced_steps(10, 5, "2,3"), [0, 4, 5, 7, 9])
+  # Sections of 6 and 5 steps; 2.5 rounds to 2 as Python's round does.
+  np.testing.assert_array_equal(schedules.respaced_steps(11, 6, "3,3"), [0, 2, 5, 6, 8, 10])
+  np.testing.assert_array_equal(schedules.respaced_steps(10, 3, "1,1,1"), [0, 4, 7])
+  steps = schedules.respaced_steps(T, 30, "10,10,10")
+  assert len(steps) == 30 and steps[0] == 0 and steps[-1] == T - 1
+  np.testing.assert_array_equal(steps[:10], np.round(np.arange(10) * 333 / 9))
+  # A single section is "even".
+  np.testing.assert_array_equal(schedules.respaced_steps(T, 37, "37"),
+                                schedules.respaced_steps(T, 37, "even"))
+  with pytest.raises(ValueError, match="cannot take 6"):
+    schedules.respaced_steps(10, 8, "2,6")
+
+
+@pytest.mark.parametrize("name,fields,message", [
+    ("respaced", dict(respacing="10,10,10", steps=20), "config.sampling.steps=20: must be the sum"),
+    ("respaced", dict(respacing="10,x"), "config.sampling.respacing='10,x'"),
+    ("respaced", dict(respacing="600,10", steps=610), "at most 500 steps per section"),
+    ("ddim", dict(schedule="cosine"), "config.sampling.schedule='cosine'"),
+    ("ddim", dict(clip_x0="yes"), "config.sampling.clip_x0='yes'"),
+])
+def test_sampler_convention_fields_are_validated(name, fields, message):
+  config = config_lib.default_config()
+  config.sampling.name = name
+  config.sampling.update(fields)
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    config_lib.validate(config)
+
+
+def test_each_sampler_defaults_to_its_reference_code():
+  """DDIM: steps range(0, T, T // S), eta 0, no clipping; FastDPM: quadratic, kappa 1, no
+  clipping; ancestral and respaced clip x0. sampling.clip_x0 overrides the default."""
+  config = config_lib.default_config()
+  config.diffusion.num_timesteps = T
+  diffusion = diffusion_lib.GaussianDiffusion.from_betas(BETAS)
+  ddim = builders.build_plan(config, diffusion, "ddim", 10)
+  np.testing.assert_array_equal(ddim.table["t"][::-1], np.arange(0, T, 100))
+  np.testing.assert_array_equal(ddim.table["sigma"], 0.0)
+  fastdpm = builders.build_plan(config, diffusion, "fastdpm", 10, fastdpm_kind="step")
+  reference = sampling.fastdpm_plan(BETAS, 10, kind="step", schedule="quadratic", kappa=1.0)
+  np.testing.assert_array_equal(fastdpm.table["t"], reference.table["t"])
+  np.testing.assert_array_equal(fastdpm.table["sigma"], reference.table["sigma"])
+  assert np.all(fastdpm.table["sigma"][:-1] > 0)  # kappa = 1: DDPM-rev
+
+  # An eps model whose x0 estimate leaves [-1, 1]: clipping changes the result.
+  far_model = lambda x, t: -3.0 * jnp.ones_like(x)
+  x_T = jnp.zeros(SHAPE)
+  run = lambda plan: np.asarray(sampling.run_plan(plan, far_model, x_T, jax.random.key(0)))
+  for name in ("ddim", "fastdpm"):
+    unclipped = run(builders.build_plan(config, diffusion, name, 10, kappa=0.0))
+    clipped = run(builders.build_plan(config, diffusion, name, 10, kappa=0.0, clip_x0="on"))
+    assert np.max(np.abs(unclipped)) > 1.5 and np.max(np.abs(clipped)) <= 1.0 + 1e-6, name
+  for name in ("ancestral", "respaced"):
+    plan = builders.build_plan(config, diffusion, name, 10)
+    assert builders.clip_x0(config, name)
+    np.testing.assert_array_equal(run(plan), run(sampling.ancestral_plan(diffusion, clip_denoised=True))
+                                  if name == "ancestral" else run(plan))
+  config.sampling.clip_x0 = "off"
+  assert not builders.clip_x0(config, "ancestral")
 
 
 def test_respaced_betas_and_full_respacing_is_ancestral():
@@ -225,7 +327,7 @@ def _config(**sampling_fields):
     (dict(name="fastdpm", kappa=-0.1), "config.sampling.kappa=-0.1"),
     (dict(name="ddim", steps=1), "config.sampling.steps=1"),
     (dict(name="ddim", steps=2000), "config.sampling.steps=2000"),
-    (dict(name="ddim", schedule="linear"), "config.sampling.schedule='linear'"),
+    (dict(name="ddim", schedule="cosine"), "config.sampling.schedule='cosine'"),
     (dict(name="fastdpm", fastdpm_kind="var", schedule="uniform"), "config.sampling.schedule"),
     (dict(name="fastdpm", fastdpm_kind="both"), "config.sampling.fastdpm_kind='both'"),
     (dict(name="respaced", respacing="ddim", steps=999), "config.sampling.steps=999"),

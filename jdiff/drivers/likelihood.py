@@ -46,7 +46,7 @@ def evaluate_bits_per_dim(config, workdir: str, num_examples: int = 0, batch_siz
   def batch_bpd(params, images_uint8, rng):
     return objectives.bits_per_dim(
         diffusion, builders.make_model_fn(model, params), data_lib.to_float(images_uint8), rng,
-        variance_type=config.diffusion.variance_type, clip_denoised=config.sampling.clip_denoised)
+        variance_type=config.diffusion.variance_type, clip_denoised=builders.clip_x0(config, "ancestral"))
 
   rng = jax.random.fold_in(jax.random.key(config.seed), step)
   totals, priors, terms = [], [], []

@@ -56,7 +56,7 @@ def make_sampler(config, model, diffusion, schedule, batch_size) -> Callable:
     return sampling.ancestral_sample(
         builders.make_model_fn(model, params), diffusion, x_T, rng,
         variance_type=config.diffusion.variance_type,
-        clip_denoised=config.sampling.clip_denoised, depth_schedule=schedule)
+        clip_denoised=builders.clip_x0(config, "ancestral"), depth_schedule=schedule)
   return sample
 
 
@@ -65,7 +65,7 @@ def make_dispatch_samplers(config, model, diffusion, schedule, batch_size) -> Di
   lax.switch per step) and 'segments' (depth.scan_by_depth: one scan per depth, k static)."""
   shape = builders.image_shape(config)
   plan = sampling.ancestral_plan(diffusion, variance_type=config.diffusion.variance_type,
-                                 clip_denoised=config.sampling.clip_denoised,
+                                 clip_denoised=builders.clip_x0(config, "ancestral"),
                                  depth_schedule=schedule)
 
   def segments(model_fn, x_T, rng):
