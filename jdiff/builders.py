@@ -260,7 +260,7 @@ def build_sampler(config, diffusion: diffusion_lib.GaussianDiffusion,
                   surrogate_fn: Optional[Callable] = None):
   """(sampler(model_fn, x_T, rng) for config.sampling, its network evaluations per sample).
 
-  With surrogate_fn (surrogate.make_surrogate_fn) it starts from the surrogate at
+  With surrogate_fn (from surrogate.load_surrogate) it starts from the surrogate at
   config.surrogate.t_mid (Algorithm 4).
   """
   plan = build_plan(config, diffusion)

@@ -70,9 +70,11 @@ def run_step_table(step_fn: Callable, x_init, table: dict):
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """A reverse process as data: table rows (noisiest first) and step(model_fn, x, row, rng) -> x."""
+  """A reverse process as data: table rows (noisiest first), step(model_fn, x, row, rng) -> x,
+  and predict_x0(model_fn, x, row) -> the row's x0 estimate (clipped as the step clips it)."""
   table: Dict[str, np.ndarray]
   step: Callable
+  predict_x0: Callable
 
   @property
   def num_evaluations(self) -> int:
@@ -82,11 +84,28 @@ class Plan:
   def rows_up_to(self, t_max: float) -> "Plan":
     """The rows whose network step is <= t_max (a suffix, since steps decrease)."""
     keep = np.asarray(self.table["t"], np.float64) <= t_max + 1e-6
-    return Plan({k: v[keep] for k, v in self.table.items()}, self.step)
+    return dataclasses.replace(self, table={k: v[keep] for k, v in self.table.items()})
+
+  def rows_down_to(self, t_min: float) -> "Plan":
+    """The rows whose network step is >= t_min (a prefix)."""
+    keep = np.asarray(self.table["t"], np.float64) >= t_min - 1e-6
+    return dataclasses.replace(self, table={k: v[keep] for k, v in self.table.items()})
 
 
 def run_plan(plan: Plan, model_fn: Callable, x_init, rng):
   return run_step_table(lambda x, row: plan.step(model_fn, x, row, rng), x_init, plan.table)
+
+
+def run_plan_to_x0(plan: Plan, model_fn: Callable, x_init, rng):
+  """All rows but the last as run_plan does, then the last row's x0 estimate at the x it gets.
+
+  A low-resolution DDPM surrogate stops this way at t_mid: its chain from T down to x_{t_mid},
+  then x~0 = (x_{t_mid} - sqrt(1 - abar) eps(x_{t_mid})) / sqrt(abar).
+  """
+  head = {k: v[:-1] for k, v in plan.table.items()}
+  last = {k: jnp.asarray(v[-1]) for k, v in plan.table.items()}
+  x = run_step_table(lambda x, row: plan.step(model_fn, x, row, rng), x_init, head)
+  return plan.predict_x0(model_fn, x, last)
 
 
 def _with_depth(table: dict, depth_schedule: Optional[np.ndarray]) -> dict:
@@ -107,15 +126,18 @@ def _ancestral_plan(diffusion: diffusion_lib.GaussianDiffusion, model_steps: np.
       "sqrt_1ma": diffusion.sqrt_one_minus_alphas_cumprod[index],
   }, depth_schedule)
 
-  def step(model_fn, x, row, rng):
+  def mean_variance(model_fn, x, row):
     i = jnp.full(x.shape[:1], row["index"])
     output = call_model(model_fn, x, row["t"], row.get("depth"))
-    mean, log_variance, _, _ = diffusion_lib.p_mean_variance(
-        diffusion, output, x, i, variance_type=variance_type, clip_denoised=clip_denoised)
+    return diffusion_lib.p_mean_variance(diffusion, output, x, i, variance_type=variance_type,
+                                         clip_denoised=clip_denoised)
+
+  def step(model_fn, x, row, rng):
+    mean, log_variance, _, _ = mean_variance(model_fn, x, row)
     noise = jax.random.normal(jax.random.fold_in(rng, row["index"]), x.shape, x.dtype)
     return mean + jnp.where(row["index"] > 0, jnp.exp(0.5 * log_variance), 0.0) * noise
 
-  return Plan(table, step)
+  return Plan(table, step, lambda model_fn, x, row: mean_variance(model_fn, x, row)[2])
 
 
 def ancestral_plan(diffusion: diffusion_lib.GaussianDiffusion, *, variance_type="fixedlarge",
@@ -159,17 +181,21 @@ def generalized_plan(steps: np.ndarray, log_levels: np.ndarray, *, kappa: float,
       "dir": f32(np.sqrt(np.maximum(one_minus_a_next - sigma2, 0.0))), "sigma": f32(np.sqrt(sigma2)),
   }, depth_schedule)
 
-  def step(model_fn, x, row, rng):
+  def x0_and_eps(model_fn, x, row):
     output = call_model(model_fn, x, row["t"], row.get("depth"))
     eps, _ = diffusion_lib.split_model_output(output, variance_type)
     x0 = (x - row["sqrt_1ma"] * eps) / row["sqrt_a"]
     if clip_denoised:
       x0 = jnp.clip(x0, -1.0, 1.0)
       eps = (x - row["sqrt_a"] * x0) / row["sqrt_1ma"]
+    return x0, eps
+
+  def step(model_fn, x, row, rng):
+    x0, eps = x0_and_eps(model_fn, x, row)
     noise = jax.random.normal(jax.random.fold_in(rng, row["index"]), x.shape, x.dtype)
     return row["sqrt_a_next"] * x0 + row["dir"] * eps + row["sigma"] * noise
 
-  return Plan(table, step)
+  return Plan(table, step, lambda model_fn, x, row: x0_and_eps(model_fn, x, row)[0])
 
 
 def _log_alphas_cumprod(betas: np.ndarray) -> np.ndarray:

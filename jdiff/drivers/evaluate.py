@@ -330,6 +330,7 @@ def evaluate(config, workdir: str) -> dict:
   results = {
       "name": name, "curve": curve_name(config), "checkpoint_step": generator.checkpoint_step,
       "num_samples": int(len(samples)), "network_evaluations": generator.network_evaluations,
+      "surrogate_network_evaluations": generator.surrogate_evaluations,
       **timing, "device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
       "sampling": config.sampling.to_dict(), "depth_power": config.depth.power,
       "surrogate": config.surrogate.kind, "grid": grid_path,

@@ -31,9 +31,10 @@ class Generator:
   sample_fn: Callable            # jitted (params, rng) -> [B, H, W, C] in [-1, 1], sharded
   params: object
   checkpoint_step: int
-  network_evaluations: int       # per sample
+  network_evaluations: int       # per sample, of the diffusion model
   batch_size: int
   rng: jax.Array
+  surrogate_evaluations: int = 0  # per sample, of the surrogate model (surrogate diffusion)
 
   def compile(self) -> float:
     """Compiles the sampler now; returns the seconds it took."""
@@ -51,14 +52,16 @@ def build_generator(config, workdir: str, mesh) -> Generator:
   model = builders.build_model(config)
   diffusion = builders.build_diffusion(config)
   params, step = builders.restore_ema_params(config, workdir, model, mesh)
-  surrogate_fn = None
+  surrogate_fn, surrogate_evaluations = None, 0
   if config.surrogate.kind != "none":
-    surrogate_fn = surrogate_lib.make_surrogate_fn(config, mesh)
+    surrogate_fn, surrogate_evaluations = surrogate_lib.load_surrogate(config, mesh)(
+        config.surrogate.t_mid)
   sampler, evaluations = builders.build_sampler(config, diffusion, surrogate_fn)
   sample_fn = builders.make_sample_fn(sampler, model, mesh, builders.image_shape(config),
                                       config.sampling.batch_size)
   return Generator(sample_fn, params, step, evaluations, config.sampling.batch_size,
-                   jax.random.fold_in(jax.random.key(config.seed), 1 + step))
+                   jax.random.fold_in(jax.random.key(config.seed), 1 + step),
+                   surrogate_evaluations)
 
 
 def sample(config, workdir: str) -> str:
