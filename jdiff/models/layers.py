@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Ho et al. initialise with variance_scaling(scale, 'fan_avg', 'uniform'); the last conv of a
 # residual branch starts at (almost) zero so every block starts as the identity.
@@ -33,6 +34,31 @@ def timestep_embedding(timesteps: jax.Array, dim: int) -> jax.Array:
 
 def group_norm(num_groups: int = 32, dtype=jnp.float32, name=None):
   return nn.GroupNorm(num_groups=num_groups, epsilon=1e-6, dtype=dtype, name=name)
+
+
+def _bicubic_matrix(in_size: int, out_size: int, a: float = -0.75) -> np.ndarray:
+  """[out, in] weights of PyTorch's bicubic interpolation (align_corners=False, antialias=False):
+  source position (i + 0.5) in / out - 0.5, Keys' cubic kernel with a = -0.75 on the 4 nearest
+  samples, indices past the border clamped to it."""
+  def kernel(x):
+    x = np.abs(x)
+    return np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                    np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
+  source = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5
+  left = np.floor(source).astype(np.int64)
+  matrix = np.zeros((out_size, in_size))
+  for tap in range(-1, 3):
+    index = np.clip(left + tap, 0, in_size - 1)
+    np.add.at(matrix, (np.arange(out_size), index), kernel(source - (left + tap)))
+  return matrix
+
+
+def resize_bicubic(x: jax.Array, height: int, width: int) -> jax.Array:
+  """NHWC bicubic resize as torch.nn.functional.interpolate(mode="bicubic") does it (no
+  antialiasing when shrinking; jax.image.resize's "cubic" uses a = -0.5 and antialiases)."""
+  rows = jnp.asarray(_bicubic_matrix(x.shape[1], height), x.dtype)
+  cols = jnp.asarray(_bicubic_matrix(x.shape[2], width), x.dtype)
+  return jnp.einsum("ih,bhwc,jw->bijc", rows, x, cols)
 
 
 class Conv3x3(nn.Module):

@@ -5,8 +5,11 @@ lowest-resolution levels and the middle block; k = 0 is the full network. The fi
 expansive block lacks its input from below and gets, by `skip_type`:
   zero:        zeros;
   duplicate:   the contracting-path tensor of that level again (channels tiled to fit);
-  interpolate: that tensor taken to the middle block's size (1x1 conv + bicubic resize),
-               through the middle block, and back (bicubic resize + 1x1 conv).
+  interpolate: the paper's "simple path": that tensor resized bicubically to the middle block's
+               size, through the middle block, and resized back; a 1x1 conv only where the
+               channel counts differ (into the middle block's, out to the block's input from
+               below). The resize is PyTorch's bicubic (a = -0.75, no antialiasing), as
+               layers.resize_bicubic documents.
 Submodules carry explicit names so that one set of parameters serves every depth.
 
 Mixed precision: `dtype` is the compute dtype of convs, dense layers and attention; parameters
@@ -20,7 +23,6 @@ outputs and gradients are unchanged (dropout masks too: the lifted rngs are repl
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from jdiff import choices
@@ -83,11 +85,14 @@ class UNet(nn.Module):
     if self.skip_type == "interpolate":
       mid_ch = self.ch * self.ch_mult[-1]
       scale = 2 ** (self.num_levels - 1 - level)  # this level's size over the middle block's
-      h = layers.Dense(mid_ch, dtype=self.dtype, name=f"interp_in_{level}")(h_end)
-      h = jax.image.resize(h, (batch, height // scale, width // scale, mid_ch), "cubic")
-      h = self._middle(h, temb, train)
-      h = jax.image.resize(h, (batch, height, width, mid_ch), "cubic")
-      return layers.Dense(below_ch, dtype=self.dtype, name=f"interp_out_{level}")(h)
+      h = h_end
+      if channels != mid_ch:
+        h = layers.Dense(mid_ch, dtype=self.dtype, name=f"interp_in_{level}")(h)
+      h = self._middle(layers.resize_bicubic(h, height // scale, width // scale), temb, train)
+      h = layers.resize_bicubic(h, height, width)
+      if mid_ch != below_ch:
+        h = layers.Dense(below_ch, dtype=self.dtype, name=f"interp_out_{level}")(h)
+      return h
     raise ValueError(f"skip_type {self.skip_type!r}: allowed {SKIP_TYPES}")
 
   @nn.compact
