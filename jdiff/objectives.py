@@ -248,15 +248,15 @@ def refresh_loss_history(history: LossHistory, losses_at: Callable, rng, batch_s
                          num_updates: int) -> LossHistory:
   """The "+2" variant: num_updates forward-only loss evaluations that only feed the history.
 
-  losses_at(t, rng) -> per-example losses [B] at steps t, without gradient. Their t are drawn
-  uniformly: the point is to refresh the histories of the steps the sampler rarely picks, which
-  otherwise go stale.
+  losses_at(update, t, rng) -> per-example losses [B] at steps t of that update's own batch of
+  images, without gradient. Their t are drawn uniformly: the point is to refresh the histories
+  of the steps the sampler rarely picks, which otherwise go stale.
   """
   num_timesteps = history.counts.shape[0]
   for update in range(num_updates):
     t_rng, loss_rng = jax.random.split(jax.random.fold_in(rng, update))
     t = jax.random.randint(t_rng, (batch_size,), 0, num_timesteps)
-    history = update_loss_history(history, t, losses_at(t, loss_rng))
+    history = update_loss_history(history, t, losses_at(update, t, loss_rng))
   return history
 
 

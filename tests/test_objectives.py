@@ -217,7 +217,7 @@ def _train_setup(config):
   step_fn = train_lib.make_train_step(config, model, builders.build_diffusion(config), optimizer,
                                       mesh)
   batches = np.random.default_rng(0).integers(
-      0, 256, (3, config.training.batch_size) + builders.image_shape(config), dtype=np.uint8)
+      0, 256, (3, train_lib.images_per_step(config)) + builders.image_shape(config), dtype=np.uint8)
   return mesh, model, optimizer, state, step_fn, batches
 
 
@@ -258,9 +258,17 @@ def test_loss_aware_iwdiff_state_survives_checkpoint_and_resume(tmp_path):
   assert step == 2
   jax.tree.map(np.testing.assert_array_equal, restored, state)
 
+  # The "+2" updates read images of their own (rows 1, 2 of every group of 3), not the training
+  # batch's: other extra images change the history, not the parameters.
+  other_extras = batches[2].copy()
+  other_extras.reshape((-1, 3) + other_extras.shape[1:])[:, 1:] = 255 - batches[2].reshape(
+      (-1, 3) + other_extras.shape[1:])[:, 1:]
+  changed, _ = step_fn(jax.tree.map(jnp.copy, state), other_extras)  # steps donate their state
   continued, _ = step_fn(state, batches[2])
   resumed, _ = step_fn(restored, batches[2])
   jax.tree.map(np.testing.assert_array_equal, resumed, continued)
+  jax.tree.map(np.testing.assert_array_equal, changed.params, continued.params)
+  assert not np.array_equal(changed.loss_history.losses, continued.loss_history.losses)
 
 
 def test_loss_aware_sampling_with_a_depth_scheme_is_a_config_error():

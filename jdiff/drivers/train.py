@@ -24,13 +24,25 @@ from jdiff.builders import TrainState
 from jdiff.errors import NonFiniteLossError, WorkdirError
 
 
+def images_per_step(config) -> int:
+  """Images a train step takes: the batch, and with loss-aware sampling's "+N" variant
+  (training.extra_updates = N) N more batches for its forward-only history updates."""
+  extra = config.training.extra_updates if config.training.timestep_sampler == "loss_aware" else 0
+  return config.training.batch_size * (1 + extra)
+
+
 def make_train_step(config, model, diffusion, optimizer, mesh):
-  """Jitted (state, uint8 batch) -> (state, metrics); batch sharded, state replicated."""
+  """Jitted (state, uint8 batch) -> (state, metrics); batch sharded, state replicated.
+
+  The batch has images_per_step(config) images: row b (1 + N) is example b's training image and
+  the N rows after it are images for the "+N" history updates, so each device keeps its rows.
+  """
   base_key = jax.random.key(config.seed)
   num_timesteps = config.diffusion.num_timesteps
   training = config.training
   ema_decay = training.ema_decay
   loss_aware = training.timestep_sampler == "loss_aware"
+  extra_batches = images_per_step(config) // training.batch_size - 1
   num_draws = training.iwdiff_k if training.loss == "iwdiff" else 1
   weight_scale = objectives.iwdiff_weight_scale(training.iwdiff_weights,
                                                 builders.image_shape(config))
@@ -52,7 +64,8 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
 
   def loss_and_grads(params, loss_history, images, rng):
     flip_rng, time_rng, draw_rng = jax.random.split(rng, 3)
-    x_start = data_lib.to_float(images)
+    grouped = images.reshape((-1, 1 + extra_batches) + images.shape[1:])
+    x_start = data_lib.to_float(grouped[:, 0])
     batch_size = x_start.shape[0]
     if config.data.random_flip:
       flip = jax.random.bernoulli(flip_rng, 0.5, (batch_size, 1, 1, 1))
@@ -73,9 +86,12 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
     if loss_aware:
       loss_history = objectives.update_loss_history(loss_history, t, example_losses)
 
-      def forward_only_losses(extra_t, extra_rng):
-        return objectives.forward_only_losses(make_draw_loss_fn(x_start, extra_t, None), params,
-                                              *draws(extra_rng, x_start.shape), weight_scale)
+      def forward_only_losses(update, extra_t, extra_rng):
+        # Images of their own, not the training batch's (papers/hse_coursework.txt 4.5: "two
+        # additional updates ... two batch loss calculations").
+        extra_x = data_lib.to_float(grouped[:, 1 + update])
+        return objectives.forward_only_losses(make_draw_loss_fn(extra_x, extra_t, None), params,
+                                              *draws(extra_rng, extra_x.shape), weight_scale)
       loss_history = objectives.refresh_loss_history(
           loss_history, forward_only_losses, jax.random.fold_in(rng, 1), batch_size,
           training.extra_updates)
@@ -163,7 +179,7 @@ def train(config, workdir: str, from_scratch: bool = False) -> TrainResult:
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.training.batch_size, "training.batch_size")
   images = data_lib.load_images(config.data)
-  stream = data_lib.BatchStream(images, config.training.batch_size, config.seed)
+  stream = data_lib.BatchStream(images, images_per_step(config), config.seed)
   logging.info("data: %s, %d images of shape %s", config.data.source, len(images), images.shape[1:])
 
   model = builders.build_model(config)

@@ -95,7 +95,7 @@ def train_and_time(config):
   training loop runs them; the first step (compile) is excluded from the timing."""
   mesh = parallel.make_mesh()
   _, state, train_step = train_lib.build_fresh_training(config, mesh)
-  stream = data_lib.BatchStream(data_lib.load_images(config.data), config.training.batch_size,
+  stream = data_lib.BatchStream(data_lib.load_images(config.data), train_lib.images_per_step(config),
                                 config.seed)
   stats, state, metrics = timing.run_threaded(
       train_step, state, lambda step: (parallel.global_batch_from_local(stream.batch(step), mesh),),
