@@ -219,8 +219,9 @@ def _validate_sampling(config: ml_collections.ConfigDict) -> None:
   if s.name in ("ddim", "fastdpm"):
     _check(s.steps >= 2, "sampling.steps", s.steps, f">= 2 for sampling.name={s.name!r}")
   if "clip_denoised" in s:
-    raise ConfigError(f"config.sampling.clip_denoised={s.clip_denoised!r}: replaced by "
-                      "sampling.clip_x0 ('auto' = each sampler's reference default, 'on', 'off')")
+    raise ConfigError(f"the config sets sampling.clip_denoised={s.clip_denoised!r}, a field that "
+                      "sampling.clip_x0 replaced ('auto' = each sampler's reference default, "
+                      "'on', 'off')")
   sections = choices.parse_section_counts(s.respacing)
   if s.name == "respaced" and sections is not None:
     _check(s.steps == sum(sections), "sampling.steps", s.steps,
