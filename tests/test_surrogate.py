@@ -111,6 +111,7 @@ def test_sngan_surrogate_is_one_generator_pass(workdirs):
   assert (generator.network_evaluations, generator.surrogate_evaluations) == (t_mid, 1)
   images = generator.sample(0)
   assert images.shape == (4, 8, 8, 1) and images.dtype == np.uint8
+  assert generator.seconds_per_evaluation(repeats=1) > 0  # the unit of metrics.json's cost
 
 
 def test_surrogate_with_another_chain_length_is_refused(workdirs):

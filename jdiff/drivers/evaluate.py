@@ -335,6 +335,11 @@ def evaluate(config, workdir: str) -> dict:
       "sampling": config.sampling.to_dict(), "depth_power": config.depth.power,
       "surrogate": config.surrogate.kind, "grid": grid_path,
   }
+  if config.surrogate.kind != "none":
+    # Both models' cost in one unit: measured seconds / one full-resolution evaluation's.
+    seconds_per_evaluation = generator.seconds_per_evaluation()
+    results.update(seconds_per_network_evaluation=seconds_per_evaluation,
+                   full_resolution_steps=results["seconds_per_sample"] / seconds_per_evaluation)
   wanted = config.evaluation.metrics
   if any(metric in wanted for metric in INCEPTION_METRICS):
     results.update(inception_scores(config, samples, inputs))

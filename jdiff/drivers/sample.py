@@ -7,9 +7,10 @@ configured sampler, depth schedule and surrogate); --mode=evaluate draws its sam
 import dataclasses
 import os
 import time
-from typing import Callable
+from typing import Callable, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -35,12 +36,26 @@ class Generator:
   batch_size: int
   rng: jax.Array
   surrogate_evaluations: int = 0  # per sample, of the surrogate model (surrogate diffusion)
+  image_shape: Tuple[int, ...] = ()
+  evaluation_fn: Optional[Callable] = None  # jitted (params, x [B, ...]) -> one network evaluation
 
   def compile(self) -> float:
     """Compiles the sampler now; returns the seconds it took."""
     start = time.perf_counter()
     self.sample_fn = self.sample_fn.lower(self.params, self.rng).compile()
     return time.perf_counter() - start
+
+  def seconds_per_evaluation(self, repeats: int = 3) -> float:
+    """Measured seconds of one full-resolution network evaluation per sample (median of
+    `repeats` batches, compile excluded): the unit of a sampler's cost."""
+    x = jnp.zeros((self.batch_size,) + self.image_shape)
+    jax.block_until_ready(self.evaluation_fn(self.params, x))  # compiles
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(self.evaluation_fn(self.params, x))
+      times.append(time.perf_counter() - start)
+    return float(np.median(times)) / self.batch_size
 
   def sample(self, index: int) -> np.ndarray:
     images = self.sample_fn(self.params, jax.random.fold_in(self.rng, index))
@@ -59,9 +74,12 @@ def build_generator(config, workdir: str, mesh) -> Generator:
   sampler, evaluations = builders.build_sampler(config, diffusion, surrogate_fn)
   sample_fn = builders.make_sample_fn(sampler, model, mesh, builders.image_shape(config),
                                       config.sampling.batch_size)
+  last_step = float(config.diffusion.num_timesteps - 1)
+  evaluation_fn = jax.jit(lambda params, x: builders.make_model_fn(model, params)(
+      x, jnp.full(x.shape[:1], last_step)))
   return Generator(sample_fn, params, step, evaluations, config.sampling.batch_size,
                    jax.random.fold_in(jax.random.key(config.seed), 1 + step),
-                   surrogate_evaluations)
+                   surrogate_evaluations, builders.image_shape(config), evaluation_fn)
 
 
 def sample(config, workdir: str) -> str:
