@@ -84,6 +84,7 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("diffusion.variance_type", one_of(*choices.VARIANCE_TYPES)),
     ("depth.training", one_of(*choices.DEPTH_TRAINING_SCHEMES)),
     ("depth.power", in_range(0.0, float("inf"))),
+    ("depth.dispatch", one_of(*choices.DEPTH_DISPATCHES)),
     ("training.batch_size", POSITIVE_INT),
     ("training.num_steps", POSITIVE_INT),
     ("training.learning_rate", in_range(0.0, 1.0, low_open=True)),
@@ -320,6 +321,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.depth = ml_collections.ConfigDict(dict(
       training="full",  # full | random | bucketed
       power=0.0,        # c of k(t) = min(N-1, floor(N - N (1 - t)^c)) used by samplers/bucketing
+      dispatch="host",  # random/bucketed training: host (one compiled step per depth, picked from
+                        # (seed, step)) | switch (one step, lax.switch; ~10x slower on XLA:CPU)
   ))
   config.training = ml_collections.ConfigDict(dict(
       batch_size=128, num_steps=800_000, learning_rate=2e-4, warmup_steps=5000, grad_clip=1.0,
