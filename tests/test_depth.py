@@ -339,3 +339,21 @@ def test_scan_by_depth_matches_one_scan_with_switch():
   switched = jax.jit(lambda x: sampling.run_step_table(step, x, table))(x)
   segmented = jax.jit(lambda x: depth.scan_by_depth(step, x, table))(x)
   np.testing.assert_allclose(segmented, switched, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow  # three train runs (~55 s on 2 contended cores)
+def test_host_dispatch_resume_is_bitwise_equal_to_a_straight_run(tmp_path):
+  config = tiny_config()
+  config.depth.training = "bucketed"
+  config.depth.power = 2.0
+  config.training.num_steps = 6
+  config.training.checkpoint_every = 3
+  straight = train_lib.train(config, str(tmp_path / "straight")).state
+  stopped = config.copy_and_resolve_references()
+  stopped.training.num_steps = 3
+  assert train_lib.train(stopped, str(tmp_path / "resumed")).step == 3
+  resumed = train_lib.train(config, str(tmp_path / "resumed")).state
+  assert int(resumed.step) == int(straight.step) == 6
+  chex.assert_trees_all_equal(jax.device_get(resumed.params), jax.device_get(straight.params))
+  chex.assert_trees_all_equal(jax.device_get(resumed.ema_params),
+                              jax.device_get(straight.ema_params))
