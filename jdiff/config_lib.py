@@ -130,6 +130,9 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
         v in choices.BENCH_SAMPLER_FAMILIES for v in value)),
                         f"a list of sampler families from {list(choices.BENCH_SAMPLER_FAMILIES)}")),
     ("bench.quality_samples", NON_NEGATIVE_INT),
+    ("bench.skip_types", ((lambda value: isinstance(value, (tuple, list)) and all(
+        v in choices.SKIP_TYPES for v in value)),
+                          f"a list of skip types from {list(choices.SKIP_TYPES)}")),
     ("evaluation.name", ((lambda value: isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]*", value)
                           is not None), "a folder name of letters, digits, '_', '.', '-' (or '')")),
     ("evaluation.num_samples", POSITIVE_INT),
@@ -378,6 +381,7 @@ def default_config() -> ml_collections.ConfigDict:
       sampler_steps=0,    # 0: time the full T-step sampler; else only its first N steps
       samplers=(),        # samplers bench: families to run (() = all; DDPM always, as baseline)
       quality_samples=0,  # samplers bench on digits: samples per row for the digits FD (0: none)
+      skip_types=(),      # depth bench: skip types whose sampling it times (() = all three)
   ))
   return config
 

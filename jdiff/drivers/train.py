@@ -68,9 +68,12 @@ class TrainStep:
         self._compiled[key] = program.lower(state, images).compile()
     return time.perf_counter() - start
 
+  def compiled(self, key: Optional[int]) -> Callable:
+    """The program for depth `key` (None: the only one), compiled if compile_all ran."""
+    return self._compiled.get(key, self.programs[key])
+
   def __call__(self, state, images, step=None):
-    key = self.program_key(state, step)
-    return self._compiled.get(key, self.programs[key])(state, images)
+    return self.compiled(self.program_key(state, step))(state, images)
 
 
 def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
