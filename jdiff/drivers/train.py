@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from jdiff import builders
 from jdiff import checkpoint as checkpoint_lib
@@ -22,6 +21,7 @@ from jdiff import data as data_lib
 from jdiff import depth as depth_lib
 from jdiff import objectives
 from jdiff import parallel
+from jdiff import progress as progress_lib
 from jdiff.builders import TrainState
 from jdiff.errors import NonFiniteLossError, WorkdirError
 
@@ -259,8 +259,8 @@ def _train_loop(config, workdir, state, stream, checkpointer, record, interrupti
     logging.warning("the latest checkpoint is at step %d >= training.num_steps=%d: nothing to "
                     "train (raise --config.training.num_steps to train further)", step, num_steps)
     return state
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_secs=30)
+  writer = progress_lib.metric_writer(workdir, just_logging=jax.process_index() > 0)
+  progress = progress_lib.report_progress(num_steps, writer, every_secs=30)
   # Every program (one per depth with host dispatch) compiles now, none after the first step.
   logging.info("compiled %d train step program(s) in %.1f s", len(train_step.programs),
                train_step.compile_all(state, parallel.global_batch_from_local(stream.batch(step),
