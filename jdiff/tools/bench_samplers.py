@@ -1,7 +1,8 @@
 """Sampler benchmark (config.bench.kind = 'samplers'): seconds per sample and network
 evaluations of DDPM-1000, respaced-100/50, DDIM-50/20/10, FastDPM VAR/STEP x DDPM-rev/DDIM-rev
 at S in {10, 20, 50, 100}, and surrogate diffusion at each config.surrogate.t_mids; each
-relative to DDPM (all T steps) timed in the same run. With bench.quality_samples > 0 on the
+relative to DDPM (all T steps) timed in the same run, and against its step share: seconds per
+sample / ((NFE / T) x DDPM's), 1.0 when a step costs what a DDPM step costs. With bench.quality_samples > 0 on the
 digits, each row also gets the digits Frechet distance of that many samples.
 
 Writes <workdir>/bench_samplers.json and prints a table (Table 4.5's shape for the surrogate).
@@ -106,6 +107,9 @@ def run(config, workdir: str) -> dict:
   baseline = rows[0]["seconds_per_sample"]
   for row in rows:
     row["speedup_vs_ddpm"] = baseline / row["seconds_per_sample"]
+    # Cost against its share of the T-step sampler's: 1.0 = exactly (S / T) x DDPM's time.
+    row["cost_vs_step_share"] = row["seconds_per_sample"] / (
+        baseline * row["network_evaluations"] / rows[0]["network_evaluations"])
   results = {"device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
              "checkpoint_step": step, "num_timesteps": T, "batch_size": batch_size,
              "num_iters": config.bench.num_iters, "rows": rows}
@@ -125,6 +129,7 @@ def print_table(results: dict) -> str:
        report.Column("median s/sample", "median_seconds_per_sample", ".5f"),
        report.Column("samples/s", "samples_per_s", ".1f"),
        report.Column("x DDPM", "speedup_vs_ddpm", ".1f"),
+       report.Column("s / ((S/T) s_DDPM)", "cost_vs_step_share", ".2f"),
        report.Column("compile s", "compile_s", ".2f")]
       + ([report.Column("digits FD", "digits_fd", ".3f")] if has_fd else []),
       title=(f"device: {results['device']} x{results['num_devices']}; params: "
