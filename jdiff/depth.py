@@ -1,8 +1,11 @@
 """Adaptive depth (Giladi et al., papers/adaptive_unet.txt): k(t) schedule, buckets, dispatch.
 
 k(t) = min(N - 1, floor(N - N (1 - t/T)^c)); c = 0 is the full network at every step.
-One compiled function serves every depth: the U-Net is traced once per k and `lax.switch`
-picks the branch from one traced scalar per batch (under vmap a switch would run them all).
+Sampling: one compiled function serves every depth: the U-Net is traced once per k and
+`lax.switch` picks the branch from one traced scalar per batch (under vmap a switch would run
+them all). Training: that switch cost 16-23x a static-depth step on XLA:CPU (bench_depth), so
+the train step is compiled once per depth and the host picks the program (HostDepths: the
+depth draw_depth would pick, from (seed, step) alone); draw_timesteps then draws t at it.
 Samplers know their whole depth column in advance, so `scan_by_depth` could instead run one
 lax.scan per run of equal depth with k static (no switch). On CPU the two took the same time
 (quickstart U-Net, T = 200, batch 64: 4.53 s both at c = 2, 3.40 s both at c = 5), so the
