@@ -55,7 +55,7 @@ class _RateAndEta:
     if now - last_time < self._every_secs or step == last_step:
       return
     rate = (step - last_step) / (now - last_time)
-    logging.info("progress: %.1f steps/s, %.1f%% (%d/%d), ETA: %.0f min", rate,
+    logging.info("progress: %.1f steps/s, %.1f%% (%d/%d), ETA: %.1f min", rate,
                  100 * step / self._total, step, self._total, (self._total - step) / rate / 60)
     if self._writer is not None:
       self._writer.write_scalars(step, {"steps_per_sec": rate})
