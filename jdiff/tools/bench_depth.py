@@ -260,7 +260,7 @@ def print_training_table(results: dict) -> str:
        report.Column("switch / host", lambda r: _spread(r["switch_over_host"], ".2f"))],
       title=(f"train step per depth, device {results['device']}, skip {training['skip_type']}, "
              f"batch {training['batch_size']}; {rounds}"),
-      notes=[f"compile s: " + ", ".join(f"{k} {v:.1f}" for k, v in training["compile_s"].items())])
+      notes=["compile s: " + ", ".join(f"{k} {v:.1f}" for k, v in training["compile_s"].items())])
   schemes = report.print_table(
       [dict(v, scheme=k) for k, v in training["schemes"].items()],
       [report.Column("scheme", "scheme"),
