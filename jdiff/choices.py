@@ -38,6 +38,7 @@ FASTDPM_KINDS = ("var", "step")
 
 # depth.py
 DEPTH_TRAINING_SCHEMES = ("full", "random", "bucketed")
+DEPTH_DISPATCHES = ("host", "switch")     # training: one program per depth | one lax.switch
 
 # models/
 MODEL_KINDS = ("unet", "sngan")

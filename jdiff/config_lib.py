@@ -84,6 +84,7 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("diffusion.variance_type", one_of(*choices.VARIANCE_TYPES)),
     ("depth.training", one_of(*choices.DEPTH_TRAINING_SCHEMES)),
     ("depth.power", in_range(0.0, float("inf"))),
+    ("depth.dispatch", one_of(*choices.DEPTH_DISPATCHES)),
     ("training.batch_size", POSITIVE_INT),
     ("training.num_steps", POSITIVE_INT),
     ("training.learning_rate", in_range(0.0, 1.0, low_open=True)),
@@ -133,6 +134,9 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
         v in choices.BENCH_SAMPLER_FAMILIES for v in value)),
                         f"a list of sampler families from {list(choices.BENCH_SAMPLER_FAMILIES)}")),
     ("bench.quality_samples", NON_NEGATIVE_INT),
+    ("bench.skip_types", ((lambda value: isinstance(value, (tuple, list)) and all(
+        v in choices.SKIP_TYPES for v in value)),
+                          f"a list of skip types from {list(choices.SKIP_TYPES)}")),
     ("evaluation.name", ((lambda value: isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]*", value)
                           is not None), "a folder name of letters, digits, '_', '.', '-' (or '')")),
     ("evaluation.num_samples", POSITIVE_INT),
@@ -337,6 +341,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.depth = ml_collections.ConfigDict(dict(
       training="full",  # full | random | bucketed
       power=0.0,        # c of k(t) = min(N-1, floor(N - N (1 - t)^c)) used by samplers/bucketing
+      dispatch="host",  # random/bucketed training: host (one compiled step per depth, picked from
+                        # (seed, step)) | switch (one step, lax.switch; ~10x slower on XLA:CPU)
   ))
   config.training = ml_collections.ConfigDict(dict(
       batch_size=128, num_steps=800_000, learning_rate=2e-4, warmup_steps=5000, grad_clip=1.0,
@@ -400,6 +406,7 @@ def default_config() -> ml_collections.ConfigDict:
       sampler_steps=0,    # 0: time the full T-step sampler; else only its first N steps
       samplers=(),        # samplers bench: families to run (() = all; DDPM always, as baseline)
       quality_samples=0,  # samplers bench on digits: samples per row for the digits FD (0: none)
+      skip_types=(),      # depth bench: skip types whose sampling it times (() = all three)
   ))
   return config
 

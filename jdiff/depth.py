@@ -1,8 +1,11 @@
 """Adaptive depth (Giladi et al., papers/adaptive_unet.txt): k(t) schedule, buckets, dispatch.
 
 k(t) = min(N - 1, floor(N - N (1 - t/T)^c)); c = 0 is the full network at every step.
-One compiled function serves every depth: the U-Net is traced once per k and `lax.switch`
-picks the branch from one traced scalar per batch (under vmap a switch would run them all).
+Sampling: one compiled function serves every depth: the U-Net is traced once per k and
+`lax.switch` picks the branch from one traced scalar per batch (under vmap a switch would run
+them all). Training: that switch cost 16-23x a static-depth step on XLA:CPU (bench_depth), so
+the train step is compiled once per depth and the host picks the program (HostDepths: the
+depth draw_depth would pick, from (seed, step) alone); draw_timesteps then draws t at it.
 Samplers know their whole depth column in advance, so `scan_by_depth` could instead run one
 lax.scan per run of equal depth with k static (no switch). On CPU the two took the same time
 (quickstart U-Net, T = 200, batch 64: 4.53 s both at c = 2, 3.40 s both at c = 5), so the
@@ -69,29 +72,78 @@ def scan_by_depth(step_fn: Callable, x_init, table: dict):
   return x
 
 
-def sample_depth_and_timesteps(rng, scheme: str, batch_size: int, num_levels: int,
-                               power: float, num_timesteps: int):
-  """(depth, t): one depth for the whole batch, t per example, t uniform over many batches.
+def draw_depth(rng, scheme: str, num_levels: int, power: float, num_timesteps: int):
+  """The depth of one batch (int32 scalar).
 
-  random:   k uniform over 0..N-1, t uniform per example.
-  bucketed: a bucket drawn in proportion to its number of steps, then t uniform inside it,
-            so every example of the batch has k(t) = k.
-  full:     k = 0, t uniform.
+  random:   k uniform over 0..N-1.
+  bucketed: k = k(t0) for t0 uniform over 0..T-1: a bucket in proportion to its number of steps.
+  full:     k = 0.
   """
-  depth_rng, t_rng = jax.random.split(rng)
   if scheme == "full":
-    return jnp.int32(0), jax.random.randint(t_rng, (batch_size,), 0, num_timesteps)
+    return jnp.int32(0)
   if scheme == "random":
-    depth = jax.random.randint(depth_rng, (), 0, num_levels)
-    return depth, jax.random.randint(t_rng, (batch_size,), 0, num_timesteps)
+    return jax.random.randint(rng, (), 0, num_levels)
   if scheme == "bucketed":
     schedule = depth_schedule(num_levels, power, num_timesteps)
-    counts = np.bincount(schedule, minlength=num_levels)
-    # A uniform step t picks its bucket with probability count/T; t then is uniform in it.
-    first_step = jax.random.randint(depth_rng, (), 0, num_timesteps)
-    depth = jnp.asarray(schedule)[first_step]
-    # Steps sorted by depth are contiguous because k(t) is non-decreasing in t.
-    starts = jnp.asarray(np.concatenate([[0], np.cumsum(counts)[:-1]]), jnp.int32)
-    offset = jax.random.randint(t_rng, (batch_size,), 0, jnp.asarray(counts)[depth])
-    return depth, starts[depth] + offset
+    # A uniform step t picks its bucket with probability count/T.
+    return jnp.asarray(schedule)[jax.random.randint(rng, (), 0, num_timesteps)]
   raise ValueError(f"depth training scheme {scheme!r}: allowed {TRAINING_SCHEMES}")
+
+
+def draw_timesteps(rng, scheme: str, depth, batch_size: int, num_levels: int, power: float,
+                   num_timesteps: int):
+  """t per example of a batch at `depth` (a Python int or a traced scalar): uniform over all T
+  steps (full, random), or uniform inside depth's bucket (bucketed: every k(t) equals depth)."""
+  if scheme != "bucketed":
+    return jax.random.randint(rng, (batch_size,), 0, num_timesteps)
+  counts = np.bincount(depth_schedule(num_levels, power, num_timesteps), minlength=num_levels)
+  # Steps sorted by depth are contiguous because k(t) is non-decreasing in t.
+  starts = jnp.asarray(np.concatenate([[0], np.cumsum(counts)[:-1]]), jnp.int32)
+  offset = jax.random.randint(rng, (batch_size,), 0, jnp.asarray(counts)[depth])
+  return starts[depth] + offset
+
+
+def sample_depth_and_timesteps(rng, scheme: str, batch_size: int, num_levels: int,
+                               power: float, num_timesteps: int):
+  """(depth, t): one depth for the whole batch (draw_depth), t per example (draw_timesteps);
+  over many batches t is uniform over 0..T-1. The depth comes from the first half of
+  split(rng), so a host that knows rng can pick the same depth (HostDepths)."""
+  depth_rng, t_rng = jax.random.split(rng)
+  depth = draw_depth(depth_rng, scheme, num_levels, power, num_timesteps)
+  return depth, draw_timesteps(t_rng, scheme, depth, batch_size, num_levels, power, num_timesteps)
+
+
+class HostDepths:
+  """depth_at(step): the depth the traced draw (draw_depth) picks at a step, computed on the
+  host's CPU backend from (seed, step) alone.
+
+  depth_rng_of_step(base_key, step) must be the traced train step's own derivation of its
+  depth rng, so host and traced picks are the same bits (threefry is exact on every backend).
+  Every process of a multi-host run computes the same depth for a step and so runs the same
+  per-depth program; a resumed run picks what the uninterrupted one picked.
+  """
+
+  def __init__(self, seed: int, depth_rng_of_step: Callable, scheme: str, num_levels: int,
+               power: float, num_timesteps: int, chunk: int = 256):
+    cpu = jax.local_devices(backend="cpu")[0]
+    self._base_key = jax.device_put(jax.random.key(seed), cpu)
+    self._chunk = chunk
+    self._cache_start, self._cache = None, None
+
+    def depths(base_key, first_step):
+      steps = first_step + jnp.arange(chunk, dtype=jnp.int32)
+      return jax.vmap(lambda step: draw_depth(depth_rng_of_step(base_key, step), scheme,
+                                              num_levels, power, num_timesteps))(steps)
+    self._cpu = cpu
+    # Compiled now, so that no compile happens once training runs.
+    self._depths = jax.jit(depths).lower(self._base_key, self._on_cpu(0)).compile()
+
+  def _on_cpu(self, step: int):
+    return jax.device_put(np.int32(step), self._cpu)
+
+  def __call__(self, step: int) -> int:
+    start = step - step % self._chunk
+    if start != self._cache_start:  # one CPU call per `chunk` steps
+      self._cache = np.asarray(jax.device_get(self._depths(self._base_key, self._on_cpu(start))))
+      self._cache_start = start
+    return int(self._cache[step - start])

@@ -211,21 +211,100 @@ def test_forward_does_not_retrace_when_depth_changes():
   assert not np.allclose(outputs[0], outputs[1])
 
 
-def test_train_step_does_not_recompile_when_depth_changes():
+def _adaptive_training(scheme, dispatch, num_levels=2):
+  """(config, state, train_step, sharded zero images) of the tiny config with depth training."""
   config = tiny_config()  # 2 levels: k in {0, 1}
-  config.depth.training = "random"
+  config.depth.training = scheme
   config.depth.power = 2.0
+  config.depth.dispatch = dispatch
   mesh = parallel.make_mesh()
   _, state, train_step = train_lib.build_fresh_training(config, mesh)
-  images = jnp.zeros((config.training.batch_size,) + IMAGE, jnp.uint8)
-  images = jax.device_put(images, parallel.batch_sharding(mesh))
+  images = jax.device_put(jnp.zeros((config.training.batch_size,) + IMAGE, jnp.uint8),
+                          parallel.batch_sharding(mesh))
+  return config, state, train_step, images
+
+
+@pytest.mark.parametrize("dispatch", ["switch", "host"])
+def test_train_step_does_not_recompile_when_depth_changes(dispatch):
+  _, state, train_step, images = _adaptive_training("random", dispatch)
+  train_step.compile_all(state, images)
   seen = set()
   with count_compiles() as compiles:
-    for _ in range(8):
-      state, metrics = train_step(state, images)
+    for step in range(8):
+      state, metrics = train_step(state, images, step)
       seen.add(int(metrics["depth"]))
+      if dispatch == "host":
+        assert int(metrics["depth"]) == train_step.depth_at(step)
   assert len(seen) > 1
-  assert len(compiles) == 1
+  assert not compiles  # every depth's program was compiled by compile_all
+  assert len(train_step.programs) == (1 if dispatch == "switch" else 2)
+
+
+@pytest.mark.slow  # the lax.switch train step runs ~10x slower on CPU (~3 min contended)
+@pytest.mark.parametrize("scheme", ["random", "bucketed"])
+def test_host_dispatch_trains_as_the_traced_step_does(scheme):
+  """Host dispatch trains on what the single lax.switch program draws: same depth at every
+  step (a pure function of (seed, step)), same t, so the same losses."""
+  num_steps = 8
+  runs = {}
+  for dispatch in ("switch", "host"):
+    _, state, train_step, images = _adaptive_training(scheme, dispatch)
+    metrics = []
+    for step in range(num_steps):
+      state, step_metrics = train_step(state, images, step)
+      metrics.append(step_metrics)
+    runs[dispatch] = jax.device_get(metrics), train_step
+  traced = [int(m["depth"]) for m in runs["switch"][0]]
+  host_depths = runs["host"][1].depth_at
+  assert [int(m["depth"]) for m in runs["host"][0]] == traced
+  assert [host_depths(step) for step in range(num_steps)] == traced
+  assert len(set(traced)) > 1, traced  # the steps did change depth
+  np.testing.assert_allclose([m["loss"] for m in runs["host"][0]],
+                             [m["loss"] for m in runs["switch"][0]], rtol=2e-4)
+
+
+@pytest.mark.parametrize("scheme", ["random", "bucketed"])
+def test_host_depths_are_the_traced_draw_and_a_pure_function_of_seed_and_step(scheme):
+  num_levels, power, num_timesteps, num_steps = 3, 2.0, 20, 2000
+
+  def make(seed, chunk=256):
+    return depth.HostDepths(seed, train_lib._depth_rng_of_step, scheme, num_levels, power,
+                            num_timesteps, chunk=chunk)
+  host = make(0)
+  picks = [host(step) for step in range(num_steps)]
+
+  @jax.jit
+  def traced(steps):
+    """The depth the lax.switch train step draws at each step (its rng derivation)."""
+    def one(step):
+      time_rng = jax.random.split(jax.random.fold_in(jax.random.key(0), step), 3)[1]
+      return depth.sample_depth_and_timesteps(time_rng, scheme, 4, num_levels, power,
+                                              num_timesteps)[0]
+    return jax.vmap(one)(steps)
+  np.testing.assert_array_equal(picks, traced(jnp.arange(num_steps)))
+  small_chunks = make(0, chunk=8)
+  assert [small_chunks(step) for step in reversed(range(40))] == picks[:40][::-1]
+  assert picks[:40] != [make(1)(step) for step in range(40)]  # the seed matters
+  # random: uniform over depths; bucketed: by the bucket's share of the T steps (3, 3, 14 of 20).
+  probabilities = (np.full(num_levels, 1 / num_levels) if scheme == "random" else
+                   np.bincount(depth.depth_schedule(num_levels, power, num_timesteps),
+                               minlength=num_levels) / num_timesteps)
+  counts = np.bincount(picks, minlength=num_levels)
+  expected = num_steps * probabilities
+  assert np.sum((counts - expected) ** 2 / expected) < 13.8  # 99.9% of chi2(2)
+
+
+def test_host_dispatch_bucketed_t_lies_in_the_batch_depth_bucket():
+  config, state, train_step, images = _adaptive_training("bucketed", "host")
+  schedule = depth.depth_schedule(2, 2.0, config.diffusion.num_timesteps)
+  base_key = jax.random.key(config.seed)
+  for step in range(4):
+    k = train_step.depth_at(step)
+    # The t the program at depth k draws: draw_timesteps of the step's t key.
+    time_rng = jax.random.split(jax.random.fold_in(base_key, step), 3)[1]
+    t = depth.draw_timesteps(jax.random.split(time_rng)[1], "bucketed", k,
+                             config.training.batch_size, 2, 2.0, config.diffusion.num_timesteps)
+    np.testing.assert_array_equal(schedule[np.asarray(t)], k)
 
 
 def test_sampler_runs_every_depth_in_one_compile():
@@ -260,3 +339,21 @@ def test_scan_by_depth_matches_one_scan_with_switch():
   switched = jax.jit(lambda x: sampling.run_step_table(step, x, table))(x)
   segmented = jax.jit(lambda x: depth.scan_by_depth(step, x, table))(x)
   np.testing.assert_allclose(segmented, switched, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow  # three train runs (~55 s on 2 contended cores)
+def test_host_dispatch_resume_is_bitwise_equal_to_a_straight_run(tmp_path):
+  config = tiny_config()
+  config.depth.training = "bucketed"
+  config.depth.power = 2.0
+  config.training.num_steps = 6
+  config.training.checkpoint_every = 3
+  straight = train_lib.train(config, str(tmp_path / "straight")).state
+  stopped = config.copy_and_resolve_references()
+  stopped.training.num_steps = 3
+  assert train_lib.train(stopped, str(tmp_path / "resumed")).step == 3
+  resumed = train_lib.train(config, str(tmp_path / "resumed")).state
+  assert int(resumed.step) == int(straight.step) == 6
+  chex.assert_trees_all_equal(jax.device_get(resumed.params), jax.device_get(straight.params))
+  chex.assert_trees_all_equal(jax.device_get(resumed.ema_params),
+                              jax.device_get(straight.ema_params))

@@ -131,6 +131,7 @@ def test_non_finite_loss_keeps_the_state_and_stops_the_run(tmp_path, monkeypatch
     ("--config.training.ema_decay=1.5", "config.training.ema_decay=1.5: must be a number in [0.0, 1.0)"),
     ("--config.data.source=imagenet", "config.data.source='imagenet': must be one of"),
     ("--config.model.num_groups=5", "config.model.num_groups=5: must be a divisor"),
+    ("--config.depth.dispatch=cpu", "config.depth.dispatch='cpu': must be one of"),
 ])
 def test_bad_config_values_exit_2_with_one_line(override, message):
   result = cli([QUICKSTART, "--mode=summary", override], timeout=300)

@@ -2,16 +2,17 @@
 metrics). What it trains is built from the config by jdiff.builders."""
 
 import dataclasses
+import functools
 import json
 import os
-from typing import Dict, Optional
+import time
+from typing import Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from jdiff import builders
 from jdiff import checkpoint as checkpoint_lib
@@ -20,6 +21,7 @@ from jdiff import data as data_lib
 from jdiff import depth as depth_lib
 from jdiff import objectives
 from jdiff import parallel
+from jdiff import progress as progress_lib
 from jdiff.builders import TrainState
 from jdiff.errors import NonFiniteLossError, WorkdirError
 
@@ -31,8 +33,58 @@ def images_per_step(config) -> int:
   return config.training.batch_size * (1 + extra)
 
 
-def make_train_step(config, model, diffusion, optimizer, mesh):
-  """Jitted (state, uint8 batch) -> (state, metrics); batch sharded, state replicated.
+def _depth_rng_of_step(base_key, step):
+  """The key train_step draws step's depth from: fold_in(seed key, step), its time key (the
+  second of three, as loss_and_grads splits), that key's first half (as
+  depth.sample_depth_and_timesteps splits it)."""
+  time_rng = jax.random.split(jax.random.fold_in(base_key, step), 3)[1]
+  return jax.random.split(time_rng)[0]
+
+
+class TrainStep:
+  """(state, uint8 batch[, step]) -> (state, metrics): one jitted program, or one per depth.
+
+  With an adaptive scheme (depth.training random | bucketed) and depth.dispatch = 'host', the
+  depth of step s is chosen on the host (depth.HostDepths: a pure function of (seed, s), the
+  very depth the traced draw would pick) and the program compiled for that static depth runs,
+  so a step costs what its depth costs (a lax.switch over depths cost ~10x on XLA:CPU
+  training). Otherwise one program draws its depth inside (lax.switch) or runs at full depth.
+  `step` defaults to state.step, read from the device (a sync): loops pass it.
+  """
+
+  def __init__(self, programs: Dict[Optional[int], Callable], depth_at=None):
+    self.programs = programs  # {depth: jitted program}, {None: program} when there is one
+    self.depth_at = depth_at
+    self._compiled = {}
+
+  def program_key(self, state, step=None) -> Optional[int]:
+    if self.depth_at is None:
+      return None
+    return self.depth_at(int(jax.device_get(state.step)) if step is None else int(step))
+
+  def lower(self, state, images, step=None):
+    """The lowered program that step would run (jax.jit's .lower), for cost analysis."""
+    return self.programs[self.program_key(state, step)].lower(state, images)
+
+  def compile_all(self, state, images) -> float:
+    """Compiles every program ahead of time for these arguments (later calls run the compiled
+    executables and never compile again); returns the seconds it took."""
+    start = time.perf_counter()
+    for key, program in self.programs.items():
+      if key not in self._compiled:
+        self._compiled[key] = program.lower(state, images).compile()
+    return time.perf_counter() - start
+
+  def compiled(self, key: Optional[int]) -> Callable:
+    """The program for depth `key` (None: the only one), compiled if compile_all ran."""
+    return self._compiled.get(key, self.programs[key])
+
+  def __call__(self, state, images, step=None):
+    return self.compiled(self.program_key(state, step))(state, images)
+
+
+def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
+  """The data-parallel train step (batch sharded, state replicated, state donated).
 
   The batch has images_per_step(config) images: row b (1 + N) is example b's training image and
   the N rows after it are images for the "+N" history updates, so each device keeps its rows.
@@ -46,6 +98,8 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
   num_draws = training.iwdiff_k if training.loss == "iwdiff" else 1
   weight_scale = objectives.iwdiff_weight_scale(training.iwdiff_weights,
                                                 builders.image_shape(config))
+  scheme = config.depth.training
+  depth_args = (model.num_levels, config.depth.power, num_timesteps)
 
   def make_draw_loss_fn(x_start, t, depth):
     """(params, noise, dropout_rng) -> per-example losses of one noise draw."""
@@ -62,7 +116,7 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
     return (jax.random.normal(noise_rng, (num_draws,) + x_shape),
             jax.random.split(dropout_rng, num_draws))
 
-  def loss_and_grads(params, loss_history, images, rng):
+  def loss_and_grads(params, loss_history, images, rng, static_depth):
     flip_rng, time_rng, draw_rng = jax.random.split(rng, 3)
     grouped = images.reshape((-1, 1 + extra_batches) + images.shape[1:])
     x_start = data_lib.to_float(grouped[:, 0])
@@ -75,11 +129,14 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
       depth = jnp.int32(0)
       t, time_weights = objectives.sample_timesteps(loss_history, time_rng, batch_size)
     else:
-      depth, t = depth_lib.sample_depth_and_timesteps(
-          time_rng, config.depth.training, batch_size, model.num_levels, config.depth.power,
-          num_timesteps)
+      if static_depth is None:  # traced: drawn here, lax.switch over depths
+        depth, t = depth_lib.sample_depth_and_timesteps(time_rng, scheme, batch_size, *depth_args)
+      else:  # the host drew it from the same key (HostDepths); only t is drawn here
+        depth = static_depth
+        t = depth_lib.draw_timesteps(jax.random.split(time_rng)[1], scheme, depth, batch_size,
+                                     *depth_args)
       time_weights = jnp.ones((batch_size,), jnp.float32)
-    model_depth = None if config.depth.training == "full" else depth
+    model_depth = None if scheme == "full" else depth
     loss, grads, example_losses = objectives.objective_value_and_grad(
         make_draw_loss_fn(x_start, t, model_depth), params, *draws(draw_rng, x_start.shape),
         time_weights, accumulate=training.iwdiff_accumulate, weight_scale=weight_scale)
@@ -95,11 +152,12 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
       loss_history = objectives.refresh_loss_history(
           loss_history, forward_only_losses, jax.random.fold_in(rng, 1), batch_size,
           training.extra_updates)
-    return loss, grads, loss_history, depth
+    return loss, grads, loss_history, jnp.int32(depth)
 
-  def train_step(state: TrainState, images):
+  def train_step(state: TrainState, images, static_depth=None):
     rng = jax.random.fold_in(base_key, state.step)
-    loss, grads, loss_history, depth = loss_and_grads(state.params, state.loss_history, images, rng)
+    loss, grads, loss_history, depth = loss_and_grads(state.params, state.loss_history, images,
+                                                      rng, static_depth)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -113,8 +171,16 @@ def make_train_step(config, model, diffusion, optimizer, mesh):
     return new_state, metrics
 
   replicated = parallel.replicated(mesh)
-  return jax.jit(train_step, in_shardings=(replicated, parallel.batch_sharding(mesh)),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+
+  def compile_at(static_depth):
+    return jax.jit(functools.partial(train_step, static_depth=static_depth),
+                   in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                   out_shardings=(replicated, replicated), donate_argnums=0)
+
+  if scheme == "full" or loss_aware or config.depth.dispatch == "switch":
+    return TrainStep({None: compile_at(None)})
+  return TrainStep({k: compile_at(k) for k in range(model.num_levels)},
+                   depth_lib.HostDepths(config.seed, _depth_rng_of_step, scheme, *depth_args))
 
 
 def _summarise(pending) -> Dict[str, float]:
@@ -211,8 +277,12 @@ def _train_loop(config, workdir, state, stream, checkpointer, record, interrupti
     logging.warning("the latest checkpoint is at step %d >= training.num_steps=%d: nothing to "
                     "train (raise --config.training.num_steps to train further)", step, num_steps)
     return state
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_secs=30)
+  writer = progress_lib.metric_writer(workdir, just_logging=jax.process_index() > 0)
+  progress = progress_lib.report_progress(num_steps, writer, every_secs=30)
+  # Every program (one per depth with host dispatch) compiles now, none after the first step.
+  logging.info("compiled %d train step program(s) in %.1f s", len(train_step.programs),
+               train_step.compile_all(state, parallel.global_batch_from_local(stream.batch(step),
+                                                                              mesh)))
   pending = []
   try:
     while step < num_steps:
@@ -221,7 +291,7 @@ def _train_loop(config, workdir, state, stream, checkpointer, record, interrupti
         logging.warning("saved a checkpoint at step %d after %s", step, interruption.signal_name)
         break
       batch = parallel.global_batch_from_local(stream.batch(step), mesh)
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, batch, step)
       pending.append(metrics)
       step += 1
       is_last = step == num_steps

@@ -1,17 +1,24 @@
-"""--mode=bench with config.bench.kind='depth': adaptive-depth sampling, FLOPs and time saved.
+"""--mode=bench with config.bench.kind='depth': adaptive depth, FLOPs saved against time saved.
 
-For each skip type and c in {0, 1, 2, 3, 5}, with the ancestral sampler over all T steps:
-  flops:  FLOPs of one sampling run = sum over steps of the U-Net forward's FLOPs at k(t).
-          XLA's cost analysis counts a while loop's body once (not times its trip count) and a
-          lax.switch as its costliest branch, so the sampler's own count says nothing about the
-          saving; instead the forward is compiled at each static depth and those counts summed.
-  time:   best of config.bench.num_iters timed sampling runs (after a warm-up) of the jitted
-          sampler with the depth schedule (one scan, lax.switch per step), all in one process,
-          the runs of the five c values interleaved.
-  saved:  1 - value / value at c = 0 for the same skip type, for time and for FLOPs.
-Also times the alternative dispatch (one lax.scan per depth segment, static k) for zero skip at
-c = 2. Writes <workdir>/bench_depth.json and prints a table shaped like the paper's Table 2
-(and the seconds behind it).
+Training (the config's skip type): the train step compiled at each static depth k (host
+dispatch, as --mode=train runs it with depth.dispatch=host) and the one lax.switch step
+(depth.dispatch=switch, its state's step set so that its in-graph draw picks k), all
+interleaved round by round, each call blocked on. Per depth: XLA's FLOPs of the step (cost
+analysis of the static-depth program) and the median over rounds of time(k) / time(0) with its
+min..max; per scheme (full, random, bucketed at c = depth.power or 2) the expected step time
+sum_k p(k) time(k) against full depth, beside the FLOP ratio sum_k p(k) flops(k) / flops(0).
+
+Sampling (each skip type in bench.skip_types, c in {0, 1, 2, 3, 5}), the ancestral sampler over
+all T steps at batch sampling.batch_size:
+  flops:  sum over steps of the U-Net forward's FLOPs at k(t). XLA's cost analysis counts a
+          while loop's body once and a lax.switch as its costliest branch, so the sampler's own
+          count says nothing; the forward is compiled at each static depth and those summed.
+  time:   the jitted sampler (one scan, lax.switch per step, as --mode=sample runs it); the five
+          c values interleaved, bench.num_iters rounds after a warm-up.
+  saved:  1 - value / value at c = 0, per round for time (median, min..max over rounds).
+Also times the alternative sampler dispatch (one lax.scan per depth segment, static k) for zero
+skip at c = 2. Prints the paper's Table 2 (papers/adaptive_unet.txt) beside jdiff's numbers and
+writes <workdir>/bench_depth.json. On a shared machine the ratios of one round are what to read.
 
   python -m jdiff.main --config=configs/quickstart_adaptive.py --workdir=workdirs/bench_depth \\
       --mode=bench --config.bench.kind=depth
@@ -26,14 +33,24 @@ import numpy as np
 
 from jdiff import builders
 from jdiff import depth as depth_lib
+from jdiff import parallel
 from jdiff import sampling
+from jdiff.drivers import train as train_lib
 from jdiff.models.unet import SKIP_TYPES
 from jdiff.tools import report
 from jdiff.tools import timing
 
 POWERS = (0, 1, 2, 3, 5)
-# The configuration the dispatch comparison times (the paper's choice).
+# The configuration the sampler dispatch comparison times (the paper's choice).
 DISPATCH_SKIP_TYPE, DISPATCH_POWER = "zero", 2
+# Table 2 of papers/adaptive_unet.txt: time speed-up (%) of sampling against c = 0, by skip type
+# and c (the text extraction puts the c = 1 column on the Zero row: 30.59, 32.15, 20.86 are the
+# c = 1 values of Zero, Duplicate and Interpolate).
+PAPER_TABLE_2 = {
+    "zero": {"1": 30.59, "2": 47.52, "3": 51.44, "5": 57.46},
+    "duplicate": {"1": 32.15, "2": 45.63, "3": 51.99, "5": 58.38},
+    "interpolate": {"1": 20.86, "2": 29.34, "3": 32.68, "5": 36.19},
+}
 
 
 def forward_flops_per_depth(model, params, x, t) -> list:
@@ -83,70 +100,209 @@ def make_dispatch_samplers(config, model, diffusion, schedule, batch_size) -> Di
           "segments": make(segments)}
 
 
-def run(config, workdir: str) -> dict:
-  """Measures every skip type x c; writes <workdir>/bench_depth.json; returns the results."""
+def _scheme_probabilities(num_levels: int, power: float, num_timesteps: int) -> Dict[str, np.ndarray]:
+  """p(k) of a training step's depth under each scheme (depth.draw_depth)."""
+  bucket_counts = np.bincount(depth_lib.depth_schedule(num_levels, power, num_timesteps),
+                              minlength=num_levels)
+  return {"full": np.eye(num_levels)[0], "random": np.full(num_levels, 1.0 / num_levels),
+          "bucketed": bucket_counts / num_timesteps}
+
+
+def bench_training(config, num_rounds: int) -> dict:
+  """Train-step time and FLOPs per depth, host dispatch and lax.switch, interleaved."""
+  mesh = parallel.make_mesh()
+  host_config = config.copy_and_resolve_references()
+  if host_config.depth.training == "full":
+    host_config.depth.training = "random"  # any adaptive scheme: the programs are the same
+  host_config.depth.dispatch = "host"
+  switch_config = host_config.copy_and_resolve_references()
+  switch_config.depth.dispatch = "switch"
+  model, state, host_step = train_lib.build_fresh_training(host_config, mesh)
+  switch_step = train_lib.make_train_step(switch_config, model,
+                                          builders.build_diffusion(switch_config),
+                                          builders.build_optimizer(switch_config.training), mesh)
+  num_levels = model.num_levels
+  batch_size = config.training.batch_size
+  images = parallel.global_batch_from_local(
+      np.random.default_rng(0).integers(0, 256, (batch_size // jax.process_count(),)
+                                        + builders.image_shape(config), dtype=np.uint8), mesh)
+  flops = [timing.compile_only(host_step.programs[k], (state, images))[0]["flops"]
+           for k in range(num_levels)]
+  compile_s = {"host (all depths)": host_step.compile_all(state, images),
+               "switch": switch_step.compile_all(state, images)}
+  # A step whose in-graph draw picks k, for each k: the switch program then runs depth k.
+  step_at_depth = {}
+  for step in range(10_000):
+    step_at_depth.setdefault(host_step.depth_at(step), step)
+    if len(step_at_depth) == num_levels:
+      break
+  replicated = parallel.replicated(mesh)
+  threaded = {"state": state}
+
+  def call(program, set_step=None):
+    def run():
+      current = threaded["state"]
+      if set_step is not None:
+        current = current.replace(step=jax.device_put(np.int32(set_step), replicated))
+      threaded["state"], metrics = program(current, images)
+      return metrics["depth"]
+    return run
+
+  calls = {}
+  for k in range(num_levels):
+    calls[f"host {k}"] = call(host_step.compiled(k))
+    calls[f"switch {k}"] = call(switch_step.compiled(None), step_at_depth[k])
+  for k in range(num_levels):  # the switch program really ran depth k
+    assert int(calls[f"switch {k}"]()) == k
+  times = timing.interleaved_rounds(calls, num_rounds)
+  per_depth = []
+  for k in range(num_levels):
+    per_depth.append({
+        "depth": k, "flops": flops[k], "flops_ratio": flops[k] / flops[0],
+        "host_median_s": float(np.median(times[f"host {k}"])),
+        "switch_median_s": float(np.median(times[f"switch {k}"])),
+        "host_time_ratio": timing.ratio_stats(times[f"host {k}"], times["host 0"]),
+        "switch_over_host": timing.ratio_stats(times[f"switch {k}"], times[f"host {k}"]),
+    })
+  power = config.depth.power or 2.0
+  schemes = {}
+  host_rounds = np.asarray([times[f"host {k}"] for k in range(num_levels)])  # (levels, rounds)
+  switch_rounds = np.asarray([times[f"switch {k}"] for k in range(num_levels)])
+  for scheme, p in _scheme_probabilities(num_levels, power, config.diffusion.num_timesteps).items():
+    host_expected = p @ host_rounds  # expected step time per round
+    schemes[scheme] = {
+        "depth_probabilities": p.tolist(),
+        "flops_ratio": float(p @ np.asarray(flops) / flops[0]),
+        "host_time_ratio": timing.ratio_stats(host_expected, host_rounds[0]),
+        "switch_time_ratio": timing.ratio_stats(p @ switch_rounds, host_rounds[0]),
+        "host_expected_s": float(np.median(host_expected)),
+    }
+  return {"skip_type": config.model.skip_type, "batch_size": batch_size, "power": power,
+          "num_rounds": num_rounds, "compile_s": compile_s, "per_depth": per_depth,
+          "schemes": schemes}
+
+
+def bench_sampling(config, skip_type: str, num_rounds: int) -> dict:
+  """FLOPs and time saved by c for one skip type (and the sampler dispatch comparison)."""
   num_timesteps = config.diffusion.num_timesteps
   batch_size = config.sampling.batch_size
-  num_iters = config.bench.num_iters
   diffusion = builders.build_diffusion(config)
   shape = builders.image_shape(config)
   x = jnp.zeros((batch_size,) + shape, jnp.float32)
   t = jnp.zeros((batch_size,), jnp.float32)
-  results = {"device": str(jax.devices()[0].device_kind), "num_timesteps": num_timesteps,
-             "batch_size": batch_size, "num_iters": num_iters, "skip_types": {}}
+  skip_config = config.copy_and_resolve_references()
+  skip_config.model.skip_type = skip_type
+  model = builders.build_model(skip_config)
+  params = builders.init_params(model, skip_config, jax.random.key(config.seed))
+  per_depth = forward_flops_per_depth(model, params, x, t)
+  schedules = {str(power): depth_lib.depth_schedule(model.num_levels, power, num_timesteps)
+               for power in POWERS}
+  samplers = {power: make_sampler(skip_config, model, diffusion, schedule, batch_size)
+              for power, schedule in schedules.items()}
+  args = (params, jax.random.key(0))
+  times = timing.interleaved_rounds({power: (lambda s=s: s(*args)) for power, s in samplers.items()},
+                                    num_rounds)
+  rows = {}
+  for power, schedule in schedules.items():
+    flops = float(sum(per_depth[k] for k in schedule))
+    rows[power] = {"flops": flops, "median_s": float(np.median(times[power])),
+                   "steps_per_depth": np.bincount(schedule, minlength=model.num_levels).tolist()}
+  for power, row in rows.items():
+    row["flops_saved"] = 1.0 - row["flops"] / rows["0"]["flops"]
+    kept = timing.ratio_stats(times[power], times["0"])  # time(c) / time(0), per round
+    row["time_saved"] = 1.0 - kept["median"]
+    row["time_saved_min"], row["time_saved_max"] = 1.0 - kept["max"], 1.0 - kept["min"]
+    row["saved_ratio"] = (row["time_saved"] / row["flops_saved"] if row["flops_saved"] > 0
+                          else float("nan"))
+  result = {"forward_flops_per_depth": per_depth, "powers": rows}
+  if skip_type == DISPATCH_SKIP_TYPE:
+    schedule = depth_lib.depth_schedule(model.num_levels, DISPATCH_POWER, num_timesteps)
+    dispatch = make_dispatch_samplers(skip_config, model, diffusion, schedule, batch_size)
+    dispatch_times = timing.interleaved_rounds(
+        {name: (lambda s=s: s(*args)) for name, s in dispatch.items()}, num_rounds)
+    result["dispatch"] = {"power": DISPATCH_POWER,
+                          **{name: float(np.median(v)) for name, v in dispatch_times.items()},
+                          "segments_over_switch": timing.ratio_stats(dispatch_times["segments"],
+                                                                     dispatch_times["switch"])}
+  return result
 
-  for skip_type in SKIP_TYPES:
-    skip_config = config.copy_and_resolve_references()
-    skip_config.model.skip_type = skip_type
-    model = builders.build_model(skip_config)
-    params = builders.init_params(model, skip_config, jax.random.key(config.seed))
-    per_depth = forward_flops_per_depth(model, params, x, t)
-    schedules = {str(power): depth_lib.depth_schedule(model.num_levels, power, num_timesteps)
-                 for power in POWERS}
-    seconds = timing.best_times(
-        {power: make_sampler(skip_config, model, diffusion, schedule, batch_size)
-         for power, schedule in schedules.items()}, (params, jax.random.key(0)), num_iters)
-    rows = {power: {"flops": float(sum(per_depth[k] for k in schedule)),
-                    "seconds": seconds[power],
-                    "steps_per_depth": np.bincount(schedule, minlength=model.num_levels).tolist()}
-            for power, schedule in schedules.items()}
-    for row in rows.values():
-      row["flops_saved"] = 1.0 - row["flops"] / rows["0"]["flops"]
-      row["time_saved"] = 1.0 - row["seconds"] / rows["0"]["seconds"]
-    results["skip_types"][skip_type] = {"forward_flops_per_depth": per_depth, "powers": rows}
 
-    if skip_type == DISPATCH_SKIP_TYPE:
-      schedule = depth_lib.depth_schedule(model.num_levels, DISPATCH_POWER, num_timesteps)
-      samplers = make_dispatch_samplers(skip_config, model, diffusion, schedule, batch_size)
-      results["dispatch"] = {
-          "skip_type": DISPATCH_SKIP_TYPE, "power": DISPATCH_POWER,
-          **timing.best_times(samplers, (params, jax.random.key(0)), num_iters)}
-
+def run(config, workdir: str) -> dict:
+  """Training and sampling benches; writes <workdir>/bench_depth.json; returns the results."""
+  num_rounds = config.bench.num_iters
+  results = {"device": str(jax.devices()[0].device_kind),
+             "num_timesteps": config.diffusion.num_timesteps,
+             "batch_size": config.sampling.batch_size, "num_rounds": num_rounds,
+             "training": bench_training(config, num_rounds), "skip_types": {}}
+  print_training_table(results)
+  for skip_type in tuple(config.bench.skip_types) or SKIP_TYPES:
+    results["skip_types"][skip_type] = bench_sampling(config, skip_type, num_rounds)
   report.write_json(os.path.join(workdir, "bench_depth.json"), results)
   print_table(results)
   return results
 
 
+def _spread(stats: dict, fmt: str = ".3f") -> str:
+  return f"{stats['median']:{fmt}} ({stats['min']:{fmt}}..{stats['max']:{fmt}})"
+
+
+def print_training_table(results: dict) -> str:
+  training = results["training"]
+  rounds = f"median (min..max) of {training['num_rounds']} interleaved rounds"
+  per_depth = report.print_table(
+      training["per_depth"],
+      [report.Column("depth k", "depth"),
+       report.Column("GFLOP/step", lambda r: r["flops"] / 1e9, ".3f"),
+       report.Column("FLOPs k / 0", "flops_ratio", ".3f"),
+       report.Column("time k / 0 (host)", lambda r: _spread(r["host_time_ratio"])),
+       report.Column("host s", "host_median_s", ".4f"),
+       report.Column("switch s", "switch_median_s", ".4f"),
+       report.Column("switch / host", lambda r: _spread(r["switch_over_host"], ".2f"))],
+      title=(f"train step per depth, device {results['device']}, skip {training['skip_type']}, "
+             f"batch {training['batch_size']}; {rounds}"),
+      notes=["compile s: " + ", ".join(f"{k} {v:.1f}" for k, v in training["compile_s"].items())])
+  schemes = report.print_table(
+      [dict(v, scheme=k) for k, v in training["schemes"].items()],
+      [report.Column("scheme", "scheme"),
+       report.Column("p(k)", lambda r: " ".join(f"{p:.2f}" for p in r["depth_probabilities"])),
+       report.Column("FLOPs / full", "flops_ratio", ".3f"),
+       report.Column("time / full (host)", lambda r: _spread(r["host_time_ratio"])),
+       report.Column("time / full (switch)", lambda r: _spread(r["switch_time_ratio"]))],
+      title=f"train step by scheme (c = {training['power']}): expected time per step / full depth")
+  return per_depth + "\n" + schemes
+
+
 def print_table(results: dict) -> str:
-  """Table 2 of the paper: rows skip types, columns c; each cell time saved / FLOPs saved; then
-  the seconds per sampling run behind the time column."""
+  """Table 2 of the paper beside jdiff's: rows skip types, columns c; each cell time saved
+  (median of rounds) / FLOPs saved, then the paper's time saved; then the spread."""
   entries = [dict(entry, skip_type=skip_type) for skip_type, entry in results["skip_types"].items()]
   saved = report.print_table(
       entries,
       [report.Column("skip type", "skip_type")] + [
-          report.Column(f"c = {power}", lambda e, p=str(power): e["powers"][p],
-                        lambda row: f"{row['time_saved']:.1%} / {row['flops_saved']:.1%}")
+          report.Column(f"c = {power}", lambda e, p=str(power): e,
+                        lambda e, p=str(power): (
+                            f"{e['powers'][p]['time_saved']:.1%} / "
+                            f"{e['powers'][p]['flops_saved']:.1%} | paper "
+                            + (f"{PAPER_TABLE_2[e['skip_type']][p]:.1f}%" if p != "0" else "0%")))
           for power in POWERS],
-      title=(f"device: {results['device']}, T={results['num_timesteps']}, "
-             f"batch {results['batch_size']}: time saved / FLOP-count saved against c = 0"))
-  dispatch = results["dispatch"]
-  seconds = report.print_table(
+      title=(f"sampling, device: {results['device']}, T={results['num_timesteps']}, batch "
+             f"{results['batch_size']}: time saved / FLOPs saved against c = 0 | the paper's "
+             f"Table 2 time saved (its CIFAR-10 net, T = 1000, its hardware)"))
+  spread = report.print_table(
       entries,
       [report.Column("skip type", "skip_type")] + [
-          report.Column(f"c = {power}", lambda e, p=str(power): e["powers"][p]["seconds"], ".3f")
-          for power in POWERS],
-      title=f"seconds per sampling run (best of {results['num_iters']})",
-      notes=[f"dispatch ({dispatch['skip_type']}, c = {dispatch['power']}): one scan with "
-             f"lax.switch {dispatch['switch']:.3f} s, one scan per depth segment "
-             f"{dispatch['segments']:.3f} s"])
-  return saved + "\n" + seconds
+          report.Column(f"c = {power}", lambda e, p=str(power): e["powers"][p],
+                        lambda row: (f"{row['time_saved']:.1%} ({row['time_saved_min']:.1%}.."
+                                     f"{row['time_saved_max']:.1%}) x{row['saved_ratio']:.2f}"))
+          for power in POWERS[1:]],
+      title=(f"time saved, median (min..max) of {results['num_rounds']} interleaved rounds, and "
+             f"time saved / FLOPs saved; c = 0 run takes "
+             + ", ".join(f"{e['skip_type']} {e['powers']['0']['median_s']:.3f} s" for e in entries)))
+  notes = []
+  dispatch = results["skip_types"].get(DISPATCH_SKIP_TYPE, {}).get("dispatch")
+  if dispatch:
+    notes.append(f"sampler dispatch (zero, c = {dispatch['power']}): one scan with lax.switch "
+                 f"{dispatch['switch']:.3f} s, one scan per depth segment {dispatch['segments']:.3f}"
+                 f" s (segments / switch {_spread(dispatch['segments_over_switch'], '.2f')})")
+    print("\n".join(notes), flush=True)
+  return saved + "\n" + spread + "\n" + "\n".join(notes)

@@ -1,7 +1,10 @@
 """Sampler benchmark (config.bench.kind = 'samplers'): seconds per sample and network
 evaluations of DDPM-1000, respaced-100/50, DDIM-50/20/10, FastDPM VAR/STEP x DDPM-rev/DDIM-rev
 at S in {10, 20, 50, 100}, and surrogate diffusion at each config.surrogate.t_mids; each
-relative to DDPM (all T steps) timed in the same run. With bench.quality_samples > 0 on the
+relative to DDPM (all T steps), and against its step share: seconds / ((NFE / T) x DDPM's
+seconds), 1.0 when a step costs what a DDPM step costs (median, min..max over rounds). Every
+sampler is compiled first, then all run once per round, in turn, bench.num_iters rounds after a
+warm-up; s/sample is the best round, the ratios are taken within each round. With bench.quality_samples > 0 on the
 digits, each row also gets the digits Frechet distance of that many samples.
 
 Writes <workdir>/bench_samplers.json and prints a table (Table 4.5's shape for the surrogate).
@@ -81,7 +84,7 @@ def run(config, workdir: str) -> dict:
   shape = builders.image_shape(config)
   T = config.diffusion.num_timesteps
 
-  rows = []
+  rows, calls = [], {}
   for family, label, overrides in _specs(config):
     surrogate_evaluations = 0
     if family == "surrogate":
@@ -93,27 +96,37 @@ def run(config, workdir: str) -> dict:
       sampler = lambda model_fn, x_T, key, plan=plan: sampling.run_plan(plan, model_fn, x_T, key)
       evaluations = plan.num_evaluations
     sample_fn = builders.make_sample_fn(sampler, model, mesh, shape, batch_size)
-    stats, compiled, _ = timing.compile_and_run(sample_fn, (params, jax.random.key(0)),
-                                                config.bench.num_iters)
+    stats, compiled = timing.compile_only(sample_fn, (params, jax.random.key(0)))
+    calls[label] = lambda compiled=compiled: compiled(params, jax.random.key(0))
     row = {"family": family, "sampler": label, "network_evaluations": evaluations,
            "surrogate_network_evaluations": surrogate_evaluations,
-           "compile_s": stats["compile_s"], "batch_size": batch_size,
-           "seconds_per_sample": stats["best_s"] / batch_size,
-           "median_seconds_per_sample": stats["median_s"] / batch_size,
-           "samples_per_s": batch_size / stats["best_s"]}
+           "compile_s": stats["compile_s"], "batch_size": batch_size}
     if family == "surrogate":
       row["t_mid"] = overrides["t_mid"]
     if quality:
       row["digits_fd"] = _quality(compiled, params, config.bench.quality_samples,
                                   batch_size)
     rows.append(row)
-    logging.info("%s: %.5f s/sample, %d evaluations", label, row["seconds_per_sample"], evaluations)
-  baseline = rows[0]["seconds_per_sample"]
+  # Every sampler once per round, in turn: a ratio of two is taken within one round.
+  times = timing.interleaved_rounds(calls, config.bench.num_iters)
+  ddpm = rows[0]
   for row in rows:
-    row["speedup_vs_ddpm"] = baseline / row["seconds_per_sample"]
-    # Measured cost in full-resolution network evaluations: DDPM's time per step is the unit,
+    seconds = np.asarray(times[row["sampler"]])
+    row.update(seconds_per_sample=float(seconds.min()) / batch_size,
+               median_seconds_per_sample=float(np.median(seconds)) / batch_size,
+               samples_per_s=batch_size / float(seconds.min()))
+    row["speedup_vs_ddpm"] = 1.0 / timing.ratio_stats(seconds, times[ddpm["sampler"]])["median"]
+    # Cost against its share of the T-step sampler's, per round: 1.0 = exactly (S / T) x
+    # DDPM's time for S network evaluations.
+    share = row["network_evaluations"] / ddpm["network_evaluations"]
+    row["cost_vs_step_share"] = timing.ratio_stats(
+        seconds, share * np.asarray(times[ddpm["sampler"]]))
+    # Measured cost in full-resolution network evaluations (DDPM-T's time per step is the unit),
     # so a surrogate's own evaluations count at what they cost here.
-    row["full_resolution_steps"] = row["seconds_per_sample"] / (baseline / T)
+    row["full_resolution_steps"] = ddpm["network_evaluations"] * timing.ratio_stats(
+        seconds, times[ddpm["sampler"]])["median"]
+    logging.info("%s: %.5f s/sample, %d evaluations", row["sampler"], row["seconds_per_sample"],
+                 row["network_evaluations"])
   results = {"device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
              "checkpoint_step": step, "num_timesteps": T, "batch_size": batch_size,
              "num_iters": config.bench.num_iters, "rows": rows}
@@ -135,8 +148,10 @@ def print_table(results: dict) -> str:
        report.Column("median s/sample", "median_seconds_per_sample", ".5f"),
        report.Column("samples/s", "samples_per_s", ".1f"),
        report.Column("x DDPM", "speedup_vs_ddpm", ".1f"),
+       report.Column("s / ((S/T) s_DDPM)", "cost_vs_step_share",
+                     lambda v: f"{v['median']:.2f} ({v['min']:.2f}..{v['max']:.2f})"),
        report.Column("compile s", "compile_s", ".2f")]
       + ([report.Column("digits FD", "digits_fd", ".3f")] if has_fd else []),
       title=(f"device: {results['device']} x{results['num_devices']}; params: "
              f"{'random' if step is None else f'step {step}'}; batch "
-             f"{results.get('batch_size', 'n/a')}, best of {results.get('num_iters', 'n/a')}"))
+             f"{results.get('batch_size', 'n/a')}, {results.get('num_iters', 'n/a')} interleaved rounds"))

@@ -122,18 +122,28 @@ def run_threaded(step_fn: Callable, state, args_at: Callable[[int], Sequence], n
           "mean_s": total / num_timed if num_timed else float("nan")}, state, outputs
 
 
-def best_times(jitted: Mapping[str, Callable], args: Sequence, num_iters: int) -> Dict[str, float]:
-  """{name: best of num_iters timed calls} of each function after a warm-up, interleaved round by
-  round so that load from other processes on a shared machine falls on all of them alike."""
-  for fn in jitted.values():
-    jax.block_until_ready(fn(*args))  # compile and warm up
-  times = {name: [] for name in jitted}
-  for _ in range(num_iters):
-    for name, fn in jitted.items():
+def interleaved_rounds(calls: Mapping[str, Callable[[], Any]], num_rounds: int,
+                       warmup: bool = True) -> Dict[str, list]:
+  """{name: [seconds of each round]}: every call run once per round, in turn, each blocked on
+  (jax.block_until_ready), so that load from other processes on a shared machine falls on all
+  of them alike and a ratio of two calls can be taken round by round (ratio_stats)."""
+  if warmup:
+    for call in calls.values():
+      jax.block_until_ready(call())
+  times = {name: [] for name in calls}
+  for _ in range(num_rounds):
+    for name, call in calls.items():
       start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
+      jax.block_until_ready(call())
       times[name].append(time.perf_counter() - start)
-  return {name: summarize(t)["best_s"] for name, t in times.items()}
+  return times
+
+
+def ratio_stats(numerator: Sequence[float], denominator: Sequence[float]) -> Dict[str, float]:
+  """median, min and max over rounds of numerator[i] / denominator[i] (times of one round)."""
+  ratios = np.asarray(numerator, np.float64) / np.asarray(denominator, np.float64)
+  return {"median": float(np.median(ratios)), "min": float(ratios.min()),
+          "max": float(ratios.max())}
 
 
 def device_memory_stats() -> Optional[dict]:

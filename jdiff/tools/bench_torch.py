@@ -1,0 +1,180 @@
+"""jdiff against PyTorch (diffusers UNet2DModel) on the Ho et al. CIFAR-10 U-Net, side by side.
+
+Optional: needs the [bench] extra (torch, diffusers). Both networks have the same config (ch 128,
+ch_mult 1 2 2 2, 2 res blocks, attention at 16x16 and in the middle, GroupNorm 32, dropout
+0.1; diffusers' google/ddpm-cifar10-32 layout) and the same parameter count. In one process,
+round by round, it runs the U-Net forward at each batch size and the train step (L_simple,
+Adam 2e-4, gradient clipping at 1, dropout 0.1, EMA 0.9999) of jdiff, then of PyTorch, each
+call finished before the next (jax.block_until_ready; PyTorch on CPU is synchronous). Reports
+images/s (median over rounds), jdiff / PyTorch per round (median, min..max) and the GFLOP/s both
+reach on XLA's FLOP count of jdiff's programs. CPU only, torch.set_num_threads(--threads).
+
+  python -m jdiff.tools.bench_torch --config=configs/cifar10_ddpm.py --workdir=/tmp/bt
+"""
+
+import os
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from jdiff import builders
+from jdiff import parallel
+from jdiff.drivers import train as train_lib
+from jdiff.tools import cli
+from jdiff.tools import report
+from jdiff.tools import timing
+
+flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Forward batch sizes.")
+flags.DEFINE_integer("train_batch", 32, "Train-step batch size.")
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds (after one warm-up).")
+flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
+FLAGS = flags.FLAGS
+
+
+def torch_unet(config):
+  """diffusers' UNet2DModel with the Ho et al. CIFAR-10 layout of config.model."""
+  from diffusers import UNet2DModel  # pylint: disable=g-import-not-at-top
+  m = config.model
+  attn_res = set(m.attn_resolutions)
+  size = config.data.image_size
+  down, up = [], []
+  for level in range(len(m.ch_mult)):
+    attends = (size >> level) in attn_res
+    down.append("AttnDownBlock2D" if attends else "DownBlock2D")
+    up.insert(0, "AttnUpBlock2D" if attends else "UpBlock2D")
+  return UNet2DModel(
+      sample_size=size, in_channels=config.data.num_channels,
+      out_channels=config.data.num_channels, block_out_channels=[m.ch * k for k in m.ch_mult],
+      layers_per_block=m.num_res_blocks, down_block_types=down, up_block_types=up,
+      norm_num_groups=m.num_groups, dropout=m.dropout, time_embedding_type="positional",
+      flip_sin_to_cos=False, freq_shift=1, attention_head_dim=None, add_attention=True,
+      downsample_padding=0, norm_eps=1e-6)
+
+
+def make_torch_train_step(model, config, num_timesteps):
+  """One L_simple step: Adam, clip at grad_clip, EMA, as jdiff's train step does."""
+  import torch  # pylint: disable=g-import-not-at-top
+  training = config.training
+  optimizer = torch.optim.Adam(model.parameters(), lr=training.learning_rate)
+  ema = [p.detach().clone() for p in model.parameters()]
+  betas = np.linspace(config.diffusion.beta_start, config.diffusion.beta_end, num_timesteps)
+  alphas_cumprod = torch.tensor(np.cumprod(1 - betas), dtype=torch.float32)
+  generator = torch.Generator().manual_seed(0)
+
+  def step(images):
+    t = torch.randint(0, num_timesteps, (images.shape[0],), generator=generator)
+    noise = torch.randn(images.shape, generator=generator)
+    a = alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * images + (1 - a).sqrt() * noise
+    loss = torch.nn.functional.mse_loss(model(x_t, t).sample, noise)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), training.grad_clip)
+    optimizer.step()
+    with torch.no_grad():
+      torch._foreach_lerp_(ema, list(model.parameters()), 1.0 - training.ema_decay)  # pylint: disable=protected-access
+    return loss
+  return step
+
+
+def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, threads: int):
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  config = config.copy_and_resolve_references()
+  config.training.batch_size = train_batch
+  mesh = parallel.make_mesh()
+  model, state, train_step = train_lib.build_fresh_training(config, mesh)
+  shape = builders.image_shape(config)
+  T = config.diffusion.num_timesteps
+  peer = torch_unet(config)
+  jdiff_params = sum(x.size for x in jax.tree.leaves(state.params))
+  torch_params = sum(p.numel() for p in peer.parameters())
+  rng = np.random.default_rng(0)
+
+  calls, flops, sizes = {}, {}, {}
+  forward = jax.jit(lambda params, x, t: builders.make_model_fn(model, params)(x, t))
+  for b in batch_sizes:
+    x = rng.standard_normal((b,) + shape).astype(np.float32)
+    t = rng.integers(0, T, b)
+    args = (state.params, jax.numpy.asarray(x), jax.numpy.asarray(t, jax.numpy.float32))
+    stats, compiled = timing.compile_only(forward, args)
+    flops[f"forward {b}"], sizes[f"forward {b}"] = stats["flops"], b
+    calls[f"jdiff forward {b}"] = lambda compiled=compiled, args=args: compiled(*args)
+    x_torch, t_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(t)
+
+    def torch_forward(x=x_torch, t=t_torch):
+      peer.eval()
+      with torch.no_grad():
+        return peer(x, t).sample
+    calls[f"torch forward {b}"] = torch_forward
+
+  images = parallel.global_batch_from_local(
+      rng.integers(0, 256, (train_batch,) + shape, dtype=np.uint8), mesh)
+  flops["train"] = timing.compile_only(train_step.programs[None], (state, images))[0]["flops"]
+  sizes["train"] = train_batch
+  train_step.compile_all(state, images)
+  threaded = {"state": state}
+
+  def jdiff_train():
+    threaded["state"], metrics = train_step.compiled(None)(threaded["state"], images)
+    return metrics["loss"]
+  torch_step = make_torch_train_step(peer, config, T)
+  torch_images = torch.from_numpy(
+      (np.asarray(images, np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2).copy())
+
+  def torch_train():
+    peer.train()
+    return torch_step(torch_images)
+  calls["jdiff train"], calls["torch train"] = jdiff_train, torch_train
+
+  times = timing.interleaved_rounds(calls, num_rounds)
+  rows = []
+  for what in [f"forward {b}" for b in batch_sizes] + ["train"]:
+    j, p = times[f"jdiff {what}"], times[f"torch {what}"]
+    rows.append({
+        "what": what, "batch": sizes[what], "gflop_per_image": flops[what] / sizes[what] / 1e9,
+        "jdiff_images_per_s": sizes[what] / float(np.median(j)),
+        "torch_images_per_s": sizes[what] / float(np.median(p)),
+        "jdiff_gflop_per_s": flops[what] / float(np.median(j)) / 1e9,
+        "torch_gflop_per_s": flops[what] / float(np.median(p)) / 1e9,
+        "speed_ratio": timing.ratio_stats(p, j),  # jdiff speed / torch speed, per round
+        "jdiff_s": j, "torch_s": p})
+  results = {"device": "cpu", "threads": threads, "torch": torch.__version__,
+             "jax": jax.__version__, "num_rounds": num_rounds, "jdiff_params": int(jdiff_params),
+             "torch_params": int(torch_params), "rows": rows}
+  report.write_json(os.path.join(workdir, "bench_torch.json"), results)
+  report.print_table(
+      rows,
+      [report.Column("what", "what"), report.Column("batch", "batch"),
+       report.Column("GFLOP/img", "gflop_per_image", ".2f"),
+       report.Column("jdiff img/s", "jdiff_images_per_s", ".2f"),
+       report.Column("torch img/s", "torch_images_per_s", ".2f"),
+       report.Column("jdiff / torch", lambda r: r["speed_ratio"],
+                     lambda s: f"{s['median']:.2f} ({s['min']:.2f}..{s['max']:.2f})"),
+       report.Column("jdiff GFLOP/s", "jdiff_gflop_per_s", ".1f"),
+       report.Column("torch GFLOP/s", "torch_gflop_per_s", ".1f")],
+      title=(f"jdiff (jax {jax.__version__}) vs PyTorch {torch.__version__} diffusers UNet2DModel, "
+             f"CPU, {threads} threads; median of {num_rounds} alternated rounds; params "
+             f"{jdiff_params} / {torch_params}"),
+      notes=["GFLOP/s of both on XLA's count of jdiff's program (the same network)",
+             "a shared machine: read the per-round ratio, not the absolute numbers"])
+  return results
+
+
+@cli.one_line_errors
+def main(argv):
+  del argv
+  config = cli.load_config(FLAGS.config)
+  workdir = FLAGS.workdir or "/tmp/bench_torch"
+  os.makedirs(workdir, exist_ok=True)
+  run(config, workdir, [int(b) for b in FLAGS.batch_sizes], FLAGS.train_batch, FLAGS.rounds,
+      FLAGS.threads)
+
+
+if __name__ == "__main__":
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", "configs/cifar10_ddpm.py", "The U-Net's config.")
+  flags.DEFINE_string("workdir", None, "Where bench_torch.json goes (default /tmp/bench_torch).")
+  app.run(main, flags_parser=cli.parse_flags)
