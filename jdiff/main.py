@@ -12,14 +12,19 @@ Any config value can be overridden: --config.training.batch_size=64.
 
 import json
 import logging as std_logging
+import os
 import re
 import sys
 
-from absl import app, flags, logging
+# Before TensorFlow (clu, TFDS) or jax load: TF's C++ INFO lines (the oneDNN notice, the CPU
+# feature notice) are hidden, its warnings and errors kept; a user's own setting wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags
 
-from jdiff import config_lib
-from jdiff import errors
+from jdiff import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jdiff import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -35,6 +40,16 @@ flags.mark_flags_as_required(["config"])
 def _quiet_orbax_info(record: std_logging.LogRecord) -> bool:
   """Orbax logs every save step at INFO; keep its warnings only."""
   return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def _quiet_backend_probe(record: std_logging.LogRecord) -> bool:
+  """jax logs (at INFO) each platform it probes and does not find ("Unable to initialize backend
+  'tpu'"); only the backend it does use matters. Its warnings pass."""
+  return record.levelno >= std_logging.WARNING or not record.getMessage().startswith(
+      "Unable to initialize backend")
+
+
+std_logging.getLogger("jax._src.xla_bridge").addFilter(_quiet_backend_probe)
 
 
 def _fail(message: str, code: int):
