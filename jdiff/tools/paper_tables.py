@@ -35,6 +35,7 @@ import jax
 from absl import app, flags, logging
 
 from jdiff import config_lib
+from jdiff import parallel
 from jdiff.drivers import evaluate as evaluate_lib
 from jdiff.drivers import train as train_lib
 from jdiff.tools import cli
@@ -257,6 +258,7 @@ def define_flags():
 def main(argv):
   del argv
   config = cli.load_config(FLAGS["config"])
+  parallel.maybe_initialize_distributed(config.distributed)  # a pod / SLURM job: every process
   if FLAGS.num_samples:
     config.evaluation.num_samples = FLAGS.num_samples
   config_lib.validate(config)
