@@ -20,7 +20,7 @@ from jdiff.evaluation import metrics, torch_weights
 INPUT_SIZE = 299
 POOL3_DIM = 2048
 NUM_LOGITS = 1008  # 1000 ImageNet classes + 8 unused outputs of the original graph
-PREPROCESSINGS = ("pytorch_fid", "tf1")  # jdiff.choices.FID_PREPROCESSINGS
+PREPROCESSINGS = ("tf1", "pytorch_fid")  # = jdiff.choices.FID_PREPROCESSINGS
 NO_LOGITS = "this weight file has no logits: FID and KID only"
 # Features are compared against statistics computed elsewhere, so they must not depend on the
 # backend's default matmul precision (bf16 passes on TPU, TF32 on GPU).
