@@ -64,6 +64,7 @@ class Table:
   columns: Sequence[report.Column]
   x_label: str
   log_x: bool = False
+  time_saved: bool = False  # add 1 - s/image / s/image at c = 0 of the same model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ TABLES: Dict[str, Table] = {
         (report.Column("skip type", "label"), report.Column("c", "x", "g"),
          report.Column("s/image", "seconds_per_sample", ".4f"),
          report.Column("time saved", "time_saved", ".1%")) + _QUALITY_COLUMNS,
-        "c (depth.power)"),
+        "c (depth.power)", time_saved=True),
 }
 
 
@@ -187,10 +188,14 @@ def run_table(name: str, config, workdir: str, settings: Mapping = None, command
     logging.info("paper_tables: row %d/%d: %s (x=%g)", i + 1, len(rows), row.label, row.x)
     metrics = evaluate_lib.evaluate(row_config, os.path.join(workdir, row.model))
     results.append(dict(metrics, label=row.label, x=row.x, model=row.model or "."))
-  _add_time_saved(results)
-  run = {"train_seconds": train_seconds, "evaluate_seconds": time.time() - start - train_seconds,
-         "checkpoint_steps": trained, "label": settings["label"], "command": command}
-  return write_table(name, results, workdir, run)
+    if table.time_saved:
+      _add_time_saved(results)
+    # Rewritten after every row: a long table shows (and keeps) what is done so far.
+    run = {"train_seconds": train_seconds, "evaluate_seconds": time.time() - start - train_seconds,
+           "checkpoint_steps": trained, "label": settings["label"], "command": command,
+           "rows_done": f"{i + 1}/{len(rows)}"}
+    path = write_table(name, results, workdir, run, announce=i + 1 == len(rows))
+  return path
 
 
 def _add_time_saved(results: List[dict]) -> None:
@@ -201,8 +206,10 @@ def _add_time_saved(results: List[dict]) -> None:
       r["time_saved"] = 1 - r["seconds_per_sample"] / base[r["model"]]
 
 
-def write_table(name: str, results: List[dict], workdir: str, run: Mapping) -> str:
-  """<workdir>/tables/<name>.md, .json and .png from the rows' metrics and run (run_table's)."""
+def write_table(name: str, results: List[dict], workdir: str, run: Mapping,
+                announce: bool = True) -> str:
+  """<workdir>/tables/<name>.md, .json and .png from the rows' metrics and run (run_table's);
+  prints the markdown when announce."""
   table = TABLES[name]
   out = os.path.join(workdir, "tables")
   png = os.path.join(out, f"{name}.png")
@@ -217,7 +224,8 @@ def write_table(name: str, results: List[dict], workdir: str, run: Mapping) -> s
       f"Checkpoint steps: {json.dumps(run['checkpoint_steps'])}; samples per row: "
       f"{sorted({r['num_samples'] for r in results})}; device: {first['device']} x{first['num_devices']}.",
       f"Wall-clock: training {run['train_seconds'] / 60:.1f} min (0 when resumed), evaluation "
-      f"{run['evaluate_seconds'] / 60:.1f} min (kept samples are not re-made).",
+      f"{run['evaluate_seconds'] / 60:.1f} min (kept samples are not re-made); rows done: "
+      f"{run.get('rows_done', len(results))}.",
       f"FID/KID: FID Inception-v3 pool3, preprocessing {first.get('fid_preprocessing', 'n/a')!r}, "
       f"weights {first.get('inception_weights', 'n/a')}, reference {first.get('fid_reference', 'n/a')}.",
       "Each row's metrics.json: <model workdir>/eval/<table>-<row>/step_<step>/metrics.json "
@@ -233,8 +241,10 @@ def write_table(name: str, results: List[dict], workdir: str, run: Mapping) -> s
     path = os.path.join(out, f"{name}.md")
     with open(path, "w") as f:
       f.write(markdown)
-    report.write_json(os.path.join(out, f"{name}.json"), {"run": run, "rows": results})
-    print(markdown, flush=True)
+    report.write_json(os.path.join(out, f"{name}.json"), {"run": run, "rows": results},
+                      announce=announce)
+    if announce:
+      print(markdown, flush=True)
   return os.path.join(out, f"{name}.md")
 
 
