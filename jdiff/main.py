@@ -11,14 +11,12 @@ Any config value can be overridden: --config.training.batch_size=64.
 """
 
 import json
-import logging as std_logging
-import os
 import re
 import sys
 
-# Before TensorFlow (clu, TFDS) or jax load: TF's C++ INFO lines (the oneDNN notice, the CPU
-# feature notice) are hidden, its warnings and errors kept; a user's own setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+from jdiff import console
+
+console.quiet_startup()  # before TensorFlow or jax load
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags
@@ -35,21 +33,6 @@ _FROM_SCRATCH = flags.DEFINE_bool(
     "checkpoints.replaced-<time>/) and start at step 0. Without it, a train run resumes them, "
     "or refuses when they hold another model or none restores.")
 flags.mark_flags_as_required(["config"])
-
-
-def _quiet_orbax_info(record: std_logging.LogRecord) -> bool:
-  """Orbax logs every save step at INFO; keep its warnings only."""
-  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
-
-
-def _quiet_backend_probe(record: std_logging.LogRecord) -> bool:
-  """jax logs (at INFO) each platform it probes and does not find ("Unable to initialize backend
-  'tpu'"); only the backend it does use matters. Its warnings pass."""
-  return record.levelno >= std_logging.WARNING or not record.getMessage().startswith(
-      "Unable to initialize backend")
-
-
-std_logging.getLogger("jax._src.xla_bridge").addFilter(_quiet_backend_probe)
 
 
 def _fail(message: str, code: int):
@@ -184,7 +167,7 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except
     _fail(_flag_error_line(e, sys.argv[1:]), 2)
   mode, workdir = _MODE.value, _WORKDIR.value
-  logging.get_absl_handler().addFilter(_quiet_orbax_info)
+  console.quiet_absl_handler()
   try:
     config_lib.validate(config)
     if mode != "summary" and not workdir:

@@ -31,8 +31,12 @@ import sys
 import time
 from typing import Callable, Dict, List, Mapping, Sequence
 
-import jax
-from absl import app, flags, logging
+from jdiff import console
+
+console.quiet_startup()  # before TensorFlow or jax load
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from jdiff import config_lib
 from jdiff import parallel
@@ -267,6 +271,7 @@ def define_flags():
 @cli.one_line_errors
 def main(argv):
   del argv
+  console.quiet_absl_handler()
   config = cli.load_config(FLAGS["config"])
   parallel.maybe_initialize_distributed(config.distributed)  # a pod / SLURM job: every process
   if FLAGS.num_samples:
