@@ -51,16 +51,19 @@ def test_depth_table_trains_one_model_per_skip_type_and_a_baseline():
 def test_write_table_markdown_json_and_plot(tmp_path):
   rows = [dict(label="full (baseline)", x=0, model="full", depth_power=0, seconds_per_sample=0.4,
                fid=30.0, kid=0.0123, kid_std=0.001, num_samples=100, device="cpu", num_devices=1,
-               fid_preprocessing="tf1", network_evaluations=20),
+               fid_preprocessing="tf1", network_evaluations=20, time_saved=0.0,
+               inception_weights="w.pth"),
           dict(label="zero skip", x=2, model="skip-zero", depth_power=2, seconds_per_sample=0.3,
                fid=35.5, kid=0.02, kid_std=0.002, num_samples=100, device="cpu", num_devices=1,
-               fid_preprocessing="tf1", network_evaluations=20)]
+               fid_preprocessing="tf1", network_evaluations=20, time_saved=0.25,
+               inception_weights="w.pth")]
   run = {"train_seconds": 60, "evaluate_seconds": 120, "checkpoint_steps": {"full": 7},
          "label": "CPU-scale", "command": "python -m jdiff.tools.paper_tables --table=depth"}
   path = paper_tables.write_table("depth", rows, str(tmp_path), run)
   text = open(path).read()
-  assert "| full (baseline) | 0 | 0.4000 | n/a | 30.00 | 12.30 ± 1.00 | n/a |" in text
-  assert "| zero skip | 2 |" in text and "35.50" in text
+  assert "| skip type | c | s/image | time saved | FID | KID x1e3 |" in text  # no Digits FD
+  assert "| full (baseline) | 0 | 0.4000 | 0.0% | 30.00 | 12.30 ± 1.00 |" in text
+  assert "| zero skip | 2 | 0.3000 | 25.0% | 35.50 | 20.00 ± 2.00 |" in text
   assert "**CPU-scale**" in text and "preprocessing 'tf1'" in text and '{"full": 7}' in text
   assert os.path.getsize(os.path.join(tmp_path, "tables", "depth.png")) > 1000
   with open(os.path.join(tmp_path, "tables", "depth.json")) as f:

@@ -27,6 +27,7 @@ steps, sample counts, wall-clock, the device), <table>.json (every row's metrics
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from typing import Callable, Dict, List, Mapping, Sequence
@@ -230,14 +231,19 @@ def write_table(name: str, results: List[dict], workdir: str, run: Mapping,
       f"Wall-clock: training {run['train_seconds'] / 60:.1f} min (0 when resumed), evaluation "
       f"{run['evaluate_seconds'] / 60:.1f} min (kept samples are not re-made); rows done: "
       f"{run.get('rows_done', len(results))}.",
-      f"FID/KID: FID Inception-v3 pool3, preprocessing {first.get('fid_preprocessing', 'n/a')!r}, "
-      f"weights {first.get('inception_weights', 'n/a')}, reference {first.get('fid_reference', 'n/a')}.",
+      (f"FID/KID: FID Inception-v3 pool3, preprocessing {first['fid_preprocessing']!r}, weights "
+       f"{first['inception_weights']}, reference {first.get('fid_reference', 'the data set')}."
+       if "fid_preprocessing" in first else ""),
       "Each row's metrics.json: <model workdir>/eval/<table>-<row>/step_<step>/metrics.json "
       f"(all of them in {name}.json).",
   ]
   plot_axes = f"{y_key} against {table.x_label}"
+  # Metrics not computed for any row (e.g. FID in a Digits FD table) get no column.
+  columns = [column for column in table.columns
+             if any(report.format_markdown_table([r], [column]).splitlines()[-1] != "| n/a |"
+                    for r in results)]
   markdown = "\n".join([f"## {table.title}", "",
-                        report.format_markdown_table(results, table.columns), "",
+                        report.format_markdown_table(results, columns), "",
                         *[f"- {note}" for note in notes if note],
                         *([f"\n![{name}: {plot_axes}]({name}.png)"] if y_key else [])]) + "\n"
   if jax.process_index() == 0:
@@ -281,7 +287,7 @@ def main(argv):
               "powers": _numbers("powers", FLAGS.powers, float),
               "fastdpm_schedule": FLAGS.fastdpm_schedule, "skip_types": FLAGS.skip_types,
               "label": FLAGS.label}
-  command = " ".join(["python -m jdiff.tools.paper_tables"] + sys.argv[1:])
+  command = shlex.join(["python", "-m", "jdiff.tools.paper_tables"] + sys.argv[1:])
   run_table(FLAGS.table, config, FLAGS.workdir, settings, command)
   return 0
 
