@@ -220,8 +220,8 @@ def write_table(name: str, results: List[dict], workdir: str, run: Mapping,
   png = os.path.join(out, f"{name}.png")
   y_key = next((k for k in ("fid", "digits_fd", "kid") if all(k in r for r in results)), None)
   if y_key is not None:
-    plots.plot_tradeoff(results, "x", y_key, png, title=table.title.split(":")[0] + (
-        f" ({run['label']})" if run["label"] else ""), log_x=table.log_x)
+    plots.plot_tradeoff([dict(r, **{table.x_label: r["x"]}) for r in results], table.x_label,
+                        y_key, png, title=table.title.split(":")[0], log_x=table.log_x)
   first = results[0]
   notes = [
       f"**{run['label']}**" if run["label"] else "",
