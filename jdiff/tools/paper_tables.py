@@ -183,7 +183,12 @@ def run_table(name: str, config, workdir: str, settings: Mapping = None, command
     model_workdir = os.path.join(workdir, row.model)
     logging.info("paper_tables: training %s (to step %d)", model_workdir or workdir,
                  model_config.training.num_steps)
-    trained[row.model] = train_lib.train(model_config, model_workdir).step
+    result = train_lib.train(model_config, model_workdir)
+    if result.interrupted_by:  # checkpoint saved: the same command resumes
+      print(f"stopped by {result.interrupted_by} while training {model_workdir} (step "
+            f"{result.step}); run the same command to resume", file=sys.stderr)
+      sys.exit(result.exit_code)
+    trained[row.model] = result.step
   train_seconds = time.time() - start
 
   results = []
