@@ -53,6 +53,9 @@ DATA_SOURCES = ("digits",) + TFDS_SOURCES + LOCAL_SOURCES
 
 # evaluation
 EVALUATION_METRICS = ("fid", "is", "kid", "digits_fd", "bpd")
+# The default; when the Inception weights have no logits, "is" is dropped from it (with a log line).
+DEFAULT_EVALUATION_METRICS = ("fid", "is", "kid")
+FID_PREPROCESSINGS = ("tf1", "pytorch_fid")  # jdiff.evaluation.inception.fid_inception_input
 SURROGATE_KINDS = ("none", "sngan", "ddpm")
 BENCH_KINDS = ("core", "depth", "samplers", "precision")
 BENCH_SAMPLER_FAMILIES = ("ddpm", "respaced", "ddim", "fastdpm", "surrogate")

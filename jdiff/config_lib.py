@@ -146,6 +146,7 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("evaluation.reference_stats", STRING),
     ("evaluation.reference_split", STRING),
     ("evaluation.inception_weights", STRING),
+    ("evaluation.fid_preprocessing", one_of(*choices.FID_PREPROCESSINGS)),
     ("evaluation.feature_batch_size", POSITIVE_INT),
     ("evaluation.is_splits", POSITIVE_INT),
     ("evaluation.kid_subsets", POSITIVE_INT),
@@ -387,11 +388,13 @@ def default_config() -> ml_collections.ConfigDict:
   config.evaluation = ml_collections.ConfigDict(dict(
       name="",                 # subfolder of <workdir>/eval; "" = the sampler, e.g. "ddim50"
       num_samples=50_000,      # samples generated (and scored) per evaluation
-      metrics=("fid", "is", "kid"),  # fid | is | kid (FID Inception-v3) | digits_fd | bpd
+      metrics=choices.DEFAULT_EVALUATION_METRICS,  # fid | is | kid (FID Inception-v3) | digits_fd
+                               # | bpd; the default drops "is" for weights without logits
       reference_stats="",      # FID mu/sigma .npz (pytorch-fid / TTUR format); "" = computed from
                                # config.data at reference_split, cached
       reference_split="train",
       inception_weights="",    # pytorch-fid .pth; "" = downloaded once and cached
+      fid_preprocessing="tf1",  # tf1 (TTUR / TF-GAN: the papers' FIDs) | pytorch_fid
       feature_batch_size=200,  # Inception / classifier batch (rounded up to the device count)
       is_splits=10,
       kid_subsets=100,

@@ -11,15 +11,18 @@ Any config value can be overridden: --config.training.batch_size=64.
 """
 
 import json
-import logging as std_logging
 import re
 import sys
 
-from absl import app, flags, logging
+from jdiff import console
+
+console.quiet_startup()  # before TensorFlow or jax load
+
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags
 
-from jdiff import config_lib
-from jdiff import errors
+from jdiff import config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jdiff import errors  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).",
                                           lock_config=True)
@@ -30,11 +33,6 @@ _FROM_SCRATCH = flags.DEFINE_bool(
     "checkpoints.replaced-<time>/) and start at step 0. Without it, a train run resumes them, "
     "or refuses when they hold another model or none restores.")
 flags.mark_flags_as_required(["config"])
-
-
-def _quiet_orbax_info(record: std_logging.LogRecord) -> bool:
-  """Orbax logs every save step at INFO; keep its warnings only."""
-  return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def _fail(message: str, code: int):
@@ -169,7 +167,7 @@ def main(argv):
   except Exception as e:  # pylint: disable=broad-except
     _fail(_flag_error_line(e, sys.argv[1:]), 2)
   mode, workdir = _MODE.value, _WORKDIR.value
-  logging.get_absl_handler().addFilter(_quiet_orbax_info)
+  console.quiet_absl_handler()
   try:
     config_lib.validate(config)
     if mode != "summary" and not workdir:

@@ -2,6 +2,9 @@
 # Multi-node GPU training under SLURM: one process per node (it drives all of that node's GPUs),
 # the first node of the allocation coordinating jax.distributed. Writes an sbatch script next to
 # the job's logs and submits it.
+# Evaluation (--mode=evaluate, --mode=reference_stats) and the paper tables
+# (python -m jdiff.tools.paper_tables) run unchanged in the same processes, sharded over every
+# device of every process: launch/README.md (commands, expected wall-clock).
 #
 # Usage: bash launch/slurm.sh --nodes=N --gpus-per-node=G --config=FILE --workdir=DIR [FLAGS]
 #            [--config.x=y ...] [-- --config.x=y ...]

@@ -2,6 +2,9 @@
 # Training on a Cloud TPU VM slice (one VM per 4 or 8 chips; a v4-32 has 4 of them, "workers").
 # Every worker runs the same command; jax.distributed.initialize() (config.distributed=True)
 # finds the other workers through the TPU metadata, so no coordinator address is needed here.
+# Evaluation (--mode=evaluate, --mode=reference_stats) and the paper tables
+# (python -m jdiff.tools.paper_tables) run unchanged in the same processes, sharded over every
+# device of every process: launch/README.md (commands, expected wall-clock).
 #
 # Usage: bash launch/tpu_pod.sh [SUBCOMMAND] [FLAGS] [--config.x=y ...] [-- --config.x=y ...]
 # Run with --help for the subcommands and flags.

@@ -126,18 +126,22 @@ def test_inception_metrics_and_reference_statistics_agree(tmp_path, random_weigh
   # against closed forms. (Each FID costs two 2048x2048 sqrtm, ~10 s each here, so only two.)
   variables = inception.load_fid_inception_variables(random_weights_file)
   samples = _stored_samples(os.path.join(workdir, "eval", results["name"], "step_2"))[:8]
-  pool3, logits = inception.fid_inception_features(variables, data_lib.to_float(samples), 8)
+  preprocessing = config.evaluation.fid_preprocessing
+  pool3, logits = inception.fid_inception_features(variables, data_lib.to_float(samples), 8,
+                                                   preprocessing)
   data_pool3, _ = inception.fid_inception_features(
-      variables, data_lib.to_float(data_lib.load_images(config.data)), 8)
+      variables, data_lib.to_float(data_lib.load_images(config.data)), 8, preprocessing)
   assert (results["inception_score"], results["inception_score_std"]) == pytest.approx(
       metrics.inception_score(logits, 2), rel=1e-6)
   assert (results["kid"], results["kid_std"]) == pytest.approx(
       metrics.kernel_inception_distance(pool3, data_pool3, 5, 4, seed=config.seed), rel=1e-6)
   assert np.isfinite(results["fid"]) and results["fid"] > 0
+  assert results["fid_preprocessing"] == "tf1"  # the default, recorded
 
   # The statistics file of --mode=reference_stats gives the same FID as the computed reference.
   stats_path = evaluate.reference_statistics(config, str(tmp_path / "stats"))
   mu, sigma = metrics.load_statistics(stats_path)
+  assert metrics.statistics_preprocessing(stats_path) == "tf1"
   np.testing.assert_allclose(mu, data_pool3.mean(axis=0), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(sigma, np.cov(data_pool3.astype(np.float64), rowvar=False), rtol=1e-4, atol=1e-6)
   config.evaluation.update(metrics=("fid",), reference_stats=stats_path, name="with_stats_file")

@@ -7,7 +7,11 @@
   TensorBoard scalars eval/<name>/<metric> at the checkpoint step, in <workdir>.
 
 Metrics (config.evaluation.metrics): fid, is, kid on the FID Inception-v3 network against the
-reference (a precomputed mu/sigma .npz, or computed from config.data and cached); digits_fd
+reference (a precomputed mu/sigma .npz, or computed from config.data and cached), with the
+input preprocessing config.evaluation.fid_preprocessing (recorded in metrics.json and in
+reference statistics files; statistics of the other convention are refused). A weight file
+without logits (fc all zeros or absent) gives FID and KID only: asking for "is" is an error,
+the default metrics drop it with a log line. digits_fd
 (jdiff.evaluation.digits_fd, for 8x8-digit-scale work; not Inception FID); bpd (bits/dim of the
 data's bpd_split under the VLB, jdiff.drivers.likelihood).
 
@@ -31,6 +35,7 @@ from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
+from jdiff import choices
 from jdiff import data as data_lib
 from jdiff import images as images_lib
 from jdiff import parallel
@@ -163,7 +168,8 @@ def _one_line(error: BaseException) -> str:
 
 
 def _inception(config) -> Tuple[dict, str]:
-  """(FID Inception variables, a tag naming the weights in feature cache names).
+  """(FID Inception variables, a tag naming the weights and the preprocessing in feature cache
+  names).
 
   Any failure to find or read the weight file is an EvaluationError naming
   config.evaluation.inception_weights and the file.
@@ -179,6 +185,7 @@ def _inception(config) -> Tuple[dict, str]:
     # The default download is sha256-checked, so it is the official file; a given file may be
     # anything, so its features are cached under its own hash.
     tag = "fid_inception" + (f"-{torch_weights.file_sha256(path)[:12]}" if given else "")
+    tag += f"-{config.evaluation.fid_preprocessing}"
     variables = inception.load_fid_inception_variables(path)
   except Exception as e:  # pylint: disable=broad-except
     # A damaged or foreign file fails in many ways (OSError, zip and pickle errors, KeyError,
@@ -189,16 +196,34 @@ def _inception(config) -> Tuple[dict, str]:
   return variables, tag
 
 
+def resolve_metrics(config, variables) -> Tuple[str, ...]:
+  """config.evaluation.metrics, without "is" when the default asks for it and the weights have
+  no logits (logged); an explicit request for "is" with such weights is an EvaluationError."""
+  from jdiff.evaluation import inception  # pylint: disable=g-import-not-at-top
+  wanted = tuple(config.evaluation.metrics)
+  if "is" not in wanted or variables is None or inception.has_logits(variables):
+    return wanted
+  weights = config.evaluation.inception_weights or "the downloaded weights"
+  if wanted == choices.DEFAULT_EVALUATION_METRICS:
+    kept = tuple(metric for metric in wanted if metric != "is")
+    logging.info("evaluate: metrics %s: no Inception Score, as %s: %s", ", ".join(kept),
+                 inception.NO_LOGITS, weights)
+    return kept
+  raise EvaluationError(f"config.evaluation.metrics={wanted!r}: {inception.NO_LOGITS} ({weights}); "
+                        "remove 'is'")
+
+
 def reference_inception_features(config, variables, tag: str, split: str) -> Dict[str, np.ndarray]:
   """{"pool3", "logits"} of the data set's `split`, computed once and cached."""
   from jdiff.evaluation import inception  # pylint: disable=g-import-not-at-top
 
   def compute():
     images = _load_data(config, split)
-    logging.info("reference: Inception features of %d %s images (cached afterwards)", len(images),
-                 _data_key(config, split))
+    what = f"reference: Inception features of {len(images)} {_data_key(config, split)} images"
+    logging.info("%s (%s preprocessing; cached afterwards)", what, config.evaluation.fid_preprocessing)
     pool3, logits = inception.fid_inception_features(
-        variables, _float_batches(images), config.evaluation.feature_batch_size)
+        variables, _float_batches(images), config.evaluation.feature_batch_size,
+        config.evaluation.fid_preprocessing, num_images=len(images), what=what)
     return {"pool3": pool3, "logits": logits}
   return metrics_lib.cached_features(f"{_data_key(config, split)}-{tag}", compute)
 
@@ -211,13 +236,15 @@ def _float_batches(images_uint8: np.ndarray, batch_size: int = 1000):
 
 def reference_statistics(config, workdir: str) -> str:
   """--mode=reference_stats: mu/sigma of config.data's reference_split on the FID Inception
-  network -> <workdir>/reference_stats/<data key>.npz (the TTUR / pytorch-fid format)."""
+  network with config.evaluation.fid_preprocessing -> <workdir>/reference_stats/<data key>-<weights>-
+  <preprocessing>.npz (the TTUR / pytorch-fid format, keys mu and sigma, plus fid_preprocessing)."""
   split = config.evaluation.reference_split
   variables, tag = _inception(config)
   features = reference_inception_features(config, variables, tag, split)["pool3"]
   path = os.path.join(workdir, "reference_stats", f"{_data_key(config, split)}-{tag}.npz")
   if jax.process_index() == 0:
-    metrics_lib.save_statistics(path, *metrics_lib.feature_statistics(features))
+    metrics_lib.save_statistics(path, *metrics_lib.feature_statistics(features),
+                                fid_preprocessing=config.evaluation.fid_preprocessing)
   return path
 
 
@@ -226,16 +253,28 @@ def reference_statistics(config, workdir: str) -> str:
 
 
 def _reference_stats(config) -> Tuple[np.ndarray, np.ndarray]:
-  """(mu, sigma) of config.evaluation.reference_stats, checked: FID pool3 size, finite."""
+  """(mu, sigma) of config.evaluation.reference_stats, checked: FID pool3 size, finite, made with
+  config.evaluation.fid_preprocessing (a file that records none, as TTUR's, is taken as is)."""
   given = config.evaluation.reference_stats
   try:
-    return metrics_lib.load_statistics(given, dim=INCEPTION_POOL3_DIM)
+    stats = metrics_lib.load_statistics(given, dim=INCEPTION_POOL3_DIM)
+    recorded = metrics_lib.statistics_preprocessing(given)
   except Exception as e:  # pylint: disable=broad-except
     # Missing, unreadable (zip, pickle, zlib errors), wrong keys, shapes or values.
     raise EvaluationError(
         f"config.evaluation.reference_stats={given!r}: {_one_line(e)} (expected an .npz with mu "
         f"[{INCEPTION_POOL3_DIM}] and sigma [{INCEPTION_POOL3_DIM}, {INCEPTION_POOL3_DIM}], "
         "as --mode=reference_stats writes)") from None
+  wanted = config.evaluation.fid_preprocessing
+  if recorded is None:
+    logging.warning("evaluate: %s records no FID preprocessing; assuming %r (TTUR's files are "
+                    "'tf1', pytorch-fid's 'pytorch_fid')", given, wanted)
+  elif recorded != wanted:
+    raise EvaluationError(
+        f"config.evaluation.reference_stats={given!r}: made with fid_preprocessing={recorded!r}, but "
+        f"config.evaluation.fid_preprocessing={wanted!r}; FIDs of different conventions are not "
+        "comparable (use matching statistics or set the field to match)")
+  return stats
 
 
 def _check_writable(out_dir: str) -> None:
@@ -261,13 +300,15 @@ def _check_writable(out_dir: str) -> None:
 class EvaluationInputs:
   """What check_inputs loaded, for the scores to use (so nothing is loaded twice)."""
   inception: Optional[Tuple[dict, str]] = None     # (variables, cache tag) for fid / is / kid
+  metrics: Tuple[str, ...] = ()                    # resolve_metrics: what will be scored
   reference_stats: Optional[Tuple[np.ndarray, np.ndarray]] = None  # (mu, sigma) for fid
 
 
 def check_inputs(config, out_dir: str) -> EvaluationInputs:
   """Checks (and loads) everything the evaluation needs before any sample is made: the output
   folder is writable, the reference statistics file (if FID uses one) and the Inception weights
-  (if fid / is / kid are wanted). Each failure is a one-line EvaluationError."""
+  (if fid / is / kid are wanted), and that the weights have logits if "is" is asked for. Each
+  failure is a one-line EvaluationError."""
   wanted = config.evaluation.metrics
   _check_writable(out_dir)
   inputs = EvaluationInputs()
@@ -275,6 +316,7 @@ def check_inputs(config, out_dir: str) -> EvaluationInputs:
     inputs.reference_stats = _reference_stats(config)
   if any(metric in wanted for metric in INCEPTION_METRICS):
     inputs.inception = _inception(config)
+  inputs.metrics = resolve_metrics(config, inputs.inception and inputs.inception[0])
   return inputs
 
 
@@ -283,12 +325,15 @@ def inception_scores(config, samples_uint8: np.ndarray,
   """FID / IS / KID (those in config.evaluation.metrics) of the samples; `inputs` from
   check_inputs (loaded here when not given)."""
   from jdiff.evaluation import inception  # pylint: disable=g-import-not-at-top
-  wanted = config.evaluation.metrics
   inputs = inputs or EvaluationInputs()
   variables, tag = inputs.inception or _inception(config)
-  pool3, logits = inception.fid_inception_features(variables, _float_batches(samples_uint8),
-                                                   config.evaluation.feature_batch_size)
-  scores = {}
+  wanted = inputs.metrics or resolve_metrics(config, variables)
+  pool3, logits = inception.fid_inception_features(
+      variables, _float_batches(samples_uint8), config.evaluation.feature_batch_size,
+      config.evaluation.fid_preprocessing, num_images=len(samples_uint8),
+      what=f"evaluate: Inception features of {len(samples_uint8)} samples")
+  scores = {"fid_preprocessing": config.evaluation.fid_preprocessing,
+            "inception_weights": config.evaluation.inception_weights or "pytorch-fid download"}
   split = config.evaluation.reference_split
   if "fid" in wanted:
     if config.evaluation.reference_stats:
@@ -340,7 +385,7 @@ def evaluate(config, workdir: str) -> dict:
     seconds_per_evaluation = generator.seconds_per_evaluation()
     results.update(seconds_per_network_evaluation=seconds_per_evaluation,
                    full_resolution_steps=results["seconds_per_sample"] / seconds_per_evaluation)
-  wanted = config.evaluation.metrics
+  wanted = inputs.metrics
   if any(metric in wanted for metric in INCEPTION_METRICS):
     results.update(inception_scores(config, samples, inputs))
   if "digits_fd" in wanted:

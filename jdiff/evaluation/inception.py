@@ -1,5 +1,6 @@
 """The FID Inception-v3 network (the 2015-12-05 TensorFlow graph used by TF-GAN, pytorch-fid and
-the original FID/IS code) as a Flax Linen module in NHWC, with pytorch-fid's preprocessing.
+the original FID/IS code) as a Flax Linen module in NHWC, with the two preprocessing conventions
+FIDs are reported in (PREPROCESSINGS): pytorch-fid's and the TF1-era code's (TTUR, TF-GAN).
 
 Module and parameter names follow pytorch-fid's so its weight file maps over by name
 (jdiff.evaluation.torch_weights). Differences from torchvision's Inception-v3, as in that graph:
@@ -7,7 +8,7 @@ the average pools in Mixed_5b..Mixed_7b ignore padding, and Mixed_7c's pool bran
 """
 
 import functools
-from typing import Tuple
+from typing import Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -19,6 +20,8 @@ from jdiff.evaluation import metrics, torch_weights
 INPUT_SIZE = 299
 POOL3_DIM = 2048
 NUM_LOGITS = 1008  # 1000 ImageNet classes + 8 unused outputs of the original graph
+PREPROCESSINGS = ("tf1", "pytorch_fid")  # = jdiff.choices.FID_PREPROCESSINGS
+NO_LOGITS = "this weight file has no logits: FID and KID only"
 # Features are compared against statistics computed elsewhere, so they must not depend on the
 # backend's default matmul precision (bf16 passes on TPU, TF32 on GPU).
 PRECISION = jax.lax.Precision.HIGHEST
@@ -185,29 +188,81 @@ def bilinear_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
   return matrix
 
 
-def resize_bilinear(images: jax.Array, height: int, width: int) -> jax.Array:
-  """NHWC bilinear resize with torch's align_corners=False semantics."""
-  rows = jnp.asarray(bilinear_resize_matrix(images.shape[1], height))
-  cols = jnp.asarray(bilinear_resize_matrix(images.shape[2], width))
+@functools.lru_cache(maxsize=None)
+def tf1_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """[out_size, in_size] float32 weights of TF1's tf.image.resize_bilinear(align_corners=False)
+  along one axis: no half-pixel centres.
+
+  TF1 kernels/image_resizer_state.h + resize_bilinear_op.cc (compute_interpolation_weights):
+  scale = in/out; in = out_index * scale; lower = floor(in); upper = min(ceil(in), in_size - 1);
+  lerp = in - lower; computed in float32. (ceil(in) = lower + 1 wherever lerp != 0.)
+  """
+  scale = np.float32(in_size) / np.float32(out_size)
+  src = np.arange(out_size, dtype=np.float32) * scale
+  lower = np.floor(src).astype(np.int64)
+  upper = np.minimum(np.ceil(src).astype(np.int64), in_size - 1)
+  upper_weight = src - lower.astype(np.float32)
+  matrix = np.zeros((out_size, in_size), np.float32)
+  rows = np.arange(out_size)
+  np.add.at(matrix, (rows, lower), np.float32(1) - upper_weight)
+  np.add.at(matrix, (rows, upper), upper_weight)
+  matrix.setflags(write=False)
+  return matrix
+
+
+_RESIZE_MATRICES = {"pytorch_fid": bilinear_resize_matrix, "tf1": tf1_resize_matrix}
+
+
+def resize_bilinear(images: jax.Array, height: int, width: int,
+                    preprocessing: str = "pytorch_fid") -> jax.Array:
+  """NHWC bilinear resize: torch's align_corners=False ("pytorch_fid") or TF1's ("tf1")."""
+  matrix = _RESIZE_MATRICES[preprocessing]
+  rows = jnp.asarray(matrix(images.shape[1], height))
+  cols = jnp.asarray(matrix(images.shape[2], width))
   return jnp.einsum("oh,nhwc,pw->nopc", rows, images, cols, precision=PRECISION)
 
 
-def fid_inception_input(images: jax.Array) -> jax.Array:
+def fid_inception_input(images: jax.Array, preprocessing: str = "pytorch_fid") -> jax.Array:
   """Library images [N, H, W, C] in [-1, 1], C in {1, 3} -> the network's [N, 299, 299, 3] input.
 
-  Exactly pytorch-fid's steps: [0, 1] images, bilinear resize to 299x299, then 2x - 1. Grayscale
-  is repeated to three channels.
+  "pytorch_fid": pytorch-fid's steps (pytorch_fid/inception.py, FIDInceptionA.forward's caller
+  InceptionV3.forward): [0, 1] images, F.interpolate(bilinear, align_corners=False) to 299x299,
+  then 2x - 1.
+  "tf1": the 2015-12-05 graph's own input path as TTUR (fid.py) feeds it: [0, 255] images,
+  ResizeBilinear (TF1, no half-pixel centres) to 299x299, then Sub 128 and Mul 1/128.
+  Grayscale is repeated to three channels.
   """
   if images.ndim != 4 or images.shape[-1] not in (1, 3):
     raise ValueError(f"images must be [N, H, W, 1 or 3], got shape {images.shape}")
+  if preprocessing not in PREPROCESSINGS:
+    raise ValueError(f"fid preprocessing {preprocessing!r}: must be one of {list(PREPROCESSINGS)}")
   images = jnp.broadcast_to(images, images.shape[:3] + (3,)).astype(jnp.float32)
+  if preprocessing == "tf1":
+    pixels = (images + 1.0) * 127.5
+    return (resize_bilinear(pixels, INPUT_SIZE, INPUT_SIZE, "tf1") - 128.0) / 128.0
   unit = (images + 1.0) / 2.0
   return 2.0 * resize_bilinear(unit, INPUT_SIZE, INPUT_SIZE) - 1.0
 
 
 def inception_apply(variables, images: jax.Array) -> Tuple[jax.Array, jax.Array]:
-  """(pool3 [N, 2048], logits [N, 1008]) of library images [N, H, W, C] in [-1, 1]."""
-  return InceptionV3().apply(variables, fid_inception_input(images))
+  """(pool3 [N, 2048], logits [N, 1008]) of library images [N, H, W, C] in [-1, 1], pytorch-fid
+  preprocessing."""
+  return InceptionV3().apply(variables, fid_inception_input(images, "pytorch_fid"))
+
+
+def inception_apply_tf1(variables, images: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """inception_apply with the TF1-era preprocessing."""
+  return InceptionV3().apply(variables, fid_inception_input(images, "tf1"))
+
+
+# Module-level functions, so repeated feature extractions reuse their compilations.
+_APPLY = {"pytorch_fid": inception_apply, "tf1": inception_apply_tf1}
+
+
+def has_logits(variables) -> bool:
+  """False for a weight file whose fc layer is all zeros (or was absent): its logits, and so any
+  Inception Score, carry no information."""
+  return bool(np.any(np.asarray(variables["params"]["fc"]["kernel"]) != 0))
 
 
 def _variable_shapes():
@@ -238,7 +293,11 @@ def init_inception_variables(seed: int) -> dict:
 
 def load_fid_inception_variables(path: str = "") -> dict:
   """Flax variables of the pytorch-fid weight file at `path`, or of the cached download."""
-  state_dict = torch_weights.load_state_dict(torch_weights.fid_inception_weights_path(path))
+  state_dict = dict(torch_weights.load_state_dict(torch_weights.fid_inception_weights_path(path)))
+  if "fc.weight" not in state_dict and "fc.bias" not in state_dict:
+    # A pool3-only file: zero logits, which has_logits() reports as no logits.
+    state_dict["fc.weight"] = np.zeros((NUM_LOGITS, POOL3_DIM), np.float32)
+    state_dict["fc.bias"] = np.zeros((NUM_LOGITS,), np.float32)
   variables = torch_weights.inception_variables_from_state_dict(state_dict)
   expected_shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), _variable_shapes())
   loaded_shapes = jax.tree_util.tree_map(lambda x: tuple(x.shape), variables)
@@ -247,7 +306,12 @@ def load_fid_inception_variables(path: str = "") -> dict:
   return jax.tree_util.tree_map(jnp.asarray, variables)
 
 
-def fid_inception_features(variables, images, batch_size: int = 200) -> Tuple[np.ndarray, np.ndarray]:
+def fid_inception_features(variables, images, batch_size: int = 200, preprocessing: str = "pytorch_fid",
+                           num_images: Optional[int] = None, what: str = "") -> Tuple[np.ndarray, np.ndarray]:
   """(pool3 [N, 2048], logits [N, 1008]) of library images in [-1, 1], batched and sharded over
-  all devices. `images` is an array [N, H, W, C] or an iterable of such batches."""
-  return metrics.extract_features(inception_apply, variables, images, batch_size)
+  all devices, with `preprocessing` (PREPROCESSINGS). `images` is an array [N, H, W, C] or an
+  iterable of such batches (num_images, when given, lets progress lines say `what` with an ETA)."""
+  if preprocessing not in _APPLY:
+    raise ValueError(f"fid preprocessing {preprocessing!r}: must be one of {list(PREPROCESSINGS)}")
+  return metrics.extract_features(_APPLY[preprocessing], variables, images, batch_size,
+                                  num_images=num_images, what=what)

@@ -16,6 +16,7 @@ import scipy.linalg
 import scipy.special
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jdiff import progress
 from jdiff.evaluation import cache_dir
 
 # ----------------------------------------------------------------------------------------------
@@ -64,11 +65,19 @@ def frechet_distance_from_features(features1: np.ndarray, features2: np.ndarray)
   return frechet_distance(*feature_statistics(features1), *feature_statistics(features2))
 
 
-def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray) -> None:
+def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray, fid_preprocessing: str = "") -> None:
   """Saves statistics as .npz with keys `mu` and `sigma`, the format of the widely shared
-  precomputed FID statistics files (TTUR, pytorch-fid)."""
+  precomputed FID statistics files (TTUR, pytorch-fid), plus `fid_preprocessing` (a string
+  array; readers of that format ignore it) when given."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  np.savez(path, mu=mu, sigma=sigma)
+  extra = {"fid_preprocessing": np.array(fid_preprocessing)} if fid_preprocessing else {}
+  np.savez(path, mu=mu, sigma=sigma, **extra)
+
+
+def statistics_preprocessing(path: str) -> Optional[str]:
+  """The FID preprocessing convention a statistics file records (save_statistics), or None."""
+  with np.load(path) as f:
+    return str(f["fid_preprocessing"]) if "fid_preprocessing" in f else None
 
 
 def load_statistics(path: str, dim: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -186,7 +195,7 @@ def _fixed_size_batches(images, batch_size: int):
 
 
 def extract_features(apply_fn: Callable, variables, images: Union[np.ndarray, Iterable[np.ndarray]],
-                     batch_size: int = 200):
+                     batch_size: int = 200, num_images: Optional[int] = None, what: str = ""):
   """apply_fn(variables, batch) over all images, batches sharded over all devices on a 'data'
   mesh axis (variables replicated), under jax.jit.
 
@@ -195,9 +204,15 @@ def extract_features(apply_fn: Callable, variables, images: Union[np.ndarray, It
   count). In a multi-process run every process passes the same images. apply_fn should be a
   module-level function so that repeated calls reuse its compilation. Returns apply_fn's output
   structure with numpy leaves holding the results for all N images in order.
+  With `what` set, progress (rate, ETA) is logged under that name; the ETA needs N, known for
+  an array and given as num_images for an iterable.
   """
   mesh = data_mesh()
   batch_size = -(-batch_size // mesh.size) * mesh.size
+  if isinstance(images, (np.ndarray, jax.Array)):
+    num_images = len(images)
+  report = (progress.batches(f"{what} ({batch_size} images a batch)", -(-num_images // batch_size))
+            if what and num_images else None)
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
   # Outputs are small (features), so they are gathered onto every device inside the program.
@@ -207,6 +222,8 @@ def extract_features(apply_fn: Callable, variables, images: Union[np.ndarray, It
   for batch, num_real in _fixed_size_batches(images, batch_size):
     result = run(variables, jax.device_put(batch, batch_sharding))
     outputs.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:num_real], result))
+    if report:
+      report(len(outputs))
   if not outputs:
     raise ValueError("no images to extract features from")
   return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts), *outputs)

@@ -91,3 +91,12 @@ def print_table(rows: Iterable[Mapping], columns: Sequence[Union[Column, tuple]]
   if _process_index() == 0:
     print(text, flush=True)
   return text
+
+
+def format_markdown_table(rows: Iterable[Mapping], columns: Sequence[Union[Column, tuple]]) -> str:
+  """The table as GitHub markdown (header, |---| rule, one line per row), cells as format_table's."""
+  columns = [Column(*column) for column in columns]
+  lines = ["| " + " | ".join(column.header for column in columns) + " |",
+           "|" + "|".join("---" for _ in columns) + "|"]
+  lines += ["| " + " | ".join(_cell(row, column) for column in columns) + " |" for row in rows]
+  return "\n".join(lines)

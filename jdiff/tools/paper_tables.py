@@ -1,0 +1,310 @@
+"""One command per results table of the papers: train (or resume) the model(s), evaluate every row
+with --mode=evaluate's machinery, and write the table as markdown, JSON and a plot.
+
+  python -m jdiff.tools.paper_tables --table=samplers --config=configs/cifar10_cpu.py \\
+      --workdir=workdirs/cifar10_cpu --num_samples=500
+  python -m jdiff.tools.paper_tables --table=depth --config=configs/cifar10_adaptive.py \\
+      --workdir=workdirs/cifar10_adaptive
+
+Tables (TABLES; the objectives and surrogate tables are to be added there as two more entries):
+  samplers  FastDPM review Tables 1-2 shape: DDPM ancestral (T steps), respaced (even), DDIM
+            eta 0 and 1, FastDPM {VAR, STEP} x {DDPM-rev (kappa 1), DDIM-rev (kappa 0)}, each at
+            S in --steps: s/image, FID, KID (and Digits FD when configured). One trained model.
+  depth     adaptive U-Net paper Tables 1-3 shape: skip type x c (depth.power): FID, KID,
+            s/image and the time saved against c = 0 of the same model. One model per skip type,
+            trained with depth.training=random (one model serves every c), plus the
+            full-depth baseline (the paper's "DDPM" row).
+
+Each row is one evaluation: <model workdir>/eval/<table>-<row>/step_<step>/metrics.json (the
+samples are kept, so an interrupted table resumes), scored with config.evaluation (metrics,
+Inception weights, fid_preprocessing, reference statistics, num_samples; --num_samples
+overrides). Written under <workdir>/tables/: <table>.md (the table, the command, checkpoint
+steps, sample counts, wall-clock, the device), <table>.json (every row's metrics.json) and
+<table>.png. Any config field: --config.<field>=<value>. Sharding and multi-host: as
+--mode=evaluate (launch/README.md).
+"""
+
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from typing import Callable, Dict, List, Mapping, Sequence
+
+from jdiff import console
+
+console.quiet_startup()  # before TensorFlow or jax load
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from jdiff import config_lib
+from jdiff import parallel
+from jdiff.drivers import evaluate as evaluate_lib
+from jdiff.drivers import train as train_lib
+from jdiff.tools import cli
+from jdiff.tools import plots
+from jdiff.tools import report
+
+FLAGS = flags.FLAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One line of a table: a trained model (a sub-workdir and the fields it is trained with) and
+  the sampling fields of this evaluation."""
+  name: str                 # evaluation folder: <table>-<name>
+  label: str                # the table's first column, and the plot's curve
+  x: float                  # the plot's x value (S, or c)
+  fields: Mapping[str, object]  # config fields of this evaluation ("sampling.steps": 10, ...)
+  model: str = ""           # sub-workdir of the model; "" = --workdir itself
+  training: Mapping[str, object] = dataclasses.field(default_factory=dict)  # fields it trains with
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  title: str
+  rows: Callable[[object, Mapping], List[Row]]   # (config, settings) -> rows
+  columns: Sequence[report.Column]
+  x_label: str
+  log_x: bool = False
+  time_saved: bool = False  # add 1 - s/image / s/image at c = 0 of the same model
+
+
+# ----------------------------------------------------------------------------------------------
+# The sampler table
+
+
+def _sampling(**fields) -> Dict[str, object]:
+  return {f"sampling.{key}": value for key, value in fields.items()}
+
+
+def sampler_rows(config, settings: Mapping) -> List[Row]:
+  """FastDPM review Tables 1-2: every sampler family at every S of settings["steps"] (DDPM at T)."""
+  T = config.diffusion.num_timesteps  # pylint: disable=invalid-name
+  schedule = settings["fastdpm_schedule"]
+  rows = [Row("ddpm", f"DDPM ancestral (T={T})", T, _sampling(name="ancestral"))]
+  for steps in settings["steps"]:
+    if steps > T:
+      raise config_lib.ConfigError(f"--steps={steps}: must be <= diffusion.num_timesteps ({T})")
+    rows += [
+        Row(f"respaced{steps}", "respaced (even)", steps,
+            _sampling(name="respaced", steps=steps, respacing="even")),
+        Row(f"ddim{steps}-eta0", "DDIM eta=0", steps, _sampling(name="ddim", steps=steps, eta=0.0)),
+        Row(f"ddim{steps}-eta1", "DDIM eta=1", steps, _sampling(name="ddim", steps=steps, eta=1.0)),
+    ]
+    for kind in ("var", "step"):
+      # FastDPM's variance schedules are linear | quadratic; its step schedules uniform | quadratic.
+      kind_schedule = "linear" if kind == "var" and schedule == "uniform" else schedule
+      for kappa, reverse in ((1.0, "DDPM-rev"), (0.0, "DDIM-rev")):
+        rows.append(Row(f"fastdpm-{kind}{steps}-kappa{kappa:g}-{kind_schedule}",
+                        f"FastDPM-{kind.upper()} {reverse}", steps,
+                        _sampling(name="fastdpm", fastdpm_kind=kind, steps=steps, kappa=kappa,
+                                  schedule=kind_schedule)))
+  return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# The adaptive-depth table
+
+
+def depth_rows(config, settings: Mapping) -> List[Row]:
+  """Adaptive U-Net paper Tables 1-3: skip type x c, each skip type's model trained once with
+  random depth; the full-depth model at c = 0 is the baseline."""
+  del config
+  rows = [Row("full-c0", "full (baseline)", 0, {"depth.power": 0.0}, model="full",
+              training={"depth.training": "full"})]
+  for skip in settings["skip_types"]:
+    training = {"model.skip_type": skip, "depth.training": "random"}
+    rows += [Row(f"{skip}-c{power:g}", f"{skip} skip", power, {"depth.power": power},
+                 model=f"skip-{skip}", training=training) for power in settings["powers"]]
+  return rows
+
+
+_QUALITY_COLUMNS = (
+    report.Column("FID", "fid", ".2f"),
+    report.Column("KID x1e3", lambda r: None if "kid" not in r else
+                  f"{1e3 * r['kid']:.2f} ± {1e3 * r['kid_std']:.2f}"),
+    report.Column("Digits FD", "digits_fd", ".3f"),
+)
+
+TABLES: Dict[str, Table] = {
+    "samplers": Table(
+        "Samplers: quality against network evaluations (FastDPM review, Tables 1-2 shape)",
+        sampler_rows,
+        (report.Column("sampler", "label"), report.Column("S", "network_evaluations"),
+         report.Column("s/image", "seconds_per_sample", ".4f")) + _QUALITY_COLUMNS,
+        "network evaluations S", log_x=True),
+    "depth": Table(
+        "Adaptive depth: skip type x c (adaptive U-Net paper, Tables 1-3 shape)",
+        depth_rows,
+        (report.Column("skip type", "label"), report.Column("c", "x", "g"),
+         report.Column("s/image", "seconds_per_sample", ".4f"),
+         report.Column("time saved", "time_saved", ".1%")) + _QUALITY_COLUMNS,
+        "c (depth.power)", time_saved=True),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a table
+
+
+def _with_fields(config, fields: Mapping[str, object]):
+  """A copy of config with the dotted fields set ("sampling.steps": 10), validated."""
+  config = config.copy_and_resolve_references()
+  for field, value in fields.items():
+    *sections, name = field.split(".")
+    node = config
+    for section in sections:
+      node = node[section]
+    node[name] = value
+  config_lib.validate(config)
+  return config
+
+
+DEFAULT_SETTINGS = {"steps": (10, 20, 50, 100), "fastdpm_schedule": "quadratic",
+                    "skip_types": ("zero", "duplicate", "interpolate"), "powers": (0, 1, 2, 3, 5),
+                    "label": ""}
+
+
+def run_table(name: str, config, workdir: str, settings: Mapping = None, command: str = "") -> str:
+  """Trains what the table's rows need, evaluates each row, writes the table; returns the .md.
+  settings: DEFAULT_SETTINGS' keys (the command's flags)."""
+  table = TABLES[name]
+  settings = {**DEFAULT_SETTINGS, **(settings or {})}
+  rows = table.rows(config, settings)
+  start = time.time()
+  trained = {}
+  for row in rows:
+    if row.model in trained:
+      continue
+    model_config = _with_fields(config, row.training)
+    model_workdir = os.path.join(workdir, row.model)
+    logging.info("paper_tables: training %s (to step %d)", model_workdir or workdir,
+                 model_config.training.num_steps)
+    result = train_lib.train(model_config, model_workdir)
+    if result.interrupted_by:  # checkpoint saved: the same command resumes
+      print(f"stopped by {result.interrupted_by} while training {model_workdir} (step "
+            f"{result.step}); run the same command to resume", file=sys.stderr)
+      sys.exit(result.exit_code)
+    trained[row.model] = result.step
+  train_seconds = time.time() - start
+
+  results = []
+  for i, row in enumerate(rows):
+    row_config = _with_fields(config, {**row.training, **row.fields})
+    row_config.evaluation.name = f"{name}-{row.name}"
+    logging.info("paper_tables: row %d/%d: %s (x=%g)", i + 1, len(rows), row.label, row.x)
+    metrics = evaluate_lib.evaluate(row_config, os.path.join(workdir, row.model))
+    results.append(dict(metrics, label=row.label, x=row.x, model=row.model or "."))
+    if table.time_saved:
+      _add_time_saved(results)
+    # Rewritten after every row: a long table shows (and keeps) what is done so far.
+    run = {"train_seconds": train_seconds, "evaluate_seconds": time.time() - start - train_seconds,
+           "checkpoint_steps": trained, "label": settings["label"], "command": command,
+           "rows_done": f"{i + 1}/{len(rows)}"}
+    path = write_table(name, results, workdir, run, announce=i + 1 == len(rows))
+  return path
+
+
+def _add_time_saved(results: List[dict]) -> None:
+  """time_saved = 1 - s/image / s/image at c = 0 of the same model (depth rows only)."""
+  base = {r["model"]: r["seconds_per_sample"] for r in results if r.get("depth_power") == 0}
+  for r in results:
+    if "depth_power" in r and r["model"] in base:
+      r["time_saved"] = 1 - r["seconds_per_sample"] / base[r["model"]]
+
+
+def write_table(name: str, results: List[dict], workdir: str, run: Mapping,
+                announce: bool = True) -> str:
+  """<workdir>/tables/<name>.md, .json and .png from the rows' metrics and run (run_table's);
+  prints the markdown when announce."""
+  table = TABLES[name]
+  out = os.path.join(workdir, "tables")
+  png = os.path.join(out, f"{name}.png")
+  y_key = next((k for k in ("fid", "digits_fd", "kid") if all(k in r for r in results)), None)
+  if y_key is not None:
+    plots.plot_tradeoff([dict(r, **{table.x_label: r["x"]}) for r in results], table.x_label,
+                        y_key, png, title=table.title.split(":")[0], log_x=table.log_x)
+  first = results[0]
+  notes = [
+      f"**{run['label']}**" if run["label"] else "",
+      f"Command: `{run['command']}`" if run["command"] else "",
+      f"Checkpoint steps: {json.dumps(run['checkpoint_steps'])}; samples per row: "
+      f"{sorted({r['num_samples'] for r in results})}; device: {first['device']} x{first['num_devices']}.",
+      f"Wall-clock: training {run['train_seconds'] / 60:.1f} min (0 when resumed), evaluation "
+      f"{run['evaluate_seconds'] / 60:.1f} min (kept samples are not re-made); rows done: "
+      f"{run.get('rows_done', len(results))}.",
+      (f"FID/KID: FID Inception-v3 pool3, preprocessing {first['fid_preprocessing']!r}, weights "
+       f"{first['inception_weights']}, reference {first.get('fid_reference', 'the data set')}."
+       if "fid_preprocessing" in first else ""),
+      "Each row's metrics.json: <model workdir>/eval/<table>-<row>/step_<step>/metrics.json "
+      f"(all of them in {name}.json).",
+  ]
+  plot_axes = f"{y_key} against {table.x_label}"
+  # Metrics not computed for any row (e.g. FID in a Digits FD table) get no column.
+  columns = [column for column in table.columns
+             if any(report.format_markdown_table([r], [column]).splitlines()[-1] != "| n/a |"
+                    for r in results)]
+  markdown = "\n".join([f"## {table.title}", "",
+                        report.format_markdown_table(results, columns), "",
+                        *[f"- {note}" for note in notes if note],
+                        *([f"\n![{name}: {plot_axes}]({name}.png)"] if y_key else [])]) + "\n"
+  if jax.process_index() == 0:
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, f"{name}.md")
+    with open(path, "w") as f:
+      f.write(markdown)
+    report.write_json(os.path.join(out, f"{name}.json"), {"run": run, "rows": results},
+                      announce=announce)
+    if announce:
+      print(markdown, flush=True)
+  return os.path.join(out, f"{name}.md")
+
+
+def define_flags():
+  """The program's flags (not defined on import, so that the tools import side by side)."""
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:variant]).")
+  flags.DEFINE_string("workdir", None, "Checkpoints, evaluations and tables/.")
+  flags.DEFINE_enum("table", None, list(TABLES), "Which table.")
+  flags.DEFINE_integer("num_samples", 0, "Samples per row (0: config.evaluation.num_samples).")
+  flags.DEFINE_list("steps", ["10", "20", "50", "100"], "samplers: S values.")
+  flags.DEFINE_enum("fastdpm_schedule", "quadratic", ["uniform", "quadratic"],
+                    "samplers: FastDPM schedule (VAR: uniform = linear variances).")
+  flags.DEFINE_list("skip_types", ["zero", "duplicate", "interpolate"], "depth: skip types.")
+  flags.DEFINE_list("powers", ["0", "1", "2", "3", "5"], "depth: values of c.")
+  flags.DEFINE_string("label", "", "A line the table and plot carry, e.g. 'CPU-scale, contended'.")
+  flags.mark_flags_as_required(["config", "workdir", "table"])
+
+
+@cli.one_line_errors
+def main(argv):
+  del argv
+  console.quiet_absl_handler()
+  config = cli.load_config(FLAGS["config"])
+  parallel.maybe_initialize_distributed(config.distributed)  # a pod / SLURM job: every process
+  if FLAGS.num_samples:
+    config.evaluation.num_samples = FLAGS.num_samples
+  config_lib.validate(config)
+  settings = {"steps": _numbers("steps", FLAGS.steps, int),
+              "powers": _numbers("powers", FLAGS.powers, float),
+              "fastdpm_schedule": FLAGS.fastdpm_schedule, "skip_types": FLAGS.skip_types,
+              "label": FLAGS.label}
+  command = shlex.join(["python", "-m", "jdiff.tools.paper_tables"] + sys.argv[1:])
+  run_table(FLAGS.table, config, FLAGS.workdir, settings, command)
+  return 0
+
+
+def _numbers(flag: str, values: Sequence[str], kind: Callable) -> List:
+  try:
+    return [kind(value) for value in values]
+  except ValueError:
+    raise config_lib.ConfigError(f"--{flag}={','.join(values)}: must be a list of "
+                                 f"{kind.__name__} numbers") from None
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)
