@@ -26,7 +26,7 @@ FASTDPM_KINDS = ("var", "step")
 DEPTH_TRAINING_SCHEMES = ("full", "random", "bucketed")
 
 # models/
-MODEL_KINDS = ("unet", "sngan")
+MODEL_KINDS = ("unet", "sngan", "diffwave")
 SKIP_TYPES = ("zero", "duplicate", "interpolate")
 BLOCK_TYPES = ("res", "mbconv")
 PRECISIONS = ("float32", "bfloat16")
@@ -34,10 +34,12 @@ PRECISIONS = ("float32", "bfloat16")
 # data.py
 TFDS_SOURCES = ("cifar10", "mnist", "fashion_mnist", "celeb_a")
 LOCAL_SOURCES = ("folder", "npz", "idx")
-DATA_SOURCES = ("digits",) + TFDS_SOURCES + LOCAL_SOURCES
+AUDIO_SOURCES = ("sc09", "ljspeech")    # data.kind=audio (also "folder": WAVs or a .tar.gz)
+DATA_SOURCES = ("digits",) + TFDS_SOURCES + LOCAL_SOURCES + AUDIO_SOURCES
+DATA_KINDS = ("image", "audio")
 
 # evaluation
-EVALUATION_METRICS = ("fid", "is", "kid", "digits_fd", "bpd")
+EVALUATION_METRICS = ("fid", "is", "kid", "digits_fd", "bpd", "sc09_fd")  # sc09_fd: audio
 SURROGATE_KINDS = ("none", "sngan", "ddpm")
 BENCH_KINDS = ("core", "depth", "samplers", "precision")
 BENCH_SAMPLER_FAMILIES = ("ddpm", "respaced", "ddim", "fastdpm", "surrogate")
