@@ -14,18 +14,11 @@ paper: 1M steps at batch 16). Offline, point it at WAVs: --config.data.source=fo
 clips, T = 20): what the tests use; its samples are noise.
 """
 
-import os
-
 from jdiff import audio
 from jdiff import config_lib
 
-# The 100 real SC09 clips shipped beside the repository for tests (absent on a user's machine).
-SHARED_SC09 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared",
-                           "data", "sc09", "sc09_sample.tar.gz")
 
-
-def audio_config():
-  """Defaults for every SC09 config: audio data, DiffWave, FastDPM's T = 200 linear schedule."""
+def get_config(variant: str = ""):
   config = config_lib.default_config()
   config.data.update(dict(kind="audio", source="sc09", num_channels=1, random_flip=False,
                           audio_length=16000, sample_rate=16000, words=audio.DIGITS))
@@ -36,17 +29,9 @@ def audio_config():
                               warmup_steps=0, ema_decay=0.9999, checkpoint_every=5000))
   config.sampling.update(dict(batch_size=16, num_samples=16, clip_denoised=True))
   config.evaluation.metrics = ("sc09_fd",)  # jdiff.evaluation.speech_classifier; audio_table
+  config = config_lib.apply_variant(config, variant)
+  if variant == "tiny":
+    config.diffwave.update(dict(residual_channels=8, skip_channels=8, num_layers=2,
+                                dilation_cycle=2, embed_dims=(16, 32, 32)))
+    config.data.audio_length = 1024
   return config
-
-
-def shrink_tiny(config):
-  """The test-sized model and clips (after config_lib.apply_variant(config, 'tiny'))."""
-  config.diffwave.update(dict(residual_channels=8, skip_channels=8, num_layers=2,
-                              dilation_cycle=2, embed_dims=(16, 32, 32)))
-  config.data.audio_length = 1024
-  return config
-
-
-def get_config(variant: str = ""):
-  config = config_lib.apply_variant(audio_config(), variant)
-  return shrink_tiny(config) if variant == "tiny" else config
