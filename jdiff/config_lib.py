@@ -237,6 +237,9 @@ def _validate_audio(config: ml_collections.ConfigDict) -> None:
     _check(not data.random_flip, "data.random_flip", data.random_flip,
            "false with data.kind='audio' (a waveform played backwards is not speech)")
     _check(data.num_channels == 1, "data.num_channels", data.num_channels, "1 (mono) for audio")
+    _check(config.depth.training == "full" and config.depth.power == 0, "depth.training",
+           config.depth.training, "'full' with depth.power=0 for DiffWave (adaptive depth is a "
+           "U-Net feature)")
     _check(config.diffwave.n_mels == 0, "diffwave.n_mels", config.diffwave.n_mels,
            "0: training with mel conditioning is not wired into the train step yet (the model "
            "takes a mel; jdiff.audio.mel_spectrogram computes it)")

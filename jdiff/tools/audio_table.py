@@ -85,7 +85,7 @@ def run(config, workdir: str, reference: str, num_samples: int, rounds: int, ste
   for row in rows:
     times = row.pop("times")
     row["seconds_per_clip"] = float(np.median(times))
-    row["spread_s"] = float(np.max(times) - np.min(times))
+    row["spread_s"] = float(np.max(times) - np.min(times)) if len(times) > 1 else None
   anchors = scorer.anchors(num_samples)
   rows += [dict(sampler=f"anchor: {name} clips", **values) for name, values in anchors.items()]
   results = {"device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
