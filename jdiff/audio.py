@@ -323,12 +323,11 @@ def mel_spectrogram(waves, sample_rate: int = 22050, n_fft: int = 1024, hop: int
 def save_waveforms_png(waves: Iterable[np.ndarray], sample_rate: int, path: str,
                        titles: Optional[Sequence[str]] = None, max_clips: int = 8) -> str:
   """One row per clip: its waveform and its spectrogram (dB), as a PNG (matplotlib)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top  (no pyplot state)
   waves = [to_float(np.asarray(w).reshape(-1)) if np.asarray(w).dtype == np.int16
            else np.asarray(w, np.float32).reshape(-1) for w in list(waves)[:max_clips]]
-  fig, axes = plt.subplots(len(waves), 2, figsize=(10, 1.8 * len(waves)), squeeze=False)
+  fig = Figure(figsize=(10, 1.8 * len(waves)))
+  axes = fig.subplots(len(waves), 2, squeeze=False)
   for i, wave in enumerate(waves):
     seconds = np.arange(len(wave)) / sample_rate
     axes[i, 0].plot(seconds, wave, linewidth=0.4)
@@ -340,5 +339,4 @@ def save_waveforms_png(waves: Iterable[np.ndarray], sample_rate: int, path: str,
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=80)
-  plt.close(fig)
   return path
