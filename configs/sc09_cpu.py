@@ -28,7 +28,8 @@ SHARED_SC09 = os.path.join(HERE, "..", "..", "shared", "data", "sc09", "sc09_sam
 
 def get_config(variant: str = ""):
   # The tiny variant is sc09_diffwave.py's (2 layers of 8 channels, 1024 samples, T = 20).
-  config = config_lib.load_config(os.path.join(HERE, "sc09_diffwave.py") + (":tiny" if variant else ""))
+  base = os.path.join(HERE, "sc09_diffwave.py")
+  config = config_lib.load_config(f"{base}:{variant}" if variant else base)
   if os.path.exists(SHARED_SC09):
     config.data.update(dict(source="folder", path=os.path.abspath(SHARED_SC09)))
   if variant:

@@ -62,7 +62,8 @@ def read_wav(file, where: str = "") -> Tuple[int, np.ndarray]:
   try:
     rate, data = scipy.io.wavfile.read(file)
   except (ValueError, OSError, EOFError) as e:
-    raise DataError(f"{where}: unreadable as WAV ({str(e).splitlines()[0] if str(e) else e!r})") from e
+    reason = str(e).splitlines()[0] if str(e) else repr(e)
+    raise DataError(f"{where}: unreadable as WAV ({reason})") from e
   if data.dtype != np.int16:
     raise DataError(f"{where}: sample format {data.dtype}; expected 16-bit PCM (int16); convert "
                     "it, e.g. sox in.wav -b 16 out.wav")
@@ -192,7 +193,8 @@ def read_folder(path: str, *, words: Sequence[str] = (), split: str = "train",
 
 def _cache_path(data_dir: str, name: str, split: str, sample_rate: int, length: int) -> str:
   root = data_dir or os.path.expanduser("~/tensorflow_datasets")
-  return os.path.join(root, "jdiff_cache", f"{name}_{split.replace(':', '_')}_{sample_rate}_{length}.npy")
+  file_name = f"{name}_{split.replace(':', '_')}_{sample_rate}_{length}.npy"
+  return os.path.join(root, "jdiff_cache", file_name)
 
 
 def _cached(cache: str, make) -> np.ndarray:

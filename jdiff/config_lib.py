@@ -157,7 +157,7 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("diffwave.dilation_cycle", POSITIVE_INT),
     ("diffwave.embed_dims", ((lambda value: isinstance(value, (tuple, list)) and len(value) == 3
                               and all(positive_int(v) for v in value) and value[0] % 2 == 0),
-                             "three positive integers (sinusoidal, hidden, output; the first even)")),
+                             "three positive integers (sinusoidal, hidden, output; first even)")),
     ("diffwave.weight_norm", BOOL),
     ("diffwave.n_mels", NON_NEGATIVE_INT),
 )
@@ -325,7 +325,8 @@ def checkpoint_identity(config: ml_collections.ConfigDict, purpose: str) -> dict
     section, _, name = field.partition(".")
     audio_fields = ("data.kind", "data.audio_length", "data.sample_rate")
     holds = ((section == "model" and name not in _COMPUTE_ONLY_MODEL_FIELDS)
-             or (config.model.kind == "diffwave" and (section == "diffwave" or field in audio_fields))
+             or (config.model.kind == "diffwave"
+                 and (section == "diffwave" or field in audio_fields))
              or section == "diffusion" or field in ("data.image_size", "data.num_channels")
              or (config.model.kind == "sngan" and field in ("gan.z_dim", "gan.g_ch", "gan.d_ch")))
     trains = purpose == "train" and (

@@ -28,7 +28,8 @@ class Generator:
   """Batches of config.sampling.batch_size samples from one checkpoint.
 
   sample(index) -> uint8 [B, H, W, C] (audio: int16 [B, L, 1]) on every process; batch `index`
-  depends only on (config.seed, checkpoint_step, index), so any subset of batches can be made in any order.
+  depends only on (config.seed, checkpoint_step, index), so any subset of batches can be made
+  in any order.
   """
   sample_fn: Callable            # jitted (params, rng) -> [B, H, W, C] in [-1, 1], sharded
   params: object
