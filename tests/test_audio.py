@@ -306,3 +306,24 @@ def test_speech_commands_archive_splits_by_its_lists(tmp_path):
   assert splits["train"][1] == ["one", "one", "zero"]  # sorted paths; "left" filtered out
   assert splits["validation"][1] == ["one", "zero"] and splits["test"][1] == ["zero"]
   np.testing.assert_array_equal(splits["test"][0][0, :, 0], ord("c"))
+
+
+@pytest.mark.slow
+@requires_shared_data("sc09", "sc09_sample.tar.gz")
+def test_cli_trains_and_samples_wavs_and_a_picture(tmp_path):
+  """The tiny CPU config through the CLI: --mode=train, then --mode=sample with FastDPM."""
+  from conftest import cli  # pylint: disable=g-import-not-at-top
+  common = [f"--config={os.path.join(REPO, 'configs', 'sc09_cpu.py')}:tiny",
+            f"--workdir={tmp_path}"]
+  assert cli(common + ["--mode=train"]).returncode == 0
+  result = cli(common + ["--mode=sample", "--config.sampling.name=fastdpm",
+                         "--config.sampling.fastdpm_kind=var", "--config.sampling.steps=5",
+                         "--config.sampling.schedule=quadratic", "--config.sampling.kappa=1.0"])
+  assert result.returncode == 0, result.stderr[-2000:]
+  samples = tmp_path / "samples"
+  assert (samples / "waveforms.png").stat().st_size > 1000
+  for i in range(4):
+    rate, wave = audio.read_wav(str(samples / f"sample_{i:04d}.wav"))
+    assert rate == 16000 and wave.shape == (1024,)
+  np.testing.assert_array_equal(np.load(samples / "samples.npz")["images"][0, :, 0],
+                                audio.read_wav(str(samples / "sample_0000.wav"))[1])
