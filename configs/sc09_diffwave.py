@@ -8,7 +8,7 @@ zero..nine of Speech Commands v0.01, downloaded once through TFDS's download man
 Expected: `--mode=summary` prints `parameters: 24071681` (24,034,305 with
 --config.diffwave.weight_norm=False; the paper: 24.1M). Training it needs an accelerator (the
 paper: 1M steps at batch 16). Offline, point it at WAVs: --config.data.source=folder
---config.data.path=/path/to/sc09_or_wavs(.tar.gz) --config.data.words=zero,one,...
+--config.data.path=/path/to/sc09_or_wavs(.tar.gz) (data.words keeps the digit folders)
 
 --config=configs/sc09_diffwave.py:tiny shrinks it to seconds (2 layers of 8 channels, 1024-sample
 clips, T = 20): what the tests use; its samples are noise.
