@@ -25,6 +25,7 @@ from jdiff import parallel
 from jdiff import sampling
 from jdiff import schedules
 from jdiff.errors import CheckpointMissingError
+from jdiff.models import diffwave
 from jdiff.models import gan
 from jdiff.models import presets
 from jdiff.models.unet import UNet
@@ -44,8 +45,16 @@ def output_channels(config) -> int:
   return config.data.num_channels * factor
 
 
-def build_model(config) -> UNet:
+def build_model(config):
+  """The diffusion model: the U-Net, or DiffWave for audio (model.kind='diffwave')."""
   model = model_config(config)
+  if model.kind == "diffwave":
+    d = config.diffwave
+    return diffwave.DiffWave(
+        residual_channels=d.residual_channels, skip_channels=d.skip_channels,
+        num_layers=d.num_layers, dilation_cycle=d.dilation_cycle, embed_dims=tuple(d.embed_dims),
+        out_ch=output_channels(config), n_mels=d.n_mels, weight_norm=d.weight_norm,
+        dtype=jnp.dtype(model.dtype))
   return UNet(
       ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
       attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
@@ -59,6 +68,9 @@ def num_levels(config) -> int:
 
 
 def image_shape(config):
+  """One example's shape: [H, W, C] images, or [L, 1] waveforms (data.kind='audio')."""
+  if config.data.kind == "audio":
+    return (config.data.audio_length, 1)
   return (config.data.image_size, config.data.image_size, config.data.num_channels)
 
 

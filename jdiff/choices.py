@@ -41,7 +41,7 @@ DEPTH_TRAINING_SCHEMES = ("full", "random", "bucketed")
 DEPTH_DISPATCHES = ("host", "switch")     # training: one program per depth | one lax.switch
 
 # models/
-MODEL_KINDS = ("unet", "sngan")
+MODEL_KINDS = ("unet", "sngan", "diffwave")
 SKIP_TYPES = ("zero", "duplicate", "interpolate")
 BLOCK_TYPES = ("res", "mbconv")
 PRECISIONS = ("float32", "bfloat16")
@@ -49,10 +49,12 @@ PRECISIONS = ("float32", "bfloat16")
 # data.py
 TFDS_SOURCES = ("cifar10", "mnist", "fashion_mnist", "celeb_a")
 LOCAL_SOURCES = ("folder", "npz", "idx")
-DATA_SOURCES = ("digits",) + TFDS_SOURCES + LOCAL_SOURCES
+AUDIO_SOURCES = ("sc09", "ljspeech")    # data.kind=audio (also "folder": WAVs or a .tar.gz)
+DATA_SOURCES = ("digits",) + TFDS_SOURCES + LOCAL_SOURCES + AUDIO_SOURCES
+DATA_KINDS = ("image", "audio")
 
 # evaluation
-EVALUATION_METRICS = ("fid", "is", "kid", "digits_fd", "bpd")
+EVALUATION_METRICS = ("fid", "is", "kid", "digits_fd", "bpd", "sc09_fd")  # sc09_fd: audio
 # The default; when the Inception weights have no logits, "is" is dropped from it (with a log line).
 DEFAULT_EVALUATION_METRICS = ("fid", "is", "kid")
 FID_PREPROCESSINGS = ("tf1", "pytorch_fid")  # jdiff.evaluation.inception.fid_inception_input

@@ -153,6 +153,22 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("evaluation.kid_subset_size", POSITIVE_INT),
     ("evaluation.bpd_examples", NON_NEGATIVE_INT),
     ("evaluation.bpd_split", STRING),
+    # Audio (data.kind='audio', model.kind='diffwave').
+    ("data.kind", one_of(*choices.DATA_KINDS)),
+    ("data.audio_length", POSITIVE_INT),
+    ("data.sample_rate", POSITIVE_INT),
+    ("data.resample", BOOL),
+    ("data.words", ((lambda value: isinstance(value, (tuple, list))
+                     and all(isinstance(v, str) and v for v in value)), "a list of folder names")),
+    ("diffwave.residual_channels", POSITIVE_INT),
+    ("diffwave.skip_channels", POSITIVE_INT),
+    ("diffwave.num_layers", POSITIVE_INT),
+    ("diffwave.dilation_cycle", POSITIVE_INT),
+    ("diffwave.embed_dims", ((lambda value: isinstance(value, (tuple, list)) and len(value) == 3
+                              and all(positive_int(v) for v in value) and value[0] % 2 == 0),
+                             "three positive integers (sinusoidal, hidden, output; first even)")),
+    ("diffwave.weight_norm", BOOL),
+    ("diffwave.n_mels", NON_NEGATIVE_INT),
 )
 
 
@@ -212,7 +228,38 @@ def validate(config: ml_collections.ConfigDict) -> None:
   if "digits_fd" in config.evaluation.metrics:
     _check(data.num_channels == 1, "evaluation.metrics", tuple(config.evaluation.metrics),
            "without 'digits_fd' when data.num_channels=3 (Digits FD scores grayscale digits)")
+  _validate_audio(config)
   _validate_sampling(config)
+
+
+def _validate_audio(config: ml_collections.ConfigDict) -> None:
+  """Audio needs DiffWave and an audio source, and the other way round."""
+  data, kind = config.data, config.model.kind
+  audio = data.kind == "audio"
+  _check(audio == (kind == "diffwave"), "model.kind", kind,
+         "'diffwave' with data.kind='audio'" if audio else
+         f"one of {[k for k in choices.MODEL_KINDS if k != 'diffwave']} with data.kind='image' "
+         "(set data.kind='audio' for DiffWave)")
+  if audio:
+    _check(data.source in choices.AUDIO_SOURCES + ("folder",), "data.source", data.source,
+           f"one of {list(choices.AUDIO_SOURCES + ('folder',))} with data.kind='audio'")
+    _check(not data.random_flip, "data.random_flip", data.random_flip,
+           "false with data.kind='audio' (a waveform played backwards is not speech)")
+    _check(data.num_channels == 1, "data.num_channels", data.num_channels, "1 (mono) for audio")
+    _check(config.depth.training == "full" and config.depth.power == 0, "depth.training",
+           config.depth.training, "'full' with depth.power=0 for DiffWave (adaptive depth is a "
+           "U-Net feature)")
+    _check(config.diffwave.n_mels == 0, "diffwave.n_mels", config.diffwave.n_mels,
+           "0: training with mel conditioning is not wired into the train step yet (the model "
+           "takes a mel; jdiff.audio.mel_spectrogram computes it)")
+    _check(tuple(config.evaluation.metrics) == ("sc09_fd",), "evaluation.metrics",
+           tuple(config.evaluation.metrics), "('sc09_fd',) for audio (the image metrics and "
+           "bits/dim of 8-bit pixels do not apply; python -m jdiff.tools.audio_table scores it)")
+  else:
+    _check("sc09_fd" not in config.evaluation.metrics, "evaluation.metrics",
+           tuple(config.evaluation.metrics), "without 'sc09_fd' for images (it scores SC09 audio)")
+    _check(data.source not in choices.AUDIO_SOURCES, "data.source", data.source,
+           f"an image source with data.kind='image' (set data.kind='audio' for {data.source!r})")
 
 
 def _validate_sampling(config: ml_collections.ConfigDict) -> None:
@@ -297,7 +344,10 @@ def checkpoint_identity(config: ml_collections.ConfigDict, purpose: str) -> dict
   resolved["model"] = resolved_model_config(config).to_dict()
   for field, value in _flatten(resolved).items():
     section, _, name = field.partition(".")
+    audio_fields = ("data.kind", "data.audio_length", "data.sample_rate")
     holds = ((section == "model" and name not in _COMPUTE_ONLY_MODEL_FIELDS)
+             or (config.model.kind == "diffwave"
+                 and (section == "diffwave" or field in audio_fields))
              or section == "diffusion" or field in ("data.image_size", "data.num_channels")
              or (config.model.kind == "sngan" and field in ("gan.z_dim", "gan.g_ch", "gan.d_ch")))
     trains = purpose == "train" and (
@@ -326,6 +376,11 @@ def default_config() -> ml_collections.ConfigDict:
       image_size=32,
       num_channels=3,
       random_flip=True,
+      kind="image",        # image | audio (waveforms [L, 1]; model.kind must be diffwave)
+      audio_length=16000,  # audio: samples per clip (shorter clips zero-padded, longer cut)
+      sample_rate=16000,   # audio: Hz; files at other rates are resampled (or refused)
+      resample=True,       # audio: resample other rates (False: refuse them)
+      words=(),            # audio folder / archive: keep only these word folders (() = all)
   ))
   config.model = ml_collections.ConfigDict(dict(
       ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
@@ -379,6 +434,13 @@ def default_config() -> ml_collections.ConfigDict:
       workdir="",           # where it was trained
       t_mid=500,            # 1-based step the reverse process starts from (T: no surrogate)
       t_mids=(0, 250, 500, 750),  # the bench's sweep
+  ))
+  # DiffWave (model.kind = 'diffwave', jdiff/models/diffwave.py): Kong et al.'s SC09 model.
+  config.diffwave = ml_collections.ConfigDict(dict(
+      residual_channels=256, skip_channels=256, num_layers=36, dilation_cycle=12,
+      embed_dims=(128, 512, 512),  # sinusoidal step embedding -> fc_t1 -> fc_t2
+      weight_norm=True,            # weight-normalised convs, as the reference code
+      n_mels=0,                    # 0: unconditional (mel conditioning: the vocoder)
   ))
   # SNGAN (model.kind = 'sngan'): ResNet generator, spectrally normalised discriminator, hinge loss.
   config.gan = ml_collections.ConfigDict(dict(

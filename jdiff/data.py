@@ -19,6 +19,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from jdiff import audio
 from jdiff import choices
 from jdiff.errors import DataError
 
@@ -31,7 +32,9 @@ _READ_ERRORS = (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, N
 
 
 def to_float(images_uint8):
-  """uint8 [0, 255] -> float32 [-1, 1] (works on numpy and jax arrays)."""
+  """uint8 [0, 255] -> float32 [-1, 1]; int16 audio -> x / 32768 (numpy and jax arrays)."""
+  if images_uint8.dtype == np.int16:
+    return audio.to_float(images_uint8)
   return images_uint8.astype(np.float32) / 127.5 - 1.0
 
 
@@ -321,7 +324,10 @@ def _load_tfds(name: str, split: str, image_size: int, num_channels: int, data_d
 
 
 def load_images(data_config) -> np.ndarray:
-  """uint8 [N, H, W, C] for config.data; raises DataError with what to do on failure."""
+  """uint8 [N, H, W, C] for config.data (int16 [N, L, 1] for data.kind='audio', jdiff.audio);
+  raises DataError with what to do on failure."""
+  if data_config.get("kind", "image") == "audio":
+    return audio.load_audio(data_config)
   source, size, channels = data_config.source, data_config.image_size, data_config.num_channels
   path = data_config.get("path", "")
   if source == "digits":
@@ -378,7 +384,7 @@ class BatchStream:
   def batch(self, step: int) -> np.ndarray:
     indices = self.indices(step)
     order = np.argsort(indices)  # sorted reads are faster on a memory map
-    batch = np.empty((len(indices),) + self.images.shape[1:], np.uint8)
+    batch = np.empty((len(indices),) + self.images.shape[1:], self.images.dtype)
     batch[order] = self.images[indices[order]]
     return batch
 

@@ -182,5 +182,5 @@ def test_every_config_and_its_tiny_variant_load_and_validate():
   for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))):
     for spec in (path, path + ":tiny"):
       config = config_lib.load_config(spec)
-      assert config.model.kind in ("unet", "sngan"), spec
+      assert config.model.kind in ("unet", "sngan", "diffwave"), spec
     assert config.diffusion.num_timesteps == 20 and config.training.num_steps == 6, path

@@ -1,4 +1,5 @@
-"""--mode=sample: samples from the EMA params of the latest checkpoint; .npz (uint8) + PNG grid.
+"""--mode=sample: samples from the EMA params of the latest checkpoint; .npz (uint8) + PNG grid;
+audio (data.kind='audio'): .npz (int16), one .wav per sample and a PNG of waveforms + spectrograms.
 
 `build_generator` is the one place that turns a config and a workdir into a batch sampler (the
 configured sampler, depth schedule and surrogate); --mode=evaluate draws its samples from it too.
@@ -14,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jdiff import audio
 from jdiff import builders
 from jdiff import images as images_lib
 from jdiff import parallel
@@ -26,8 +28,9 @@ from jdiff import surrogate as surrogate_lib
 class Generator:
   """Batches of config.sampling.batch_size samples from one checkpoint.
 
-  sample(index) -> uint8 [B, H, W, C] on every process; batch `index` depends only on
-  (config.seed, checkpoint_step, index), so any subset of batches can be made in any order.
+  sample(index) -> uint8 [B, H, W, C] (audio: int16 [B, L, 1]) on every process; batch `index`
+  depends only on (config.seed, checkpoint_step, index), so any subset of batches can be made
+  in any order.
   """
   sample_fn: Callable            # jitted (params, rng) -> [B, H, W, C] in [-1, 1], sharded
   params: object
@@ -38,6 +41,7 @@ class Generator:
   surrogate_evaluations: int = 0  # per sample, of the surrogate model (surrogate diffusion)
   image_shape: Tuple[int, ...] = ()
   evaluation_fn: Optional[Callable] = None  # jitted (params, x [B, ...]) -> one network evaluation
+  to_output: Callable = sampling.to_uint8  # [-1, 1] floats -> what files hold (audio: to_int16)
 
   def compile(self) -> float:
     """Compiles the sampler now; returns the seconds it took."""
@@ -60,7 +64,7 @@ class Generator:
   def sample(self, index: int) -> np.ndarray:
     images = self.sample_fn(self.params, jax.random.fold_in(self.rng, index))
     # Gathers every process's rows (a no-op copy to host with one process).
-    return sampling.to_uint8(multihost_utils.process_allgather(images, tiled=True))
+    return self.to_output(multihost_utils.process_allgather(images, tiled=True))
 
 
 def build_generator(config, workdir: str, mesh) -> Generator:
@@ -79,7 +83,8 @@ def build_generator(config, workdir: str, mesh) -> Generator:
       x, jnp.full(x.shape[:1], last_step)))
   return Generator(sample_fn, params, step, evaluations, config.sampling.batch_size,
                    jax.random.fold_in(jax.random.key(config.seed), 1 + step),
-                   surrogate_evaluations, builders.image_shape(config), evaluation_fn)
+                   surrogate_evaluations, builders.image_shape(config), evaluation_fn,
+                   audio.to_int16 if config.data.kind == "audio" else sampling.to_uint8)
 
 
 def sample(config, workdir: str) -> str:
@@ -94,9 +99,16 @@ def sample(config, workdir: str) -> str:
   samples = np.concatenate(batches)[:config.sampling.num_samples]
   out_dir = os.path.join(workdir, "samples")
   grid_path = os.path.join(out_dir, "grid.png")
+  if config.data.kind == "audio":
+    grid_path = os.path.join(out_dir, "waveforms.png")
   if jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     np.savez_compressed(os.path.join(out_dir, "samples.npz"), images=samples,
                         step=generator.checkpoint_step)
-    images_lib.save_grid(samples[:256], grid_path)
+    if config.data.kind == "audio":
+      for i, wave in enumerate(samples):
+        audio.write_wav(os.path.join(out_dir, f"sample_{i:04d}.wav"), config.data.sample_rate, wave)
+      audio.save_waveforms_png(samples, config.data.sample_rate, grid_path)
+    else:
+      images_lib.save_grid(samples[:256], grid_path)
   return grid_path

@@ -1,0 +1,329 @@
+"""Audio: DiffWave's layout and size, WAV I/O, the samplers on waveforms [B, L, 1], the SC09
+classifier metric."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.io.wavfile
+
+from conftest import REPO, SHARED_DATA, requires_shared_data
+from jdiff import audio
+from jdiff import builders
+from jdiff import config_lib
+from jdiff import diffusion as diffusion_lib
+from jdiff import parallel
+from jdiff import sampling
+from jdiff import schedules
+from jdiff.errors import ConfigError, DataError
+from jdiff.models import diffwave
+
+FULL = os.path.join(REPO, "configs", "sc09_diffwave.py")
+SC09_SAMPLE = os.path.join(SHARED_DATA, "sc09", "sc09_sample.tar.gz")
+
+
+def _tiny_model(**kwargs):
+  settings = dict(residual_channels=8, skip_channels=6, num_layers=3, dilation_cycle=2,
+                  embed_dims=(16, 32, 32))
+  return diffwave.DiffWave(**dict(settings, **kwargs))
+
+
+# ------------------------------------------------------------------------------------------------
+# Model
+
+
+def test_full_config_has_diffwaves_parameter_count():
+  config = config_lib.load_config(FULL)
+  assert builders.parameter_count(config) == 24_071_681
+  config.diffwave.weight_norm = False
+  assert builders.parameter_count(config) == 24_034_305
+
+
+def test_shapes_and_zero_output_at_init():
+  model = _tiny_model()
+  x, t = jnp.ones((2, 64, 1)), jnp.array([0.0, 17.5])
+  params = model.init(jax.random.key(0), x, t, method=model.init_all_depths)["params"]
+  out = model.apply({"params": params}, x, t)
+  assert out.shape == (2, 64, 1) and out.dtype == jnp.float32
+  np.testing.assert_array_equal(out, 0.0)  # zero-initialised output conv (reference ZeroConv1d)
+  # Dilations 1, 2, 1 (cycle 2), skip channels 6.
+  assert params["residual_1"]["skip_conv"]["conv"]["kernel"].shape == (1, 8, 6)
+
+
+def test_mel_conditioning_upsamples_256x():
+  model = _tiny_model(n_mels=5)
+  x, t, mel = jnp.ones((2, 512, 1)), jnp.zeros((2,)), jnp.ones((2, 2, 5))
+  upsampled = diffwave.MelUpsampler().init_with_output(jax.random.key(0), mel)[0]
+  assert upsampled.shape == (2, 512, 5)
+  params = model.init(jax.random.key(0), x, t, method=model.init_all_depths)["params"]
+  assert model.apply({"params": params}, x, t, mel=mel).shape == (2, 512, 1)
+  with pytest.raises(ValueError, match="mel is missing"):
+    model.apply({"params": params}, x, t)
+
+
+def test_gated_unit_value_and_gradient_against_finite_differences():
+  rng = np.random.default_rng(0)
+  h = rng.normal(size=(3, 5, 8)).astype(np.float32)
+  np.testing.assert_allclose(diffwave.gated_unit(h),
+                             np.tanh(h[..., :4]) * (1 / (1 + np.exp(-h[..., 4:]))), rtol=1e-5)
+  weights = rng.normal(size=(3, 5, 4)).astype(np.float32)
+  f = lambda h: jnp.sum(diffwave.gated_unit(h) * weights)
+  grad = np.asarray(jax.grad(f)(h))
+  eps = 1e-2
+  numeric = np.zeros_like(h)
+  for index in np.ndindex(h.shape):
+    up, down = h.copy(), h.copy()
+    up[index] += eps
+    down[index] -= eps
+    numeric[index] = (float(f(up)) - float(f(down))) / (2 * eps)
+  np.testing.assert_allclose(grad, numeric, atol=2e-3)
+
+
+def test_weight_norm_gain_is_the_per_output_channel_norm():
+  """W = g v / ||v||, the norm over (kernel, input channels) per output channel (torch dim=0)."""
+  conv = diffwave.Conv1x(4, kernel_size=3, dilation=2)
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(1, 16, 3)), jnp.float32)
+  params = conv.init(jax.random.key(0), x)["params"]
+  gains = jnp.arange(1.0, 5.0)
+  params["weight_norm"]["conv/kernel/scale"] = gains
+  v = params["conv"]["kernel"]
+  weight = np.asarray(gains * v / jnp.sqrt(jnp.sum(v ** 2, axis=(0, 1))))
+  padded = np.pad(np.asarray(x[0]), ((2, 2), (0, 0)))
+  expected = sum(padded[2 * k:2 * k + 16] @ weight[k] for k in range(3))
+  np.testing.assert_allclose(conv.apply({"params": params}, x)[0], expected, atol=1e-5)
+
+
+def test_audio_config_validation_one_line_errors():
+  config = config_lib.load_config(FULL + ":tiny")
+  for field, value, words in (("model.kind", "unet", "'diffwave' with data.kind='audio'"),
+                              ("data.random_flip", True, "false with data.kind='audio'"),
+                              ("data.audio_length", 0, "a positive integer"),
+                              ("data.source", "cifar10", "with data.kind='audio'"),
+                              ("depth.training", "random", "'full' with depth.power=0")):
+    bad = config.copy_and_resolve_references()
+    section, name = field.split(".")
+    bad[section][name] = value
+    with pytest.raises(ConfigError, match=words) as error:
+      config_lib.validate(bad)
+    assert "\n" not in str(error.value) and field in str(error.value)
+
+
+def test_one_train_step_of_the_tiny_config():
+  from jdiff.drivers import train  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(FULL + ":tiny")
+  model, state, train_step = train.build_fresh_training(config, parallel.make_mesh())
+  waves = np.random.default_rng(0).integers(-8000, 8000, (config.training.batch_size, 1024, 1))
+  old_params = jax.device_get(state.params)  # the step donates the state
+  new_state, metrics = train_step(state, waves.astype(np.int16))
+  assert np.isfinite(float(metrics["loss"])) and 0.5 < float(metrics["loss"]) < 2.0
+  assert int(new_state.step) == 1
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, old_params)
+  assert max(jax.tree.leaves(moved)) > 0
+  del model
+
+
+# ------------------------------------------------------------------------------------------------
+# Samplers on [B, L, 1]: data ~ N(0, s^2) has the closed-form eps-predictor
+# E[eps | x_t] = sqrt(1 - a) x_t / (a s^2 + 1 - a), a = abar(t) (continuous in t).
+
+SCALE, T, BETAS = 0.5, 200, (1e-4, 0.02)
+
+
+def _log_abar_jnp(t):
+  """FastDPM's continuous log abar (Stirling form, as schedules.continuous_log_alpha_bar)."""
+  d = (BETAS[1] - BETAS[0]) / (T - 1)
+  c, n = (1 - BETAS[0]) / d, t + 1.0
+  return (n * jnp.log1p(-BETAS[0]) - n - (c - n + 0.5) * jnp.log1p(-n / c)
+          + (1.0 / c - 1.0 / (c - n)) / 12.0)
+
+
+def _exact_eps(x, t):
+  a = jnp.exp(_log_abar_jnp(t))[:, None, None]
+  return jnp.sqrt(1 - a) * x / (a * SCALE ** 2 + 1 - a)
+
+
+def _predictor(log_a):
+  """(A, B): x0_hat = A x, eps_hat = B x of the exact model at level a."""
+  a = np.exp(log_a)
+  v = a * SCALE ** 2 + 1 - a
+  return np.sqrt(a) * SCALE ** 2 / v, np.sqrt(1 - a) / v
+
+
+def _generalized_variance(log_levels, kappa):
+  """Var of x_0 after the DDIM / FastDPM update (x' = sqrt(a') x0 + sqrt(1 - a' - sig^2) eps +
+  sig z, sig^2 = kappa^2 (1 - a') / (1 - a) (1 - a / a')), from x_T ~ N(0, 1), in numpy."""
+  var = 1.0
+  levels = list(np.asarray(log_levels, np.float64)[::-1]) + [0.0]
+  for log_a, log_next in zip(levels[:-1], levels[1:]):
+    a, a_next = np.exp(log_a), np.exp(log_next)
+    sig2 = kappa ** 2 * (1 - a_next) / (1 - a) * (1 - a / a_next)
+    x0_coef, eps_coef = _predictor(log_a)
+    var = (np.sqrt(a_next) * x0_coef + np.sqrt(1 - a_next - sig2) * eps_coef) ** 2 * var + sig2
+  return var
+
+
+def _ancestral_variance():
+  """Algorithm 2 with sigma_t^2 = beta_t (fixedlarge), posterior-mean coefficients, in numpy."""
+  betas = schedules.linear_betas(T, *BETAS)
+  abar = np.cumprod(1 - betas)
+  abar_prev = np.append(1.0, abar[:-1])
+  var = 1.0
+  for t in range(T - 1, -1, -1):
+    eps_coef = _predictor(_log_abar_np(t))[1]
+    x0_from_x = (1 - np.sqrt(1 - abar[t]) * eps_coef) / np.sqrt(abar[t])
+    coef1 = betas[t] * np.sqrt(abar_prev[t]) / (1 - abar[t])
+    coef2 = (1 - abar_prev[t]) * np.sqrt(1 - betas[t]) / (1 - abar[t])
+    var = (coef1 * x0_from_x + coef2) ** 2 * var + (betas[t] if t > 0 else 0.0)
+  return var
+
+
+def _log_abar_np(t):
+  return float(schedules.continuous_log_alpha_bar(t, *BETAS, T))
+
+
+def _sample_variance(plan):
+  x_T = jax.random.normal(jax.random.key(0), (4, 4096, 1))
+  x0 = jax.jit(lambda x: sampling.run_plan(plan, _exact_eps, x, jax.random.key(1)))(x_T)
+  assert x0.shape == (4, 4096, 1)
+  return float(jnp.var(x0))
+
+
+@pytest.mark.parametrize("kind,kappa", [("var", 1.0), ("var", 0.0), ("step", 1.0), ("step", 0.0)])
+def test_fastdpm_on_waveforms_matches_the_closed_form_variance(kind, kappa):
+  betas = schedules.linear_betas(T, *BETAS)
+  plan = sampling.fastdpm_plan(betas, 10, kind=kind, schedule="quadratic", kappa=kappa,
+                               clip_denoised=False)
+  if kind == "var":
+    log_levels = schedules.var_steps(*BETAS, T, 10, "quadratic")[1]
+  else:
+    log_levels = np.cumsum(np.log1p(-betas))[schedules.step_schedule(T, 10, "quadratic")]
+  expected = _generalized_variance(log_levels, kappa)
+  assert _sample_variance(plan) == pytest.approx(expected, rel=0.04)
+
+
+def test_ancestral_on_waveforms_matches_the_closed_form_variance():
+  diffusion = diffusion_lib.GaussianDiffusion.from_betas(schedules.linear_betas(T, *BETAS))
+  plan = sampling.ancestral_plan(diffusion, clip_denoised=False)
+  expected = _ancestral_variance()
+  assert expected == pytest.approx(SCALE ** 2, rel=0.1)  # T = 200 exact-score DDPM: near s^2
+  assert _sample_variance(plan) == pytest.approx(expected, rel=0.04)
+
+
+# ------------------------------------------------------------------------------------------------
+# WAV files
+
+
+def test_wav_round_trip_is_exact_for_int16(tmp_path):
+  wave = np.random.default_rng(0).integers(-32768, 32768, 1000).astype(np.int16)
+  path = audio.write_wav(str(tmp_path / "a.wav"), 16000, wave)
+  rate, read = audio.read_wav(path)
+  assert rate == 16000 and read.dtype == np.int16
+  np.testing.assert_array_equal(read, wave)
+  np.testing.assert_array_equal(audio.to_int16(audio.to_float(wave)), wave)
+
+
+def test_folder_resamples_pads_and_refuses(tmp_path):
+  t = np.arange(8000) / 8000.0
+  tone = (0.5 * np.sin(2 * np.pi * 440 * t) * 32767).astype(np.int16)
+  audio.write_wav(str(tmp_path / "one" / "a.wav"), 8000, tone)          # 1 s at 8 kHz
+  audio.write_wav(str(tmp_path / "two" / "b.wav"), 16000, tone[:4000])  # 0.25 s at 16 kHz
+  waves, words = audio.read_folder(str(tmp_path), sample_rate=16000, length=16000)
+  assert waves.shape == (2, 16000, 1) and waves.dtype == np.int16 and words == ["one", "two"]
+  # The 8 kHz tone resampled to 16 kHz keeps its frequency: 440 cycles in 16000 samples.
+  spectrum = np.abs(np.fft.rfft(waves[0, :, 0].astype(np.float64)))
+  assert np.argmax(spectrum) == 440
+  np.testing.assert_array_equal(waves[1, 4000:, 0], 0)  # padded at the end
+  with pytest.raises(DataError, match="sample rate 8000 Hz; config.data.sample_rate is 16000"):
+    audio.read_folder(str(tmp_path), sample_rate=16000, length=16000, allow_resample=False)
+  scipy.io.wavfile.write(str(tmp_path / "one" / "c.wav"), 16000, np.zeros(10, np.float32))
+  with pytest.raises(DataError, match="expected 16-bit PCM") as error:
+    audio.read_folder(str(tmp_path), sample_rate=16000, length=16000)
+  assert "\n" not in str(error.value)
+
+
+@requires_shared_data("sc09", "sc09_sample.tar.gz")
+def test_sc09_archive_reads_100_clips_of_ten_digits():
+  waves, words = audio.read_archive(SC09_SAMPLE, words=audio.DIGITS)
+  assert waves.shape == (100, 16000, 1) and waves.dtype == np.int16
+  assert sorted(set(words)) == sorted(audio.DIGITS) and words.count("seven") == 10
+  assert np.abs(waves).max() > 1000  # real speech, not silence
+
+
+def test_mel_spectrogram_of_a_tone_peaks_at_its_band():
+  rate = 16000
+  tone = np.sin(2 * np.pi * 1000 * np.arange(rate) / rate)[None]
+  mel = np.asarray(audio.mel_spectrogram(tone, sample_rate=rate, n_fft=512, hop=128, n_mels=40))
+  assert mel.shape == (1, 125, 40) and 0.0 <= mel.min() and mel.max() <= 1.0
+  centres = audio.mel_to_hz(np.linspace(audio.hz_to_mel(20.0), audio.hz_to_mel(8000.0), 42))[1:-1]
+  assert abs(centres[np.argmax(mel[0, 60])] - 1000) < 150
+
+
+# ------------------------------------------------------------------------------------------------
+# The classifier metric
+
+
+@requires_shared_data("sc09", "sc09_sample.tar.gz")
+def test_classifier_fd_ranks_real_clips_above_noise(tmp_path):
+  """The metric's pipeline on a briefly trained classifier (10 steps: features, not accuracy)."""
+  from jdiff.evaluation import speech_classifier  # pylint: disable=g-import-not-at-top
+  settings = dict(speech_classifier.TRAINING_SETTINGS, steps=10)
+  scorer = speech_classifier.Scorer(SC09_SAMPLE, directory=str(tmp_path), settings=settings)
+  assert scorer.num_train == 80 and scorer.num_held_out == 20
+  assert 0.0 <= scorer.held_out_accuracy <= 1.0
+  anchors = scorer.anchors(20)
+  fd = speech_classifier.FD_NAME
+  assert np.isfinite(anchors["real"][fd]) and anchors["noise"][fd] > 2 * anchors["real"][fd]
+  # Real clips at 16 kHz go through the same resampling as samples.
+  waves, _ = audio.read_archive(SC09_SAMPLE, words=audio.DIGITS)
+  assert scorer(waves[1::2][:20], 16000)[fd] < anchors["noise"][fd]
+
+
+@pytest.mark.slow
+@requires_shared_data("sc09", "sc09_sample.tar.gz")
+def test_classifier_held_out_accuracy_beats_chance(tmp_path):
+  """The real TRAINING_SETTINGS on the 80 shared training clips (measured: 0.50; chance 0.10)."""
+  from jdiff.evaluation import speech_classifier  # pylint: disable=g-import-not-at-top
+  scorer = speech_classifier.Scorer(SC09_SAMPLE, directory=str(tmp_path))
+  assert scorer.held_out_accuracy >= 0.3
+
+
+def test_speech_commands_archive_splits_by_its_lists(tmp_path):
+  import tarfile  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "sc"
+  for word in ("zero", "one", "left"):
+    for speaker in ("a", "b", "c"):
+      audio.write_wav(str(root / word / f"{speaker}_nohash_0.wav"), 16000,
+                      np.full(100, ord(speaker), np.int16))
+  (root / "validation_list.txt").write_text("zero/b_nohash_0.wav\none/b_nohash_0.wav\n")
+  (root / "testing_list.txt").write_text("zero/c_nohash_0.wav\n")
+  archive = str(tmp_path / "sc.tar.gz")
+  with tarfile.open(archive, "w:gz") as tar:
+    tar.add(str(root), arcname=".")
+  splits = {split: audio.read_archive(archive, words=("zero", "one"), split=split, length=100)
+            for split in ("train", "validation", "test")}
+  assert splits["train"][1] == ["one", "one", "zero"]  # sorted paths; "left" filtered out
+  assert splits["validation"][1] == ["one", "zero"] and splits["test"][1] == ["zero"]
+  np.testing.assert_array_equal(splits["test"][0][0, :, 0], ord("c"))
+
+
+@pytest.mark.slow
+@requires_shared_data("sc09", "sc09_sample.tar.gz")
+def test_cli_trains_and_samples_wavs_and_a_picture(tmp_path):
+  """The tiny CPU config through the CLI: --mode=train, then --mode=sample with FastDPM."""
+  from conftest import cli  # pylint: disable=g-import-not-at-top
+  common = [f"--config={os.path.join(REPO, 'configs', 'sc09_cpu.py')}:tiny",
+            f"--workdir={tmp_path}"]
+  assert cli(common + ["--mode=train"]).returncode == 0
+  result = cli(common + ["--mode=sample", "--config.sampling.name=fastdpm",
+                         "--config.sampling.fastdpm_kind=var", "--config.sampling.steps=5",
+                         "--config.sampling.schedule=quadratic", "--config.sampling.kappa=1.0"])
+  assert result.returncode == 0, result.stderr[-2000:]
+  samples = tmp_path / "samples"
+  assert (samples / "waveforms.png").stat().st_size > 1000
+  for i in range(4):
+    rate, wave = audio.read_wav(str(samples / f"sample_{i:04d}.wav"))
+    assert rate == 16000 and wave.shape == (1024,)
+  np.testing.assert_array_equal(np.load(samples / "samples.npz")["images"][0, :, 0],
+                                audio.read_wav(str(samples / "sample_0000.wav"))[1])
