@@ -27,7 +27,8 @@ def get_config(variant: str = ""):
   config.diffusion.update(dict(num_timesteps=200, beta_start=1e-4, beta_end=0.02))
   config.training.update(dict(batch_size=16, num_steps=1_000_000, learning_rate=2e-4,
                               warmup_steps=0, ema_decay=0.9999, checkpoint_every=5000))
-  config.sampling.update(dict(batch_size=16, num_samples=16, clip_denoised=True))
+  # DiffWave's sampler (philsyn/DiffWave-unconditional, as FastDPM's) does not clip x0.
+  config.sampling.update(dict(batch_size=16, num_samples=16, clip_x0="off"))
   config.evaluation.metrics = ("sc09_fd",)  # jdiff.evaluation.speech_classifier; audio_table
   config = config_lib.apply_variant(config, variant)
   if variant == "tiny":

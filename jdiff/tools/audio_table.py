@@ -7,7 +7,7 @@ the T-step ancestral sampler, each with seconds per clip and the SC09-classifier
       --num_samples=256 --rounds=3 --reference=/path/to/sc09 (folder or .tar.gz with digit folders)
 
 Uses the EMA params of the workdir's latest checkpoint. Every sampler draws --num_samples clips
-in one batch (config.sampling's other fields apply: clip_denoised), timed after compiling (the
+in one batch (config.sampling's other fields apply: clip_x0), timed after compiling (the
 compile time is reported apart); --rounds > 1 repeats every sampler in turn (interleaved) and
 reports the median and the spread (max - min) of the rounds. The metric is NOT the papers' FID /
 IS (see jdiff.evaluation.speech_classifier): compare rows with each other and with the anchors
