@@ -119,8 +119,9 @@ def run(config, workdir: str) -> dict:
     # Cost against its share of the T-step sampler's, per round: 1.0 = exactly (S / T) x
     # DDPM's time for S network evaluations.
     share = row["network_evaluations"] / ddpm["network_evaluations"]
-    row["cost_vs_step_share"] = timing.ratio_stats(
-        seconds, share * np.asarray(times[ddpm["sampler"]]))
+    if share > 0:  # a surrogate at t_mid = 0 makes no full-resolution evaluations
+      row["cost_vs_step_share"] = timing.ratio_stats(
+          seconds, share * np.asarray(times[ddpm["sampler"]]))
     # Measured cost in full-resolution network evaluations (DDPM-T's time per step is the unit),
     # so a surrogate's own evaluations count at what they cost here.
     row["full_resolution_steps"] = ddpm["network_evaluations"] * timing.ratio_stats(
