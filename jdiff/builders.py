@@ -59,7 +59,8 @@ def build_model(config):
       ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
       attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
       out_ch=output_channels(config), num_groups=model.num_groups, skip_type=model.skip_type,
-      block_type=model.block_type, remat=model.remat, dtype=jnp.dtype(model.dtype))
+      block_type=model.block_type, remat=model.remat, dtype=jnp.dtype(model.dtype),
+      conv_filter_grad=model.conv_filter_grad)
 
 
 def num_levels(config) -> int:

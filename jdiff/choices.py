@@ -45,6 +45,8 @@ MODEL_KINDS = ("unet", "sngan", "diffwave")
 SKIP_TYPES = ("zero", "duplicate", "interpolate")
 BLOCK_TYPES = ("res", "mbconv")
 PRECISIONS = ("float32", "bfloat16")
+# How convolutions compute their filter gradient (jdiff/models/conv.py).
+FILTER_GRADS = ("auto", "matmul", "xla")
 
 # data.py
 TFDS_SOURCES = ("cifar10", "mnist", "fashion_mnist", "celeb_a")

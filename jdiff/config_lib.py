@@ -77,6 +77,7 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("model.preset", one_of("", *presets.PRESETS)),
     ("model.remat", BOOL),
     ("model.dtype", one_of(*choices.PRECISIONS)),
+    ("model.conv_filter_grad", one_of(*choices.FILTER_GRADS)),
     ("diffusion.num_timesteps", POSITIVE_INT),
     ("diffusion.beta_schedule", one_of(*choices.BETA_SCHEDULES)),
     ("diffusion.beta_start", in_range(0.0, 1.0, low_open=True, high_open=True)),
@@ -316,9 +317,10 @@ def _validate_sampling(config: ml_collections.ConfigDict) -> None:
 
 # What a checkpoint holds. A train run resumes only a checkpoint whose values of these fields
 # equal its own (model, diffusion, image shape and the objective); sampling and evaluation need
-# the model, diffusion and image shape. How it computes (model.remat, model.dtype) and how it
-# trains (batch size, learning rate, steps, logging) may change between runs.
-_COMPUTE_ONLY_MODEL_FIELDS = ("remat", "dtype", "preset")  # preset: its resolved fields count
+# the model, diffusion and image shape. How it computes (model.remat, model.dtype,
+# model.conv_filter_grad) and how it trains (batch size, learning rate, steps, logging) may
+# change between runs. preset: its resolved fields count.
+_COMPUTE_ONLY_MODEL_FIELDS = ("remat", "dtype", "conv_filter_grad", "preset")
 _OBJECTIVE_FIELDS = ("training.loss", "training.iwdiff_k", "training.timestep_sampler",
                      "training.extra_updates", "depth.training", "gan.n_dis")
 CHECKPOINT_PURPOSES = ("train", "sample")
@@ -389,6 +391,8 @@ def default_config() -> ml_collections.ConfigDict:
       block_type="res",  # res | mbconv (MBConv + squeeze-excitation, Table 4.3)
       preset="",         # "" or a Table 4.3 name (jdiff/models/presets.py); sets block_type,
                          # ch_mult, num_res_blocks and ch
+      conv_filter_grad="auto",  # auto | matmul | xla: conv weight gradients as matrix products
+                                # (auto: on CPU, where XLA's own is 4-12x slower; models/conv.py)
   ))
   config.diffusion = ml_collections.ConfigDict(dict(
       num_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,

@@ -51,6 +51,7 @@ class UNet(nn.Module):
   block_type: str = "res"   # res: Ho et al.'s residual block; mbconv: MBConv + SE (Table 4.3)
   remat: bool = False
   dtype: Any = jnp.float32
+  conv_filter_grad: str = "auto"  # how 3x3 convs compute weight gradients (models/conv.py)
 
   @property
   def num_levels(self) -> int:
@@ -59,8 +60,11 @@ class UNet(nn.Module):
   def _res_block(self, out_ch, name):
     if self.block_type not in BLOCK_TYPES:
       raise ValueError(f"block_type {self.block_type!r}: allowed {BLOCK_TYPES}")
-    block_cls = layers.ResBlock if self.block_type == "res" else layers.MBConvBlock
-    block_cls = _REMAT_BLOCKS[block_cls] if self.remat else block_cls
+    if self.block_type == "res":
+      block_cls = _REMAT_BLOCKS[layers.ResBlock] if self.remat else layers.ResBlock
+      return block_cls(out_ch, dropout=self.dropout, num_groups=self.num_groups, dtype=self.dtype,
+                       conv_filter_grad=self.conv_filter_grad, name=name)
+    block_cls = _REMAT_BLOCKS[layers.MBConvBlock] if self.remat else layers.MBConvBlock
     return block_cls(out_ch, dropout=self.dropout, num_groups=self.num_groups, dtype=self.dtype,
                      name=name)
 
@@ -108,7 +112,8 @@ class UNet(nn.Module):
     temb = layers.Dense(self.ch * 4, dtype=self.dtype, name="temb_1")(nn.swish(temb))
 
     # Contracting path.
-    hs = [layers.Conv3x3(self.ch, dtype=self.dtype, name="conv_in")(x)]
+    hs = [layers.Conv3x3(self.ch, dtype=self.dtype, conv_filter_grad=self.conv_filter_grad,
+                         name="conv_in")(x)]
     for level in range(last_level + 1):
       for block in range(self.num_res_blocks):
         h = self._res_block(self.ch * self.ch_mult[level], f"down_{level}_res_{block}")(
@@ -117,7 +122,8 @@ class UNet(nn.Module):
           h = self._attn(f"down_{level}_attn_{block}")(h)
         hs.append(h)
       if level != self.num_levels - 1 and level < last_level:
-        hs.append(layers.Downsample(dtype=self.dtype, name=f"down_{level}_downsample")(hs[-1]))
+        hs.append(layers.Downsample(dtype=self.dtype, conv_filter_grad=self.conv_filter_grad,
+                                     name=f"down_{level}_downsample")(hs[-1]))
 
     if shortcut_depth == 0:
       h = self._middle(hs[-1], temb, train)
@@ -132,14 +138,16 @@ class UNet(nn.Module):
         if h.shape[1] in self.attn_resolutions:
           h = self._attn(f"up_{level}_attn_{block}")(h)
       if level != 0:
-        h = layers.Upsample(dtype=self.dtype, name=f"up_{level}_upsample")(h)
+        h = layers.Upsample(dtype=self.dtype, conv_filter_grad=self.conv_filter_grad,
+                            name=f"up_{level}_upsample")(h)
     assert not hs
 
     # Output head in float32: one cheap conv to out_ch channels; keeps the eps (and variance)
     # prediction, which samplers divide by small sqrt(alpha_bar), free of bfloat16 rounding.
     h = h.astype(jnp.float32)
     h = nn.swish(layers.group_norm(self.num_groups, jnp.float32, name="norm_out")(h))
-    return layers.Conv3x3(self.out_ch, init_scale=0.0, dtype=jnp.float32, name="conv_out")(h)
+    return layers.Conv3x3(self.out_ch, init_scale=0.0, dtype=jnp.float32,
+                          conv_filter_grad=self.conv_filter_grad, name="conv_out")(h)
 
   def init_all_depths(self, x, t):
     """Runs every depth once, so that `init` creates the parameters of all of them."""

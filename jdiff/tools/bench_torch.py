@@ -115,7 +115,8 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
   flops["train"] = timing.compile_only(train_step.programs[None], (state, images))[0]["flops"]
   sizes["train"] = train_batch
   train_step.compile_all(state, images)
-  threaded = {"state": state}
+  # The train step donates its state: it threads a copy, the forwards keep state.params.
+  threaded = {"state": jax.tree.map(jax.numpy.copy, state)}
 
   def jdiff_train():
     threaded["state"], metrics = train_step.compiled(None)(threaded["state"], images)
@@ -166,7 +167,7 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
 @cli.one_line_errors
 def main(argv):
   del argv
-  config = cli.load_config(FLAGS.config)
+  config = cli.load_config(FLAGS["config"])
   workdir = FLAGS.workdir or "/tmp/bench_torch"
   os.makedirs(workdir, exist_ok=True)
   run(config, workdir, [int(b) for b in FLAGS.batch_sizes], FLAGS.train_batch, FLAGS.rounds,

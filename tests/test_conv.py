@@ -1,0 +1,133 @@
+"""jdiff.models.conv: XLA's forward and input gradient, the filter gradient as matrix products."""
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdiff import config_lib
+from jdiff import builders
+from jdiff.models import conv
+
+
+def _gradients(conv_fn, x, kernel, dy, **kwargs):
+  def apply(x, kernel):
+    return conv_fn(x, kernel, **kwargs)
+  y, vjp = jax.vjp(apply, x, kernel)
+  return (y,) + vjp(dy)
+
+
+CASES = [  # (input shape, kernel shape, strides, padding, rhs_dilation)
+    ((2, 9, 9, 3), (3, 3, 3, 5), (1, 1), "SAME", None),
+    ((2, 8, 8, 4), (3, 3, 4, 4), (2, 2), "SAME", None),       # Downsample
+    ((2, 7, 6, 2), (3, 2, 2, 3), (1, 2), "VALID", None),
+    ((2, 8, 8, 2), (3, 3, 2, 2), (1, 1), ((2, 0), (1, 3)), None),
+    ((3, 40, 4), (3, 4, 6), (1,), "SAME", (4,)),              # DiffWave's dilated 1-D conv
+    ((3, 17, 2), (2, 2, 3), (3,), "VALID", (2,)),
+]
+
+
+@pytest.mark.parametrize("x_shape,kernel_shape,strides,padding,dilation", CASES)
+def test_matmul_filter_gradient_equals_xla(x_shape, kernel_shape, strides, padding, dilation):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal(kernel_shape), jnp.float32)
+  numbers = ("NHWC", "HWIO", "NHWC") if len(x_shape) == 4 else ("NWC", "WIO", "NWC")
+  kwargs = dict(window_strides=strides, padding=padding, rhs_dilation=dilation,
+                dimension_numbers=numbers)
+  y_ref = lax.conv_general_dilated(x, kernel, **kwargs)
+  dy = jnp.asarray(rng.standard_normal(y_ref.shape), jnp.float32)
+  expected = _gradients(lax.conv_general_dilated, x, kernel, dy, **kwargs)
+  got = _gradients(conv.conv_general_dilated, x, kernel, dy, **kwargs)
+  for name, want, have in zip(("y", "dx", "dkernel"), expected, got):
+    assert have.shape == want.shape and have.dtype == want.dtype, name
+    np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5, err_msg=name)
+  # The forward pass and the input gradient are XLA's own programs: bit for bit.
+  np.testing.assert_array_equal(got[0], expected[0])
+  np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_filter_gradient_against_a_numpy_correlation():
+  """An oracle without lax: dW[i, j] = sum over b, h, w of x_pad[b, h + i, w + j] dy[b, h, w]."""
+  rng = np.random.default_rng(1)
+  x = rng.standard_normal((2, 5, 5, 2))
+  kernel = rng.standard_normal((3, 3, 2, 3))
+  dy = rng.standard_normal((2, 5, 5, 3))
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  want = np.zeros_like(kernel)
+  for i in range(3):
+    for j in range(3):
+      want[i, j] = np.einsum("bhwc,bhwd->cd", padded[:, i:i + 5, j:j + 5], dy)
+  _, _, got = _gradients(conv.conv_general_dilated, jnp.asarray(x, jnp.float32),
+                         jnp.asarray(kernel, jnp.float32), jnp.asarray(dy, jnp.float32),
+                         window_strides=(1, 1), padding="SAME",
+                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_gradients_keep_the_kernel_dtype():
+  x = jnp.ones((1, 4, 4, 2), jnp.bfloat16)
+  kernel = jnp.ones((3, 3, 2, 2), jnp.bfloat16)
+  dy = jnp.ones((1, 4, 4, 2), jnp.bfloat16)
+  _, dx, dkernel = _gradients(conv.conv_general_dilated, x, kernel, dy, window_strides=(1, 1),
+                              padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert dx.dtype == dkernel.dtype == jnp.bfloat16
+  # Centre tap sees all 16 positions x 1 x 1; a corner tap 9 of them.
+  assert float(dkernel[1, 1, 0, 0]) == 16.0 and float(dkernel[0, 0, 0, 0]) == 9.0
+
+
+def test_grouped_convolutions_fall_back_to_lax():
+  x = jnp.ones((1, 4, 4, 4))
+  kernel = jnp.ones((3, 3, 1, 4))
+  kwargs = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=4)
+  np.testing.assert_array_equal(conv.conv_general_dilated(x, kernel, **kwargs),
+                                lax.conv_general_dilated(x, kernel, **kwargs))
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: conv.conv_general_dilated(x, k, **kwargs).sum()))(
+      kernel))
+  assert "custom_vjp" not in jaxpr
+
+
+def test_filter_grad_choice():
+  assert conv.filter_grad_fn("xla") is lax.conv_general_dilated
+  assert conv.filter_grad_fn("matmul") is conv.conv_general_dilated
+  expected = conv.conv_general_dilated if jax.default_backend() == "cpu" else lax.conv_general_dilated
+  assert conv.filter_grad_fn("auto") is expected
+  with pytest.raises(ValueError, match="conv_filter_grad='fast'"):
+    conv.filter_grad_fn("fast")
+
+
+def test_unet_gradients_do_not_depend_on_the_filter_grad_choice():
+  """The whole U-Net (3x3 convs, strided downsampling, the output conv): same loss, gradients
+  equal to float rounding; the field is compute-only, so a checkpoint resumes across it."""
+  config = config_lib.load_config("configs/quickstart.py:tiny")
+  grads = {}
+  for choice in ("xla", "matmul"):
+    config.model.conv_filter_grad = choice
+    model = builders.build_model(config)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2,) + builders.image_shape(config)),
+                    jnp.float32)
+    t = jnp.asarray([3.0, 50.0])
+    params = model.init(jax.random.key(0), x, t, method=model.init_all_depths)["params"]
+    # Random weights everywhere: the zero-initialised output conv would make most gradients ~0.
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    params = jax.tree.unflatten(treedef, [0.2 * jax.random.normal(k, leaf.shape)
+                                          for k, leaf in zip(keys, leaves)])
+    loss = lambda p: jnp.sum(model.apply({"params": p}, x, t) ** 2 + 0.1 * model.apply(
+        {"params": p}, x, t, shortcut_depth=1))
+    grads[choice] = jax.grad(loss)(params)
+  flat_xla = jax.tree_util.tree_flatten_with_path(grads["xla"])[0]
+  flat_matmul = jax.tree.leaves(grads["matmul"])
+  assert len(flat_xla) == len(flat_matmul)
+  scale = max(float(jnp.max(jnp.abs(leaf))) for _, leaf in flat_xla)
+  conv_kernels = 0
+  for (path, want), have in zip(flat_xla, flat_matmul):
+    if "Conv_0" in jax.tree_util.keystr(path) and want.ndim == 4:
+      conv_kernels += 1
+      assert float(jnp.max(jnp.abs(want))) > 1e-3 * scale  # a gradient worth comparing
+    np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-6 * scale)
+  assert conv_kernels >= 10
+  identity = config_lib.checkpoint_identity(config, "train")
+  assert "model.conv_filter_grad" not in identity
