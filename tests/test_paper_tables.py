@@ -34,6 +34,11 @@ def test_sampler_table_has_every_family_at_every_step_count():
   assert {s.steps for label, s in at_5.items()} == {5}
   with pytest.raises(errors.ConfigError, match="--steps=50: must be <= diffusion.num_timesteps"):
     _row_configs("samplers", config, {"steps": (50,)})
+  rows, configs = _row_configs("samplers", config, {"steps": (5,), "ddpm_num_samples": 4})
+  assert rows[0].name == "ddpm" and configs[0].evaluation.num_samples == 4
+  assert {c.evaluation.num_samples for c in configs[1:]} == {config.evaluation.num_samples}
+  rows, _ = _row_configs("samplers", config, {"steps": (5,), "ddpm_num_samples": 0})
+  assert len(rows) == 7 and "ddpm" not in [r.name for r in rows]
 
 
 def test_depth_table_trains_one_model_per_skip_type_and_a_baseline():

@@ -102,7 +102,13 @@ def sampler_rows(config, settings: Mapping) -> List[Row]:
   """FastDPM review Tables 1-2: every sampler family at every S of settings["steps"] (DDPM at T)."""
   T = config.diffusion.num_timesteps  # pylint: disable=invalid-name
   schedule = settings["fastdpm_schedule"]
-  rows = [Row("ddpm", f"DDPM ancestral (T={T})", T, _sampling(name="ancestral"))]
+  # DDPM costs T evaluations a sample: settings["ddpm_num_samples"] > 0 gives it fewer samples
+  # than the other rows, 0 leaves it out, < 0 gives it the others' number.
+  ddpm_samples = settings["ddpm_num_samples"]
+  rows = [] if ddpm_samples == 0 else [Row(
+      "ddpm", f"DDPM ancestral (T={T})", T,
+      {**_sampling(name="ancestral"),
+       **({"evaluation.num_samples": ddpm_samples} if ddpm_samples > 0 else {})})]
   for steps in settings["steps"]:
     if steps > T:
       raise config_lib.ConfigError(f"--steps={steps}: must be <= diffusion.num_timesteps ({T})")
@@ -204,7 +210,8 @@ TABLES: Dict[str, Table] = {
         "Samplers: quality against network evaluations (FastDPM review, Tables 1-2 shape)",
         sampler_rows,
         (report.Column("sampler", "label"), report.Column("S", "network_evaluations"),
-         report.Column("s/image", "seconds_per_sample", ".4f")) + _QUALITY_COLUMNS,
+         report.Column("s/image", "seconds_per_sample", ".4f")) + _QUALITY_COLUMNS +
+        (report.Column("samples", "num_samples"),),
         "network evaluations S", log_x=True),
     "depth": Table(
         "Adaptive depth: skip type x c (adaptive U-Net paper, Tables 1-3 shape)",
@@ -254,6 +261,7 @@ def _with_fields(config, fields: Mapping[str, object]):
 
 
 DEFAULT_SETTINGS = {"steps": (10, 20, 50, 100), "fastdpm_schedule": "quadratic",
+                    "ddpm_num_samples": -1,
                     "skip_types": ("zero", "duplicate", "interpolate"), "powers": (0, 1, 2, 3, 5),
                     "label": ""}
 
@@ -398,6 +406,8 @@ def define_flags():
   flags.DEFINE_enum("table", None, list(TABLES), "Which table.")
   flags.DEFINE_integer("num_samples", 0, "Samples per row (0: config.evaluation.num_samples).")
   flags.DEFINE_list("steps", ["10", "20", "50", "100"], "samplers: S values.")
+  flags.DEFINE_integer("ddpm_num_samples", -1, "samplers: samples of the DDPM (T steps) row: "
+                       "-1 as every row, 0 leaves the row out, N > 0: N samples.")
   flags.DEFINE_enum("fastdpm_schedule", "quadratic", ["uniform", "quadratic"],
                     "samplers: FastDPM schedule (VAR: uniform = linear variances).")
   flags.DEFINE_list("skip_types", ["zero", "duplicate", "interpolate"], "depth: skip types.")
@@ -418,6 +428,7 @@ def main(argv):
   settings = {"steps": _numbers("steps", FLAGS.steps, int),
               "powers": _numbers("powers", FLAGS.powers, float),
               "fastdpm_schedule": FLAGS.fastdpm_schedule, "skip_types": FLAGS.skip_types,
+              "ddpm_num_samples": FLAGS.ddpm_num_samples,
               "label": FLAGS.label}
   command = shlex.join(["python", "-m", "jdiff.tools.paper_tables"] + sys.argv[1:])
   run_table(FLAGS.table, config, FLAGS.workdir, settings, command)
