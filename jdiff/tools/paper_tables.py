@@ -27,7 +27,7 @@ Tables (TABLES):
   surrogate  DDPM study Table 4.5 shape: the config's DDPM over all T steps against Algorithm 4
             started from config.surrogate (kind, config, workdir) at each config.surrogate.t_mids:
             samples/s, network evaluations of both models, FID / KID / Digits FD. The surrogate
-            model is trained first (its own config file) when its workdir has no final checkpoint.
+            model is trained (or resumed; nothing when finished) first, with its own config file.
 
 Each row is one evaluation: <model workdir>/eval/<table>-<row>/step_<step>/metrics.json (the
 samples are kept, so an interrupted table resumes), scored with config.evaluation (metrics,
