@@ -286,10 +286,14 @@ def build_sampler(config, diffusion: diffusion_lib.GaussianDiffusion,
   return sampler, plan.num_evaluations
 
 
-def make_sample_fn(sampler: Callable, model, mesh, image_shape_, batch_size: int):
+def make_sample_fn(sampler: Callable, model, mesh, image_shape_, batch_size: int,
+                   tick: Optional[Callable[[], None]] = None):
   """Jitted (params, rng) -> images [batch_size, *image_shape], the batch sharded on the mesh.
 
   sampler(model_fn, x_T, rng) runs the reverse process on make_model_fn(model, params).
+  tick (e.g. progress.within_batch): a host callback at every network evaluation, for progress
+  inside one long batch; the samples are the same with or without it (tests/test_progress.py),
+  but XLA's persistent cache keeps no executable with host callbacks.
   """
   parallel.check_batch_divisible(batch_size, "sampling.batch_size")
   sharding = parallel.batch_sharding(mesh)
@@ -299,7 +303,14 @@ def make_sample_fn(sampler: Callable, model, mesh, image_shape_, batch_size: int
     noise_rng, sampler_rng = jax.random.split(rng)
     x_T = jax.random.normal(noise_rng, (batch_size,) + tuple(image_shape_))
     x_T = jax.lax.with_sharding_constraint(x_T, sharding)
-    return sampler(make_model_fn(model, params), x_T, sampler_rng)
+    model_fn = make_model_fn(model, params)
+    if tick is not None:
+      network = model_fn
+
+      def model_fn(*args, **kwargs):  # pylint: disable=function-redefined
+        jax.debug.callback(tick)
+        return network(*args, **kwargs)
+    return sampler(model_fn, x_T, sampler_rng)
 
   return sample_fn
 

@@ -93,3 +93,27 @@ def batches(what: str, total: int, every_secs: float = 10.0) -> Callable[..., No
     if done == total:
       logging.info("%s: %d/%d done", what, done, total)
   return report
+
+
+def within_batch(what: str, evaluations: int, every_secs: float = 10.0) -> Callable[[], None]:
+  """tick() once per network evaluation of a sampling batch of `evaluations` evaluations (a host
+  callback from inside the jitted sampler, jdiff.builders.make_sample_fn): logs
+  `<what>: k/N network evaluations, rate, ETA of the batch` every every_secs seconds. After N
+  ticks the count starts again (the next batch)."""
+  state = {"done": 0, "start": 0.0, "last": 0.0}
+
+  def tick() -> None:
+    now = time.monotonic()
+    if state["done"] == 0:
+      state["start"] = state["last"] = now
+    state["done"] += 1
+    done = state["done"]
+    if done == evaluations:
+      state["done"] = 0
+    elif now - state["last"] >= every_secs:  # tick k starts evaluation k: k - 1 are done
+      rate = (done - 1) / max(now - state["start"], 1e-9)
+      logging.info("%s: evaluation %d/%d (%.0f%%), %.2f/s, ETA of the batch: %.1f min",
+                   what, done, evaluations, 100 * (done - 1) / evaluations, rate,
+                   (evaluations - done + 1) / rate / 60)
+      state["last"] = now
+  return tick

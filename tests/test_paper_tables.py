@@ -34,6 +34,11 @@ def test_sampler_table_has_every_family_at_every_step_count():
   assert {s.steps for label, s in at_5.items()} == {5}
   with pytest.raises(errors.ConfigError, match="--steps=50: must be <= diffusion.num_timesteps"):
     _row_configs("samplers", config, {"steps": (50,)})
+  rows, configs = _row_configs("samplers", config, {"steps": (5,), "ddpm_num_samples": 4})
+  assert rows[0].name == "ddpm" and configs[0].evaluation.num_samples == 4
+  assert {c.evaluation.num_samples for c in configs[1:]} == {config.evaluation.num_samples}
+  rows, _ = _row_configs("samplers", config, {"steps": (5,), "ddpm_num_samples": 0})
+  assert len(rows) == 7 and "ddpm" not in [r.name for r in rows]
 
 
 def test_depth_table_trains_one_model_per_skip_type_and_a_baseline():
@@ -89,3 +94,112 @@ def test_sampler_table_end_to_end_on_a_tiny_model(tmp_path):
     assert os.path.exists(os.path.join(workdir, "eval", row["name"], "step_2", "metrics.json"))
   assert {row["network_evaluations"] for row in table["rows"][1:]} == {5}
   assert "FastDPM-STEP DDIM-rev" in open(path).read()
+
+
+def _surrogate_config(tmp_path=None):
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config(os.path.join(REPO, "configs", "surrogate_sweep.py") + ":tiny")
+  config.surrogate.config = os.path.join(REPO, "configs", "quickstart_gan.py") + ":tiny"
+  if tmp_path is not None:
+    config.surrogate.workdir = str(tmp_path / "gan")
+  return config
+
+
+def test_objectives_table_rows_are_objectives_table_setups():
+  from jdiff.tools import objectives_table  # pylint: disable=g-import-not-at-top
+  rows, configs = _row_configs("objectives", tiny_config(), {})
+  assert [r.label for r in rows] == list(objectives_table.SETUPS) == [
+      "DDPM", "Hybrid (learned variances)", "Importance Sampling", "Importance Sampling +2",
+      "IWDiff", "IWDiff + Importance Sampling"]
+  assert len({r.model for r in rows}) == 6 and all(r.model for r in rows)  # one model each
+  by_label = {r.label: c.training for r, c in zip(rows, configs)}
+  assert by_label["DDPM"].loss == "simple" and by_label["DDPM"].timestep_sampler == "uniform"
+  assert by_label["Hybrid (learned variances)"].loss == "hybrid"
+  assert configs[1].diffusion.variance_type == "learned_range"
+  assert by_label["Importance Sampling"].timestep_sampler == "loss_aware"
+  assert by_label["Importance Sampling"].extra_updates == 0
+  assert by_label["Importance Sampling +2"].extra_updates == 2
+  assert by_label["IWDiff"].loss == "iwdiff" and by_label["IWDiff"].timestep_sampler == "uniform"
+  assert by_label["IWDiff + Importance Sampling"].loss == "iwdiff"
+  assert by_label["IWDiff + Importance Sampling"].timestep_sampler == "loss_aware"
+  assert all(c.sampling == configs[0].sampling for c in configs)  # one sampler for all
+
+
+def test_objectives_train_time_ratio_and_paper_columns(tmp_path):
+  rows = [dict(label="DDPM", train_seconds_per_step=0.5, fid=9.0, num_samples=10, device="cpu",
+               num_devices=1, checkpoint_step=100, x=0),
+          dict(label="IWDiff", train_seconds_per_step=1.25, fid=8.0, num_samples=10,
+               device="cpu", num_devices=1, checkpoint_step=100, x=4),
+          dict(label="Hybrid (learned variances)", fid=8.5, num_samples=10, device="cpu",
+               num_devices=1, checkpoint_step=100, x=1)]  # trained before: no timing
+  paper_tables._add_train_time_ratio(rows)  # pylint: disable=protected-access
+  assert rows[0]["train_time_ratio"] == 1.0 and rows[1]["train_time_ratio"] == 2.5
+  assert "train_time_ratio" not in rows[2] and "paper_fid" not in rows[2]
+  assert (rows[1]["paper_train_time_ratio"], rows[1]["paper_fid"]) == (2.40, 3.69)
+  run = {"train_seconds": 1, "evaluate_seconds": 2, "checkpoint_steps": {}, "label": "",
+         "command": ""}
+  text = open(paper_tables.write_table("objectives", rows, str(tmp_path), run)).read()
+  assert "| IWDiff | 2.50 | 1.2500 | 100 | 8.00 | 2.40 | 3.69 |" in text
+  assert "| Hybrid (learned variances) | n/a | n/a | 100 | 8.50 | n/a | n/a |" in text
+
+
+def test_surrogate_table_rows_start_at_each_t_mid():
+  config = _surrogate_config()  # T = 20, t_mids scaled to (0, 5, 10, 15)
+  rows, configs = _row_configs("surrogate", config, {})
+  assert [r.name for r in rows] == ["ddpm", "sngan-tmid0", "sngan-tmid5", "sngan-tmid10",
+                                    "sngan-tmid15"]
+  assert configs[0].surrogate.kind == "none" and rows[0].x == 20
+  assert [c.surrogate.t_mid for c in configs[1:]] == [0, 5, 10, 15]
+  assert {c.surrogate.kind for c in configs[1:]} == {"sngan"} and {r.model for r in rows} == {""}
+  assert rows[1].label == "sngan (quickstart_gan)"
+  (gan_config, gan_workdir), = paper_tables.TABLES["surrogate"].prerequisites(config)
+  assert gan_config.model.kind == "sngan" and gan_workdir == config.surrogate.workdir
+  config.surrogate.kind = "none"
+  with pytest.raises(errors.ConfigError, match="config.surrogate.kind='none'"):
+    _row_configs("surrogate", config, {})
+
+
+@pytest.mark.slow  # ~2 min on 2 cores: a tiny DDPM and SNGAN trained, 3 rows evaluated
+def test_surrogate_table_end_to_end_on_tiny_models(tmp_path):
+  config = _surrogate_config(tmp_path)
+  config.training.update(num_steps=2, checkpoint_every=2)
+  config.surrogate.t_mids = (0, 10)
+  config.evaluation.update(metrics=("digits_fd",), num_samples=8)
+  config.sampling.batch_size = 8
+  workdir = str(tmp_path / "ddpm")
+  path = paper_tables.run_table("surrogate", config, workdir, {"label": "tiny"})
+  with open(os.path.join(workdir, "tables", "surrogate.json")) as f:
+    table = json.load(f)
+  assert [r["name"] for r in table["rows"]] == ["surrogate-ddpm", "surrogate-sngan-tmid0",
+                                                "surrogate-sngan-tmid10"]
+  ddpm, gan_only, half = table["rows"]
+  assert ddpm["network_evaluations"] == 20 and ddpm["surrogate_network_evaluations"] == 0
+  assert gan_only["network_evaluations"] == 0 and gan_only["surrogate_network_evaluations"] == 1
+  assert half["network_evaluations"] == 10 and half["surrogate"] == "sngan"
+  assert all(r["digits_fd"] > 0 and r["num_samples"] == 8 for r in table["rows"])
+  assert os.path.exists(os.path.join(tmp_path, "gan", "checkpoints"))
+  assert os.path.getsize(os.path.join(workdir, "tables", "surrogate.png")) > 1000
+  assert "| sngan (quickstart_gan) | 10 |" in open(path).read()
+
+
+@pytest.mark.slow  # ~2 min on 2 cores: two tiny models trained and evaluated
+def test_objectives_table_end_to_end_on_tiny_models(tmp_path, monkeypatch):
+  from jdiff.tools import objectives_table  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(objectives_table, "SETUPS", {
+      name: objectives_table.SETUPS[name] for name in ("DDPM", "IWDiff")})
+  config = tiny_config()
+  config.training.update(num_steps=2, checkpoint_every=2)
+  config.evaluation.update(metrics=("digits_fd",), num_samples=8)
+  workdir = str(tmp_path / "run")
+  paper_tables.run_table("objectives", config, workdir, {"label": "tiny"})
+  with open(os.path.join(workdir, "tables", "objectives.json")) as f:
+    rows = json.load(f)["rows"]
+  assert [r["model"] for r in rows] == ["objective-ddpm", "objective-iwdiff"]
+  assert rows[0]["train_time_ratio"] == 1.0 and rows[1]["train_time_ratio"] > 0
+  assert all(r["checkpoint_step"] == 2 and r["digits_fd"] > 0 for r in rows)
+  with open(os.path.join(workdir, "objective-iwdiff", paper_tables.TRAIN_TIMING)) as f:
+    assert json.load(f)["timed_steps"] == 2
+  # Run again: nothing is trained, the timing of the first run is kept.
+  paper_tables.run_table("objectives", config, workdir, {"label": "tiny"})
+  with open(os.path.join(workdir, "tables", "objectives.json")) as f:
+    assert json.load(f)["rows"][1]["train_seconds_per_step"] == rows[1]["train_seconds_per_step"]

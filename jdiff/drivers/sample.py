@@ -24,6 +24,9 @@ from jdiff import sampling
 from jdiff import surrogate as surrogate_lib
 
 
+PROGRESS_WITHIN_BATCH_FROM = 100  # network evaluations per sample
+
+
 @dataclasses.dataclass
 class Generator:
   """Batches of config.sampling.batch_size samples from one checkpoint.
@@ -76,8 +79,12 @@ def build_generator(config, workdir: str, mesh) -> Generator:
     surrogate_fn, surrogate_evaluations = surrogate_lib.load_surrogate(config, mesh)(
         config.surrogate.t_mid)
   sampler, evaluations = builders.build_sampler(config, diffusion, surrogate_fn)
+  # A long batch (DDPM's T steps) reports progress inside it; a short one does not, as an
+  # executable with host callbacks is not kept in XLA's persistent compilation cache.
+  tick = (progress.within_batch("sampling: one batch", evaluations)
+          if evaluations >= PROGRESS_WITHIN_BATCH_FROM else None)
   sample_fn = builders.make_sample_fn(sampler, model, mesh, builders.image_shape(config),
-                                      config.sampling.batch_size)
+                                      config.sampling.batch_size, tick)
   last_step = float(config.diffusion.num_timesteps - 1)
   evaluation_fn = jax.jit(lambda params, x: builders.make_model_fn(model, params)(
       x, jnp.full(x.shape[:1], last_step)))

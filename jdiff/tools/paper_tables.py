@@ -6,7 +6,12 @@ with --mode=evaluate's machinery, and write the table as markdown, JSON and a pl
   python -m jdiff.tools.paper_tables --table=depth --config=configs/cifar10_adaptive.py \\
       --workdir=workdirs/cifar10_adaptive
 
-Tables (TABLES; the objectives and surrogate tables are to be added there as two more entries):
+  python -m jdiff.tools.paper_tables --table=objectives --config=configs/quickstart.py \\
+      --workdir=workdirs/objectives --config.evaluation.metrics=digits_fd
+  python -m jdiff.tools.paper_tables --table=surrogate --config=configs/surrogate_sweep.py \\
+      --workdir=workdirs/quickstart --config.evaluation.metrics=digits_fd
+
+Tables (TABLES):
   samplers  FastDPM review Tables 1-2 shape: DDPM ancestral (T steps), respaced (even), DDIM
             eta 0 and 1, FastDPM {VAR, STEP} x {DDPM-rev (kappa 1), DDIM-rev (kappa 0)}, each at
             S in --steps: s/image, FID, KID (and Digits FD when configured). One trained model.
@@ -14,6 +19,15 @@ Tables (TABLES; the objectives and surrogate tables are to be added there as two
             s/image and the time saved against c = 0 of the same model. One model per skip type,
             trained with depth.training=random (one model serves every c), plus the
             full-depth baseline (the paper's "DDPM" row).
+  objectives  DDPM study (papers/hse_coursework.txt) Table 4.4 shape: one model per objective of
+            jdiff.tools.objectives_table.SETUPS (DDPM L_simple, Hybrid, Importance Sampling, IS +2,
+            IWDiff, IWDiff + IS), each trained from the same config: train time relative to DDPM
+            (wall-clock seconds per step of this command's training calls, compile included; n/a
+            for a model trained before), FID / KID / Digits FD, and the paper's ratio and FID.
+  surrogate  DDPM study Table 4.5 shape: the config's DDPM over all T steps against Algorithm 4
+            started from config.surrogate (kind, config, workdir) at each config.surrogate.t_mids:
+            samples/s, network evaluations of both models, FID / KID / Digits FD. The surrogate
+            model is trained (or resumed; nothing when finished) first, with its own config file.
 
 Each row is one evaluation: <model workdir>/eval/<table>-<row>/step_<step>/metrics.json (the
 samples are kept, so an interrupted table resumes), scored with config.evaluation (metrics,
@@ -39,11 +53,13 @@ console.quiet_startup()  # before TensorFlow or jax load
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
 from jdiff import parallel
 from jdiff.drivers import evaluate as evaluate_lib
 from jdiff.drivers import train as train_lib
 from jdiff.tools import cli
+from jdiff.tools import objectives_table
 from jdiff.tools import plots
 from jdiff.tools import report
 
@@ -70,6 +86,8 @@ class Table:
   x_label: str
   log_x: bool = False
   time_saved: bool = False  # add 1 - s/image / s/image at c = 0 of the same model
+  # (config, workdir) of models the rows need besides their own (the surrogate), trained first.
+  prerequisites: Callable[[object], List[tuple]] = lambda config: []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,7 +102,13 @@ def sampler_rows(config, settings: Mapping) -> List[Row]:
   """FastDPM review Tables 1-2: every sampler family at every S of settings["steps"] (DDPM at T)."""
   T = config.diffusion.num_timesteps  # pylint: disable=invalid-name
   schedule = settings["fastdpm_schedule"]
-  rows = [Row("ddpm", f"DDPM ancestral (T={T})", T, _sampling(name="ancestral"))]
+  # DDPM costs T evaluations a sample: settings["ddpm_num_samples"] > 0 gives it fewer samples
+  # than the other rows, 0 leaves it out, < 0 gives it the others' number.
+  ddpm_samples = settings["ddpm_num_samples"]
+  rows = [] if ddpm_samples == 0 else [Row(
+      "ddpm", f"DDPM ancestral (T={T})", T,
+      {**_sampling(name="ancestral"),
+       **({"evaluation.num_samples": ddpm_samples} if ddpm_samples > 0 else {})})]
   for steps in settings["steps"]:
     if steps > T:
       raise config_lib.ConfigError(f"--steps={steps}: must be <= diffusion.num_timesteps ({T})")
@@ -122,6 +146,58 @@ def depth_rows(config, settings: Mapping) -> List[Row]:
   return rows
 
 
+# ----------------------------------------------------------------------------------------------
+# The objectives table
+
+
+def _slug(name: str) -> str:
+  return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+def objective_rows(config, settings: Mapping) -> List[Row]:
+  """DDPM study Table 4.4: one model per objective (objectives_table.SETUPS, the one list of its
+  rows), each sampled with the config's sampler."""
+  del config, settings
+  return [Row(_slug(name), name, i, {}, model=f"objective-{_slug(name)}", training=overrides)
+          for i, (name, overrides) in enumerate(objectives_table.SETUPS.items())]
+
+
+def _add_train_time_ratio(results: List[dict]) -> None:
+  """train_time_ratio = a row's training seconds per step / the DDPM row's; the paper's numbers."""
+  base = next((r.get("train_seconds_per_step") for r in results if r["label"] == "DDPM"), None)
+  for r in results:
+    if base and r.get("train_seconds_per_step"):
+      r["train_time_ratio"] = r["train_seconds_per_step"] / base
+    if r["label"] in objectives_table.PAPER:
+      r["paper_train_time_ratio"], r["paper_fid"] = objectives_table.PAPER[r["label"]]
+
+
+# ----------------------------------------------------------------------------------------------
+# The surrogate table
+
+
+def surrogate_rows(config, settings: Mapping) -> List[Row]:
+  """DDPM study Table 4.5: the DDPM over all T steps, then Algorithm 4 from config.surrogate at
+  each t_mid of config.surrogate.t_mids (t_mid = 0: the surrogate's samples alone)."""
+  del settings
+  kind = config.surrogate.kind
+  if kind == "none":
+    raise config_lib.ConfigError(
+        "config.surrogate.kind='none': the surrogate table needs a surrogate (sngan | ddpm; e.g. "
+        "configs/surrogate_sweep.py, configs/cifar10_surrogate.py)")
+  T = config.diffusion.num_timesteps  # pylint: disable=invalid-name
+  name = os.path.splitext(os.path.basename(config.surrogate.config.partition(":")[0]))[0]
+  rows = [Row("ddpm", f"DDPM (T={T}, no surrogate)", T, {"surrogate.kind": "none"})]
+  rows += [Row(f"{kind}-tmid{t_mid}", f"{kind} ({name})", t_mid, {"surrogate.t_mid": t_mid})
+           for t_mid in config.surrogate.t_mids]
+  return rows
+
+
+def surrogate_prerequisites(config) -> List[tuple]:
+  """The surrogate model (its config file, its workdir) of the surrogate table."""
+  return [(config_lib.load_config(config.surrogate.config), config.surrogate.workdir)]
+
+
 _QUALITY_COLUMNS = (
     report.Column("FID", "fid", ".2f"),
     report.Column("KID x1e3", lambda r: None if "kid" not in r else
@@ -134,7 +210,8 @@ TABLES: Dict[str, Table] = {
         "Samplers: quality against network evaluations (FastDPM review, Tables 1-2 shape)",
         sampler_rows,
         (report.Column("sampler", "label"), report.Column("S", "network_evaluations"),
-         report.Column("s/image", "seconds_per_sample", ".4f")) + _QUALITY_COLUMNS,
+         report.Column("s/image", "seconds_per_sample", ".4f")) + _QUALITY_COLUMNS +
+        (report.Column("samples", "num_samples"),),
         "network evaluations S", log_x=True),
     "depth": Table(
         "Adaptive depth: skip type x c (adaptive U-Net paper, Tables 1-3 shape)",
@@ -143,6 +220,26 @@ TABLES: Dict[str, Table] = {
          report.Column("s/image", "seconds_per_sample", ".4f"),
          report.Column("time saved", "time_saved", ".1%")) + _QUALITY_COLUMNS,
         "c (depth.power)", time_saved=True),
+    "objectives": Table(
+        "Objectives: one model per training objective (DDPM study, Table 4.4 shape)",
+        objective_rows,
+        (report.Column("setup", "label"),
+         report.Column("train time ratio", "train_time_ratio", ".2f"),
+         report.Column("train s/step", "train_seconds_per_step", ".4f"),
+         report.Column("train steps", "checkpoint_step")) + _QUALITY_COLUMNS +
+        (report.Column("paper time ratio", "paper_train_time_ratio", ".2f"),
+         report.Column("paper FID", "paper_fid", ".2f")),
+        "setup (row)"),
+    "surrogate": Table(
+        "Surrogate diffusion: start at t_mid from a cheaper model (DDPM study, Table 4.5 shape)",
+        surrogate_rows,
+        (report.Column("model", "label"), report.Column("t_mid", "x", "g"),
+         report.Column("samples/s", lambda r: 1 / r["seconds_per_sample"], ".3f"),
+         report.Column("DDPM evaluations", "network_evaluations"),
+         report.Column("surrogate evaluations", "surrogate_network_evaluations"),
+         report.Column("cost in full-resolution steps", "full_resolution_steps", ".1f"))
+        + _QUALITY_COLUMNS,
+        "t_mid", prerequisites=surrogate_prerequisites),
 }
 
 
@@ -164,6 +261,7 @@ def _with_fields(config, fields: Mapping[str, object]):
 
 
 DEFAULT_SETTINGS = {"steps": (10, 20, 50, 100), "fastdpm_schedule": "quadratic",
+                    "ddpm_num_samples": -1,
                     "skip_types": ("zero", "duplicate", "interpolate"), "powers": (0, 1, 2, 3, 5),
                     "label": ""}
 
@@ -175,20 +273,15 @@ def run_table(name: str, config, workdir: str, settings: Mapping = None, command
   settings = {**DEFAULT_SETTINGS, **(settings or {})}
   rows = table.rows(config, settings)
   start = time.time()
-  trained = {}
+  for prerequisite_config, prerequisite_workdir in table.prerequisites(config):
+    _train(prerequisite_config, prerequisite_workdir)
+  trained, train_timing = {}, {}
   for row in rows:
     if row.model in trained:
       continue
-    model_config = _with_fields(config, row.training)
     model_workdir = os.path.join(workdir, row.model)
-    logging.info("paper_tables: training %s (to step %d)", model_workdir or workdir,
-                 model_config.training.num_steps)
-    result = train_lib.train(model_config, model_workdir)
-    if result.interrupted_by:  # checkpoint saved: the same command resumes
-      print(f"stopped by {result.interrupted_by} while training {model_workdir} (step "
-            f"{result.step}); run the same command to resume", file=sys.stderr)
-      sys.exit(result.exit_code)
-    trained[row.model] = result.step
+    trained[row.model], train_timing[row.model] = _train(_with_fields(config, row.training),
+                                                         model_workdir)
   train_seconds = time.time() - start
 
   results = []
@@ -197,15 +290,57 @@ def run_table(name: str, config, workdir: str, settings: Mapping = None, command
     row_config.evaluation.name = f"{name}-{row.name}"
     logging.info("paper_tables: row %d/%d: %s (x=%g)", i + 1, len(rows), row.label, row.x)
     metrics = evaluate_lib.evaluate(row_config, os.path.join(workdir, row.model))
-    results.append(dict(metrics, label=row.label, x=row.x, model=row.model or "."))
+    results.append(dict(metrics, label=row.label, x=row.x, model=row.model or ".",
+                        **train_timing[row.model]))
     if table.time_saved:
       _add_time_saved(results)
+    if name == "objectives":
+      _add_train_time_ratio(results)
     # Rewritten after every row: a long table shows (and keeps) what is done so far.
     run = {"train_seconds": train_seconds, "evaluate_seconds": time.time() - start - train_seconds,
            "checkpoint_steps": trained, "label": settings["label"], "command": command,
            "rows_done": f"{i + 1}/{len(rows)}"}
     path = write_table(name, results, workdir, run, announce=i + 1 == len(rows))
   return path
+
+
+TRAIN_TIMING = "paper_tables_train_timing.json"
+
+
+def _train(config, workdir: str):
+  """Trains (or resumes) config's model in workdir (an SNGAN with its own trainer); exits as the
+  training did when a signal stopped it. Returns (checkpoint step, {train_seconds_per_step}):
+  the wall-clock seconds per step of the steps trained by this command's calls, compile
+  included, accumulated in <workdir>/paper_tables_train_timing.json ({} when none were timed)."""
+  if config.model.kind == "sngan":
+    from jdiff.drivers import gan_train as trainer  # pylint: disable=g-import-not-at-top
+  else:
+    trainer = train_lib
+  timing_path = os.path.join(workdir, TRAIN_TIMING)
+  timing = {"timed_steps": 0, "seconds": 0.0}
+  if os.path.exists(timing_path):
+    with open(timing_path) as f:
+      timing = json.load(f)
+  checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
+  steps = checkpointer.all_steps()
+  checkpointer.close()
+  logging.info("paper_tables: training %s (to step %d)", workdir, config.training.num_steps)
+  start = time.time()
+  result = trainer.train(config, workdir)
+  if result.interrupted_by:  # checkpoint saved: the same command resumes
+    print(f"stopped by {result.interrupted_by} while training {workdir} (step "
+          f"{result.step}); run the same command to resume", file=sys.stderr)
+    sys.exit(result.exit_code)
+  steps_now = result.step - (steps[-1] if steps else 0)
+  if steps_now > 0:
+    timing = {"timed_steps": timing["timed_steps"] + steps_now,
+              "seconds": timing["seconds"] + time.time() - start}
+    if jax.process_index() == 0:
+      with open(timing_path, "w") as f:
+        json.dump(timing, f)
+  if not timing["timed_steps"]:
+    return result.step, {}
+  return result.step, {"train_seconds_per_step": timing["seconds"] / timing["timed_steps"]}
 
 
 def _add_time_saved(results: List[dict]) -> None:
@@ -271,6 +406,8 @@ def define_flags():
   flags.DEFINE_enum("table", None, list(TABLES), "Which table.")
   flags.DEFINE_integer("num_samples", 0, "Samples per row (0: config.evaluation.num_samples).")
   flags.DEFINE_list("steps", ["10", "20", "50", "100"], "samplers: S values.")
+  flags.DEFINE_integer("ddpm_num_samples", -1, "samplers: samples of the DDPM (T steps) row: "
+                       "-1 as every row, 0 leaves the row out, N > 0: N samples.")
   flags.DEFINE_enum("fastdpm_schedule", "quadratic", ["uniform", "quadratic"],
                     "samplers: FastDPM schedule (VAR: uniform = linear variances).")
   flags.DEFINE_list("skip_types", ["zero", "duplicate", "interpolate"], "depth: skip types.")
@@ -291,6 +428,7 @@ def main(argv):
   settings = {"steps": _numbers("steps", FLAGS.steps, int),
               "powers": _numbers("powers", FLAGS.powers, float),
               "fastdpm_schedule": FLAGS.fastdpm_schedule, "skip_types": FLAGS.skip_types,
+              "ddpm_num_samples": FLAGS.ddpm_num_samples,
               "label": FLAGS.label}
   command = shlex.join(["python", "-m", "jdiff.tools.paper_tables"] + sys.argv[1:])
   run_table(FLAGS.table, config, FLAGS.workdir, settings, command)
