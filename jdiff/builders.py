@@ -54,7 +54,7 @@ def build_model(config):
         residual_channels=d.residual_channels, skip_channels=d.skip_channels,
         num_layers=d.num_layers, dilation_cycle=d.dilation_cycle, embed_dims=tuple(d.embed_dims),
         out_ch=output_channels(config), n_mels=d.n_mels, weight_norm=d.weight_norm,
-        dtype=jnp.dtype(model.dtype))
+        dtype=jnp.dtype(model.dtype), conv_filter_grad=model.conv_filter_grad)
   return UNet(
       ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
       attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,

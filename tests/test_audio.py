@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.io.wavfile
+from flax import traverse_util
 
 from conftest import REPO, SHARED_DATA, requires_shared_data
 from jdiff import audio
@@ -79,6 +80,31 @@ def test_gated_unit_value_and_gradient_against_finite_differences():
     down[index] -= eps
     numeric[index] = (float(f(up)) - float(f(down))) / (2 * eps)
   np.testing.assert_allclose(grad, numeric, atol=2e-3)
+
+
+@pytest.mark.parametrize("weight_norm", [True, False])
+def test_gradients_match_with_xla_and_matmul_filter_gradients(weight_norm):
+  """models/conv.py's filter gradient in every conv (dilated, 1x1, weight-normed, mel): the same
+  loss gradients as XLA's own, to float rounding."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 512, 1)), jnp.float32)
+  eps = jnp.asarray(rng.normal(size=(2, 512, 1)), jnp.float32)
+  t, mel = jnp.array([3.0, 150.5]), jnp.asarray(rng.normal(size=(2, 2, 5)), jnp.float32)
+  grads = {}
+  for choice in ("xla", "matmul"):
+    model = _tiny_model(n_mels=5, weight_norm=weight_norm, conv_filter_grad=choice)
+    params = model.init(jax.random.key(0), x, t, method=model.init_all_depths)["params"]
+    # A non-zero output conv, so that every layer's gradient is non-zero.
+    params["out_conv"]["conv"]["kernel"] = jnp.full_like(params["out_conv"]["conv"]["kernel"], 0.3)
+    loss = lambda p: jnp.mean((model.apply({"params": p}, x, t, mel=mel) - eps) ** 2)
+    grads[choice] = jax.grad(loss)(params)
+  flat_xla = traverse_util.flatten_dict(grads["xla"])
+  flat_matmul = traverse_util.flatten_dict(grads["matmul"])
+  assert flat_xla.keys() == flat_matmul.keys()
+  kernels = [k for k in flat_xla if k[-1] == "kernel" and "dilated_conv" in k]
+  assert kernels and all(float(jnp.max(jnp.abs(flat_xla[k]))) > 0 for k in kernels)
+  for key, value in flat_xla.items():
+    np.testing.assert_allclose(flat_matmul[key], value, rtol=1e-4, atol=1e-6, err_msg=str(key))
 
 
 def test_weight_norm_gain_is_the_per_output_channel_norm():
