@@ -34,10 +34,10 @@ def get_config(variant: str = ""):
     config.data.update(dict(source="folder", path=os.path.abspath(SHARED_SC09)))
   if variant:
     return config
-  config.data.update(dict(sample_rate=8000, audio_length=8000))
-  config.diffwave.update(dict(residual_channels=32, skip_channels=32, num_layers=8,
-                              dilation_cycle=8, embed_dims=(128, 256, 256)))
-  config.training.update(dict(batch_size=4, num_steps=600, learning_rate=1e-3, warmup_steps=50,
+  config.data.update(dict(sample_rate=4000, audio_length=4000, peak_normalize=0.9))
+  config.diffwave.update(dict(residual_channels=32, skip_channels=32, num_layers=10,
+                              dilation_cycle=10, embed_dims=(128, 256, 256)))
+  config.training.update(dict(batch_size=8, num_steps=1500, learning_rate=2e-3, warmup_steps=50,
                               ema_decay=0.995, log_every=25, checkpoint_every=100))
   config.sampling.update(dict(batch_size=8, num_samples=8))
   config.evaluation.num_samples = 64

@@ -1,6 +1,7 @@
 """Audio: DiffWave's layout and size, WAV I/O, the samplers on waveforms [B, L, 1], the SC09
 classifier metric."""
 
+import json
 import os
 
 import jax
@@ -18,7 +19,7 @@ from jdiff import diffusion as diffusion_lib
 from jdiff import parallel
 from jdiff import sampling
 from jdiff import schedules
-from jdiff.errors import ConfigError, DataError
+from jdiff.errors import ConfigError, DataError, EvaluationError
 from jdiff.models import diffwave
 
 FULL = os.path.join(REPO, "configs", "sc09_diffwave.py")
@@ -148,6 +149,65 @@ def test_one_train_step_of_the_tiny_config():
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, old_params)
   assert max(jax.tree.leaves(moved)) > 0
   del model
+
+
+def _vocoder_config():
+  config = config_lib.load_config(os.path.join(REPO, "configs", "sc09_cpu.py") + ":tiny")
+  config.diffwave.n_mels = 5
+  config.data.audio_length = 512
+  return config
+
+
+def test_vocoder_train_step_feeds_each_clips_mel():
+  """diffwave.n_mels > 0: the step conditions on the mel of each clean clip (builders.conditioning_mel)."""
+  from jdiff.drivers import train  # pylint: disable=g-import-not-at-top
+  config = _vocoder_config()
+  config_lib.validate(config)
+  _, state, train_step = train.build_fresh_training(config, parallel.make_mesh())
+  waves = np.random.default_rng(0).integers(-8000, 8000, (config.training.batch_size, 512, 1))
+  mel = builders.conditioning_mel(config, audio.to_float(waves.astype(np.int16)))
+  assert mel.shape == (config.training.batch_size, 2, 5)
+  np.testing.assert_allclose(mel, audio.mel_spectrogram(audio.to_float(waves), 16000, 1024, 256, 5),
+                             atol=1e-6)
+  old_params = jax.device_get(state.params)
+  new_state, metrics = train_step(state, waves.astype(np.int16))
+  assert np.isfinite(float(metrics["loss"])) and int(new_state.step) == 1
+  # The mel's path (upsampler, per-layer mel_conv) got a gradient and moved.
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                       new_state.params["residual_0"]["mel_conv"], old_params["residual_0"]["mel_conv"])
+  assert max(jax.tree.leaves(moved)) > 0
+  bad = config.copy_and_resolve_references()
+  bad.data.audio_length = 500
+  with pytest.raises(ConfigError, match="data.audio_length.*multiple of 256"):
+    config_lib.validate(bad)
+
+
+@requires_shared_data("sc09", "sc09_sample.tar.gz")
+def test_vocoder_samples_from_the_mels_of_given_clips(tmp_path):
+  from jdiff.drivers import sample, train  # pylint: disable=g-import-not-at-top
+  config = _vocoder_config()
+  config.training.update(dict(num_steps=1, checkpoint_every=1))
+  config.sampling.update(dict(name="fastdpm", fastdpm_kind="var", steps=3, schedule="quadratic",
+                              num_samples=6, batch_size=4))
+  train.train(config, str(tmp_path))
+  mels = sample.conditioning_mels(config, 6)
+  clips = sample.conditioning_clips(config, 8)
+  assert mels.shape == (8, 2, 5)  # whole batches
+  np.testing.assert_allclose(mels, builders.conditioning_mel(config, audio.to_float(clips)),
+                             atol=1e-6)
+  sample.sample(config, str(tmp_path))
+  out = tmp_path / "samples"
+  assert np.load(out / "samples.npz")["images"].shape == (6, 512, 1)
+  assert len(list(out.glob("sample_*.wav"))) == 6 and (out / "given_clips.png").exists()
+  # Different mels, different samples (same noise): the sampler passes them to the model.
+  model = builders.build_model(config)
+  params, _ = builders.restore_ema_params(config, str(tmp_path), model, parallel.make_mesh())
+  params = dict(params, out_conv={"conv": {"kernel": jnp.ones((1, 8, 1)), "bias": jnp.zeros(1)}})
+  sampler, _ = builders.build_sampler(config, builders.build_diffusion(config))
+  sample_fn = builders.make_sample_fn(sampler, model, parallel.make_mesh(), (512, 1), 4)
+  first = sample_fn(params, jax.random.key(0), jnp.asarray(mels[:4]))
+  second = sample_fn(params, jax.random.key(0), jnp.asarray(mels[4:8]))
+  assert first.shape == (4, 512, 1) and float(jnp.max(jnp.abs(first - second))) > 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,6 +373,38 @@ def test_classifier_held_out_accuracy_beats_chance(tmp_path):
   from jdiff.evaluation import speech_classifier  # pylint: disable=g-import-not-at-top
   scorer = speech_classifier.Scorer(SC09_SAMPLE, directory=str(tmp_path))
   assert scorer.held_out_accuracy >= 0.3
+
+
+@requires_shared_data("sc09", "sc09_sample.tar.gz")
+def test_evaluate_scores_the_classifier_metric_with_anchors(tmp_path, monkeypatch):
+  """--mode=evaluate on the tiny audio config: sc09_fd / sc09_is of the samples and of the real
+  and noise anchors, a waveform picture (classifier trained 10 steps: the pipeline, not a score)."""
+  from jdiff.drivers import evaluate, train  # pylint: disable=g-import-not-at-top
+  from jdiff.evaluation import speech_classifier  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("JDIFF_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setattr(speech_classifier, "TRAINING_SETTINGS",
+                      dict(speech_classifier.TRAINING_SETTINGS, steps=10))
+  config = config_lib.load_config(os.path.join(REPO, "configs", "sc09_cpu.py") + ":tiny")
+  config.training.update(dict(num_steps=2, checkpoint_every=2))
+  config.sampling.update(dict(name="fastdpm", fastdpm_kind="var", steps=3, schedule="quadratic"))
+  config.evaluation.num_samples = 6
+  train.train(config, str(tmp_path))
+  results = evaluate.evaluate(config, str(tmp_path))
+  assert results["num_samples"] == 6 and results["sc09_real_anchor_clips"] == 6
+  for key in ("sc09_fd", "sc09_is", "sc09_fd_real_anchor", "sc09_fd_noise_anchor"):
+    assert np.isfinite(results[key]), key
+  assert results["sc09_fd_noise_anchor"] > results["sc09_fd_real_anchor"]
+  assert 1.0 <= results["sc09_is"] <= 10.0
+  with open(os.path.join(os.path.dirname(results["grid"]), "metrics.json")) as f:
+    assert json.load(f)["sc09_fd"] == results["sc09_fd"]
+  assert results["grid"].endswith("waveforms.png") and os.path.getsize(results["grid"]) > 1000
+  config.evaluation.sc09_reference = str(tmp_path / "absent.tar.gz")
+  with pytest.raises(EvaluationError, match="sc09_reference=.*absent.tar.gz") as error:
+    evaluate.sc09_scorer(config)
+  assert "\n" not in str(error.value)
+  config.evaluation.sc09_reference, config.data.source = "", "sc09"
+  with pytest.raises(EvaluationError, match="sc09_reference='': sc09_fd needs labelled"):
+    evaluate.sc09_reference(config)
 
 
 def test_speech_commands_archive_splits_by_its_lists(tmp_path):
