@@ -182,6 +182,7 @@ def test_vocoder_train_step_feeds_each_clips_mel():
     config_lib.validate(bad)
 
 
+@pytest.mark.slow
 @requires_shared_data("sc09", "sc09_sample.tar.gz")
 def test_vocoder_samples_from_the_mels_of_given_clips(tmp_path):
   from jdiff.drivers import sample, train  # pylint: disable=g-import-not-at-top
@@ -329,6 +330,21 @@ def test_folder_resamples_pads_and_refuses(tmp_path):
   assert "\n" not in str(error.value)
 
 
+def test_peak_normalize_scales_each_clip_to_the_peak():
+  waves = np.zeros((3, 5, 1), np.int16)
+  waves[0, :, 0] = [100, -200, 50, 0, 0]
+  waves[1, :, 0] = [-16000, 8000, 0, 1, 2]
+  normalized = audio.normalize_peaks(waves, 0.5)
+  np.testing.assert_array_equal(normalized[0, :, 0], np.round(np.array([100, -200, 50, 0, 0])
+                                                               * 0.5 * 32767 / 200))
+  np.testing.assert_array_equal(normalized[1, :2, 0], [-16384, 8192])
+  np.testing.assert_array_equal(normalized[2], 0)  # silence stays silence
+  config = config_lib.load_config(FULL + ":tiny")
+  config.data.peak_normalize = 1.5
+  with pytest.raises(ConfigError, match="data.peak_normalize.*in \\[0, 1\\]"):
+    config_lib.validate(config)
+
+
 @requires_shared_data("sc09", "sc09_sample.tar.gz")
 def test_sc09_archive_reads_100_clips_of_ten_digits():
   waves, words = audio.read_archive(SC09_SAMPLE, words=audio.DIGITS)
@@ -375,6 +391,7 @@ def test_classifier_held_out_accuracy_beats_chance(tmp_path):
   assert scorer.held_out_accuracy >= 0.3
 
 
+@pytest.mark.slow
 @requires_shared_data("sc09", "sc09_sample.tar.gz")
 def test_evaluate_scores_the_classifier_metric_with_anchors(tmp_path, monkeypatch):
   """--mode=evaluate on the tiny audio config: sc09_fd / sc09_is of the samples and of the real
