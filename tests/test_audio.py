@@ -170,6 +170,10 @@ def test_vocoder_train_step_feeds_each_clips_mel():
   np.testing.assert_allclose(mel, audio.mel_spectrogram(audio.to_float(waves), 16000, 1024, 256, 5),
                              atol=1e-6)
   old_params = jax.device_get(state.params)
+  # A non-zero output conv (it starts at zero, which zeroes every other gradient of step 1).
+  old_params["out_conv"]["conv"]["kernel"] = np.full_like(old_params["out_conv"]["conv"]["kernel"],
+                                                          0.3)
+  state = state.replace(params=jax.tree.map(jnp.asarray, old_params))
   new_state, metrics = train_step(state, waves.astype(np.int16))
   assert np.isfinite(float(metrics["loss"])) and int(new_state.step) == 1
   # The mel's path (upsampler, per-layer mel_conv) got a gradient and moved.
