@@ -186,7 +186,6 @@ def test_vocoder_train_step_feeds_each_clips_mel():
     config_lib.validate(bad)
 
 
-@pytest.mark.slow
 @requires_shared_data("sc09", "sc09_sample.tar.gz")
 def test_vocoder_samples_from_the_mels_of_given_clips(tmp_path):
   from jdiff.drivers import sample, train  # pylint: disable=g-import-not-at-top
@@ -395,7 +394,6 @@ def test_classifier_held_out_accuracy_beats_chance(tmp_path):
   assert scorer.held_out_accuracy >= 0.3
 
 
-@pytest.mark.slow
 @requires_shared_data("sc09", "sc09_sample.tar.gz")
 def test_evaluate_scores_the_classifier_metric_with_anchors(tmp_path, monkeypatch):
   """--mode=evaluate on the tiny audio config: sc09_fd / sc09_is of the samples and of the real
