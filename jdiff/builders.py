@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from jdiff import audio
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
 from jdiff import depth as depth_lib
@@ -54,7 +55,7 @@ def build_model(config):
         residual_channels=d.residual_channels, skip_channels=d.skip_channels,
         num_layers=d.num_layers, dilation_cycle=d.dilation_cycle, embed_dims=tuple(d.embed_dims),
         out_ch=output_channels(config), n_mels=d.n_mels, weight_norm=d.weight_norm,
-        dtype=jnp.dtype(model.dtype))
+        dtype=jnp.dtype(model.dtype), conv_filter_grad=model.conv_filter_grad)
   return UNet(
       ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
       attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
@@ -204,17 +205,39 @@ def restore_ema_params(config, workdir: str, model, mesh):
 # The model function
 
 
-def make_model_fn(model, params, *, train: bool = False, dropout_rng=None) -> Callable:
+def make_model_fn(model, params, *, train: bool = False, dropout_rng=None, mel=None) -> Callable:
   """model_fn(x_t, t, depth=None) -> model output; depth None is the full network, an int that
-  shortcut depth, a traced scalar any depth (lax.switch, depth.apply_at_depth)."""
+  shortcut depth, a traced scalar any depth (lax.switch, depth.apply_at_depth). mel: the
+  conditioning spectrogram of a mel-conditioned DiffWave (conditioning_mel)."""
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
+  conditioning = {"mel": mel} if mel is not None else {}
 
   def model_fn(x, t, depth=None):
     return depth_lib.apply_at_depth(
         lambda x, t, shortcut_depth: model.apply(
-            {"params": params}, x, t, shortcut_depth=shortcut_depth, train=train, rngs=rngs),
+            {"params": params}, x, t, shortcut_depth=shortcut_depth, train=train, rngs=rngs,
+            **conditioning),
         model.num_levels, depth, x, t)
   return model_fn
+
+
+# The vocoder's STFT (lmnt-com/diffwave params.py): 1024-point periodic Hann window, hop 256 (=
+# the upsampler's 256x), magnitude, Slaney mel filters 20 Hz .. sample_rate / 2, dB scaled to
+# [0, 1] (jdiff.audio.mel_spectrogram); diffwave.n_mels bands (the reference: 80).
+MEL_N_FFT = 1024
+
+
+def mel_conditioned(config) -> bool:
+  return config.model.kind == "diffwave" and config.diffwave.n_mels > 0
+
+
+def conditioning_mel(config, waves):
+  """[B, L, 1] float waves -> their [B, L / 256, diffwave.n_mels] conditioning spectrogram, or
+  None for an unconditional model."""
+  if not mel_conditioned(config):
+    return None
+  return audio.mel_spectrogram(waves, sample_rate=config.data.sample_rate, n_fft=MEL_N_FFT,
+                               hop=diffwave.HOP_LENGTH, n_mels=config.diffwave.n_mels)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -288,7 +311,8 @@ def build_sampler(config, diffusion: diffusion_lib.GaussianDiffusion,
 
 def make_sample_fn(sampler: Callable, model, mesh, image_shape_, batch_size: int,
                    tick: Optional[Callable[[], None]] = None):
-  """Jitted (params, rng) -> images [batch_size, *image_shape], the batch sharded on the mesh.
+  """Jitted (params, rng, mel=None) -> images [batch_size, *image_shape], the batch sharded on
+  the mesh (mel [batch_size, frames, n_mels]: a mel-conditioned DiffWave's conditioning).
 
   sampler(model_fn, x_T, rng) runs the reverse process on make_model_fn(model, params).
   tick (e.g. progress.within_batch): a host callback at every network evaluation, for progress
@@ -299,11 +323,11 @@ def make_sample_fn(sampler: Callable, model, mesh, image_shape_, batch_size: int
   sharding = parallel.batch_sharding(mesh)
 
   @functools.partial(jax.jit, out_shardings=sharding)
-  def sample_fn(params, rng):
+  def sample_fn(params, rng, mel=None):
     noise_rng, sampler_rng = jax.random.split(rng)
     x_T = jax.random.normal(noise_rng, (batch_size,) + tuple(image_shape_))
     x_T = jax.lax.with_sharding_constraint(x_T, sharding)
-    model_fn = make_model_fn(model, params)
+    model_fn = make_model_fn(model, params, mel=mel)
     if tick is not None:
       network = model_fn
 

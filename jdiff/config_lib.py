@@ -154,11 +154,16 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("evaluation.kid_subset_size", POSITIVE_INT),
     ("evaluation.bpd_examples", NON_NEGATIVE_INT),
     ("evaluation.bpd_split", STRING),
+    ("evaluation.sc09_reference", STRING),
+    ("sampling.mel_split", STRING),
     # Audio (data.kind='audio', model.kind='diffwave').
     ("data.kind", one_of(*choices.DATA_KINDS)),
     ("data.audio_length", POSITIVE_INT),
     ("data.sample_rate", POSITIVE_INT),
     ("data.resample", BOOL),
+    ("data.peak_normalize", ((lambda value: isinstance(value, (int, float))
+                              and not isinstance(value, bool) and 0.0 <= value <= 1.0),
+                             "a number in [0, 1] (0: clips as recorded)")),
     ("data.words", ((lambda value: isinstance(value, (tuple, list))
                      and all(isinstance(v, str) and v for v in value)), "a list of folder names")),
     ("diffwave.residual_channels", POSITIVE_INT),
@@ -250,9 +255,10 @@ def _validate_audio(config: ml_collections.ConfigDict) -> None:
     _check(config.depth.training == "full" and config.depth.power == 0, "depth.training",
            config.depth.training, "'full' with depth.power=0 for DiffWave (adaptive depth is a "
            "U-Net feature)")
-    _check(config.diffwave.n_mels == 0, "diffwave.n_mels", config.diffwave.n_mels,
-           "0: training with mel conditioning is not wired into the train step yet (the model "
-           "takes a mel; jdiff.audio.mel_spectrogram computes it)")
+    if config.diffwave.n_mels:
+      # The upsampler makes 256 samples per mel frame (models/diffwave.py HOP_LENGTH).
+      _check(data.audio_length % 256 == 0, "data.audio_length", data.audio_length,
+             "a multiple of 256 with diffwave.n_mels > 0 (one mel frame per 256 samples)")
     _check(tuple(config.evaluation.metrics) == ("sc09_fd",), "evaluation.metrics",
            tuple(config.evaluation.metrics), "('sc09_fd',) for audio (the image metrics and "
            "bits/dim of 8-bit pixels do not apply; python -m jdiff.tools.audio_table scores it)")
@@ -383,6 +389,7 @@ def default_config() -> ml_collections.ConfigDict:
       sample_rate=16000,   # audio: Hz; files at other rates are resampled (or refused)
       resample=True,       # audio: resample other rates (False: refuse them)
       words=(),            # audio folder / archive: keep only these word folders (() = all)
+      peak_normalize=0.0,  # audio: > 0 scales each clip to this peak |x| (0 = as recorded)
   ))
   config.model = ml_collections.ConfigDict(dict(
       ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
@@ -430,6 +437,8 @@ def default_config() -> ml_collections.ConfigDict:
       fastdpm_kind="step",  # var | step
       var_domain="reference",  # fastdpm var: reference (FastDPM's search domain; its quadratic
                                # levels at S <= 20 end above abar_T) | full (products always match)
+      mel_split="train",    # mel-conditioned DiffWave (diffwave.n_mels > 0): sample i is
+                            # conditioned on the mel of clip i of config.data at this split
   ))
   # Surrogate diffusion (Algorithm 4): start the reverse process at t_mid from a cheaper model.
   config.surrogate = ml_collections.ConfigDict(dict(
@@ -467,6 +476,8 @@ def default_config() -> ml_collections.ConfigDict:
       kid_subset_size=1000,
       bpd_examples=10_000,     # bits/dim on the first N images of bpd_split (0 = all)
       bpd_split="test",
+      sc09_reference="",       # sc09_fd: labelled SC09 clips (folder / .tar.gz with zero..nine
+                               # folders); "" = data.path (data.source='folder')
   ))
   config.bench = ml_collections.ConfigDict(dict(
       kind="core",        # core | depth | samplers | precision (fp32/bf16 x remat: speed, memory)

@@ -1,6 +1,7 @@
 """Audio: DiffWave's layout and size, WAV I/O, the samplers on waveforms [B, L, 1], the SC09
 classifier metric."""
 
+import json
 import os
 
 import jax
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.io.wavfile
+from flax import traverse_util
 
 from conftest import REPO, SHARED_DATA, requires_shared_data
 from jdiff import audio
@@ -17,7 +19,7 @@ from jdiff import diffusion as diffusion_lib
 from jdiff import parallel
 from jdiff import sampling
 from jdiff import schedules
-from jdiff.errors import ConfigError, DataError
+from jdiff.errors import ConfigError, DataError, EvaluationError
 from jdiff.models import diffwave
 
 FULL = os.path.join(REPO, "configs", "sc09_diffwave.py")
@@ -81,6 +83,31 @@ def test_gated_unit_value_and_gradient_against_finite_differences():
   np.testing.assert_allclose(grad, numeric, atol=2e-3)
 
 
+@pytest.mark.parametrize("weight_norm", [True, False])
+def test_gradients_match_with_xla_and_matmul_filter_gradients(weight_norm):
+  """models/conv.py's filter gradient in every conv (dilated, 1x1, weight-normed, mel): the same
+  loss gradients as XLA's own, to float rounding."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 512, 1)), jnp.float32)
+  eps = jnp.asarray(rng.normal(size=(2, 512, 1)), jnp.float32)
+  t, mel = jnp.array([3.0, 150.5]), jnp.asarray(rng.normal(size=(2, 2, 5)), jnp.float32)
+  grads = {}
+  for choice in ("xla", "matmul"):
+    model = _tiny_model(n_mels=5, weight_norm=weight_norm, conv_filter_grad=choice)
+    params = model.init(jax.random.key(0), x, t, method=model.init_all_depths)["params"]
+    # A non-zero output conv, so that every layer's gradient is non-zero.
+    params["out_conv"]["conv"]["kernel"] = jnp.full_like(params["out_conv"]["conv"]["kernel"], 0.3)
+    loss = lambda p: jnp.mean((model.apply({"params": p}, x, t, mel=mel) - eps) ** 2)
+    grads[choice] = jax.grad(loss)(params)
+  flat_xla = traverse_util.flatten_dict(grads["xla"])
+  flat_matmul = traverse_util.flatten_dict(grads["matmul"])
+  assert flat_xla.keys() == flat_matmul.keys()
+  kernels = [k for k in flat_xla if k[-1] == "kernel" and "dilated_conv" in k]
+  assert kernels and all(float(jnp.max(jnp.abs(flat_xla[k]))) > 0 for k in kernels)
+  for key, value in flat_xla.items():
+    np.testing.assert_allclose(flat_matmul[key], value, rtol=1e-4, atol=1e-6, err_msg=str(key))
+
+
 def test_weight_norm_gain_is_the_per_output_channel_norm():
   """W = g v / ||v||, the norm over (kernel, input channels) per output channel (torch dim=0)."""
   conv = diffwave.Conv1x(4, kernel_size=3, dilation=2)
@@ -122,6 +149,69 @@ def test_one_train_step_of_the_tiny_config():
   moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, old_params)
   assert max(jax.tree.leaves(moved)) > 0
   del model
+
+
+def _vocoder_config():
+  config = config_lib.load_config(os.path.join(REPO, "configs", "sc09_cpu.py") + ":tiny")
+  config.diffwave.n_mels = 5
+  config.data.audio_length = 512
+  return config
+
+
+def test_vocoder_train_step_feeds_each_clips_mel():
+  """diffwave.n_mels > 0: the step conditions on the mel of each clean clip (builders.conditioning_mel)."""
+  from jdiff.drivers import train  # pylint: disable=g-import-not-at-top
+  config = _vocoder_config()
+  config_lib.validate(config)
+  _, state, train_step = train.build_fresh_training(config, parallel.make_mesh())
+  waves = np.random.default_rng(0).integers(-8000, 8000, (config.training.batch_size, 512, 1))
+  mel = builders.conditioning_mel(config, audio.to_float(waves.astype(np.int16)))
+  assert mel.shape == (config.training.batch_size, 2, 5)
+  np.testing.assert_allclose(mel, audio.mel_spectrogram(audio.to_float(waves), 16000, 1024, 256, 5),
+                             atol=1e-6)
+  old_params = jax.device_get(state.params)
+  # A non-zero output conv (it starts at zero, which zeroes every other gradient of step 1).
+  old_params["out_conv"]["conv"]["kernel"] = np.full_like(old_params["out_conv"]["conv"]["kernel"],
+                                                          0.3)
+  state = state.replace(params=jax.tree.map(jnp.asarray, old_params))
+  new_state, metrics = train_step(state, waves.astype(np.int16))
+  assert np.isfinite(float(metrics["loss"])) and int(new_state.step) == 1
+  # The mel's path (upsampler, per-layer mel_conv) got a gradient and moved.
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))),
+                       new_state.params["residual_0"]["mel_conv"], old_params["residual_0"]["mel_conv"])
+  assert max(jax.tree.leaves(moved)) > 0
+  bad = config.copy_and_resolve_references()
+  bad.data.audio_length = 500
+  with pytest.raises(ConfigError, match="data.audio_length.*multiple of 256"):
+    config_lib.validate(bad)
+
+
+@requires_shared_data("sc09", "sc09_sample.tar.gz")
+def test_vocoder_samples_from_the_mels_of_given_clips(tmp_path):
+  from jdiff.drivers import sample, train  # pylint: disable=g-import-not-at-top
+  config = _vocoder_config()
+  config.training.update(dict(num_steps=1, checkpoint_every=1))
+  config.sampling.update(dict(name="fastdpm", fastdpm_kind="var", steps=3, schedule="quadratic",
+                              num_samples=6, batch_size=4))
+  train.train(config, str(tmp_path))
+  mels = sample.conditioning_mels(config, 6)
+  clips = sample.conditioning_clips(config, 8)
+  assert mels.shape == (8, 2, 5)  # whole batches
+  np.testing.assert_allclose(mels, builders.conditioning_mel(config, audio.to_float(clips)),
+                             atol=1e-6)
+  sample.sample(config, str(tmp_path))
+  out = tmp_path / "samples"
+  assert np.load(out / "samples.npz")["images"].shape == (6, 512, 1)
+  assert len(list(out.glob("sample_*.wav"))) == 6 and (out / "given_clips.png").exists()
+  # Different mels, different samples (same noise): the sampler passes them to the model.
+  model = builders.build_model(config)
+  params, _ = builders.restore_ema_params(config, str(tmp_path), model, parallel.make_mesh())
+  params = dict(params, out_conv={"conv": {"kernel": jnp.ones((1, 8, 1)), "bias": jnp.zeros(1)}})
+  sampler, _ = builders.build_sampler(config, builders.build_diffusion(config))
+  sample_fn = builders.make_sample_fn(sampler, model, parallel.make_mesh(), (512, 1), 4)
+  first = sample_fn(params, jax.random.key(0), jnp.asarray(mels[:4]))
+  second = sample_fn(params, jax.random.key(0), jnp.asarray(mels[4:8]))
+  assert first.shape == (4, 512, 1) and float(jnp.max(jnp.abs(first - second))) > 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -243,6 +333,21 @@ def test_folder_resamples_pads_and_refuses(tmp_path):
   assert "\n" not in str(error.value)
 
 
+def test_peak_normalize_scales_each_clip_to_the_peak():
+  waves = np.zeros((3, 5, 1), np.int16)
+  waves[0, :, 0] = [100, -200, 50, 0, 0]
+  waves[1, :, 0] = [-16000, 8000, 0, 1, 2]
+  normalized = audio.normalize_peaks(waves, 0.5)
+  np.testing.assert_array_equal(normalized[0, :, 0], np.round(np.array([100, -200, 50, 0, 0])
+                                                               * 0.5 * 32767 / 200))
+  np.testing.assert_array_equal(normalized[1, :2, 0], [-16384, 8192])
+  np.testing.assert_array_equal(normalized[2], 0)  # silence stays silence
+  config = config_lib.load_config(FULL + ":tiny")
+  config.data.peak_normalize = 1.5
+  with pytest.raises(ConfigError, match="data.peak_normalize.*in \\[0, 1\\]"):
+    config_lib.validate(config)
+
+
 @requires_shared_data("sc09", "sc09_sample.tar.gz")
 def test_sc09_archive_reads_100_clips_of_ten_digits():
   waves, words = audio.read_archive(SC09_SAMPLE, words=audio.DIGITS)
@@ -287,6 +392,38 @@ def test_classifier_held_out_accuracy_beats_chance(tmp_path):
   from jdiff.evaluation import speech_classifier  # pylint: disable=g-import-not-at-top
   scorer = speech_classifier.Scorer(SC09_SAMPLE, directory=str(tmp_path))
   assert scorer.held_out_accuracy >= 0.3
+
+
+@requires_shared_data("sc09", "sc09_sample.tar.gz")
+def test_evaluate_scores_the_classifier_metric_with_anchors(tmp_path, monkeypatch):
+  """--mode=evaluate on the tiny audio config: sc09_fd / sc09_is of the samples and of the real
+  and noise anchors, a waveform picture (classifier trained 10 steps: the pipeline, not a score)."""
+  from jdiff.drivers import evaluate, train  # pylint: disable=g-import-not-at-top
+  from jdiff.evaluation import speech_classifier  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv("JDIFF_CACHE_DIR", str(tmp_path / "cache"))
+  monkeypatch.setattr(speech_classifier, "TRAINING_SETTINGS",
+                      dict(speech_classifier.TRAINING_SETTINGS, steps=10))
+  config = config_lib.load_config(os.path.join(REPO, "configs", "sc09_cpu.py") + ":tiny")
+  config.training.update(dict(num_steps=2, checkpoint_every=2))
+  config.sampling.update(dict(name="fastdpm", fastdpm_kind="var", steps=3, schedule="quadratic"))
+  config.evaluation.num_samples = 6
+  train.train(config, str(tmp_path))
+  results = evaluate.evaluate(config, str(tmp_path))
+  assert results["num_samples"] == 6 and results["sc09_real_anchor_clips"] == 6
+  for key in ("sc09_fd", "sc09_is", "sc09_fd_real_anchor", "sc09_fd_noise_anchor"):
+    assert np.isfinite(results[key]), key
+  assert results["sc09_fd_noise_anchor"] > results["sc09_fd_real_anchor"]
+  assert 1.0 <= results["sc09_is"] <= 10.0
+  with open(os.path.join(os.path.dirname(results["grid"]), "metrics.json")) as f:
+    assert json.load(f)["sc09_fd"] == results["sc09_fd"]
+  assert results["grid"].endswith("waveforms.png") and os.path.getsize(results["grid"]) > 1000
+  config.evaluation.sc09_reference = str(tmp_path / "absent.tar.gz")
+  with pytest.raises(EvaluationError, match="sc09_reference=.*absent.tar.gz") as error:
+    evaluate.sc09_scorer(config)
+  assert "\n" not in str(error.value)
+  config.evaluation.sc09_reference, config.data.source = "", "sc09"
+  with pytest.raises(EvaluationError, match="sc09_reference='': sc09_fd needs labelled"):
+    evaluate.sc09_reference(config)
 
 
 def test_speech_commands_archive_splits_by_its_lists(tmp_path):

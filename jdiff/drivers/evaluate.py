@@ -13,7 +13,11 @@ reference statistics files; statistics of the other convention are refused). A w
 without logits (fc all zeros or absent) gives FID and KID only: asking for "is" is an error,
 the default metrics drop it with a log line. digits_fd
 (jdiff.evaluation.digits_fd, for 8x8-digit-scale work; not Inception FID); bpd (bits/dim of the
-data's bpd_split under the VLB, jdiff.drivers.likelihood).
+data's bpd_split under the VLB, jdiff.drivers.likelihood). sc09_fd (audio configs): the SC09-classifier
+FD and IS of jdiff.evaluation.speech_classifier (NOT the papers' FID/IS) against the labelled
+clips of config.evaluation.sc09_reference (default data.path), with two anchors scored the same
+way at the same count: real clips outside the reference, and Gaussian noise; audio writes
+waveforms.png instead of grid.png.
 
 Before any sample is made, check_inputs checks the output folder is writable and loads the
 Inception weights and reference statistics the metrics need; a bad one is a one-line
@@ -27,7 +31,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import jax
 import numpy as np
@@ -35,6 +39,7 @@ from absl import logging
 from clu import metric_writers
 from jax.experimental import multihost_utils
 
+from jdiff import audio as audio_lib
 from jdiff import choices
 from jdiff import data as data_lib
 from jdiff import images as images_lib
@@ -42,7 +47,7 @@ from jdiff import parallel
 from jdiff import progress
 from jdiff.drivers import likelihood
 from jdiff.drivers import sample as sample_lib
-from jdiff.errors import EvaluationError
+from jdiff.errors import DataError, EvaluationError
 from jdiff.evaluation import metrics as metrics_lib
 
 INCEPTION_METRICS = ("fid", "is", "kid")
@@ -302,6 +307,7 @@ class EvaluationInputs:
   inception: Optional[Tuple[dict, str]] = None     # (variables, cache tag) for fid / is / kid
   metrics: Tuple[str, ...] = ()                    # resolve_metrics: what will be scored
   reference_stats: Optional[Tuple[np.ndarray, np.ndarray]] = None  # (mu, sigma) for fid
+  sc09_scorer: Any = None                          # speech_classifier.Scorer for sc09_fd
 
 
 def check_inputs(config, out_dir: str) -> EvaluationInputs:
@@ -316,6 +322,8 @@ def check_inputs(config, out_dir: str) -> EvaluationInputs:
     inputs.reference_stats = _reference_stats(config)
   if any(metric in wanted for metric in INCEPTION_METRICS):
     inputs.inception = _inception(config)
+  if "sc09_fd" in wanted:
+    inputs.sc09_scorer = sc09_scorer(config)
   inputs.metrics = resolve_metrics(config, inputs.inception and inputs.inception[0])
   return inputs
 
@@ -359,18 +367,65 @@ def inception_scores(config, samples_uint8: np.ndarray,
   return scores
 
 
+def sc09_reference(config) -> str:
+  """config.evaluation.sc09_reference, or data.path for a folder / archive source."""
+  given = config.evaluation.sc09_reference
+  if given:
+    return given
+  if config.data.source == "folder":
+    return config.data.path
+  raise EvaluationError(
+      f"config.evaluation.sc09_reference='': sc09_fd needs labelled SC09 clips (a folder or .tar.gz "
+      f"with zero..nine folders) and data.source={config.data.source!r} is not a folder; set it")
+
+
+def sc09_scorer(config):
+  """The SC09 classifier (trained once and cached) of sc09_reference(config); any failure to read
+  the clips is a one-line EvaluationError."""
+  from jdiff.evaluation import speech_classifier  # pylint: disable=g-import-not-at-top
+  path = sc09_reference(config)
+  try:
+    scorer = speech_classifier.Scorer(path)
+  except DataError as e:
+    raise EvaluationError(f"config.evaluation.sc09_reference={path!r}: {_one_line(e)}") from None
+  logging.info("evaluate: SC09 classifier held-out accuracy %.3f (%d train / %d held-out clips)",
+               scorer.held_out_accuracy, scorer.num_train, scorer.num_held_out)
+  return scorer
+
+
+def sc09_scores(config, samples_int16: np.ndarray, scorer) -> dict:
+  """The SC09-classifier FD / IS of the samples and of the real and noise anchors at the same
+  count (the real anchor has at most as many clips as the reference leaves out)."""
+  from jdiff.evaluation import speech_classifier  # pylint: disable=g-import-not-at-top
+  fd, inception_score = speech_classifier.FD_NAME, speech_classifier.IS_NAME
+  scores = scorer(samples_int16, config.data.sample_rate)
+  anchors = scorer.anchors(len(samples_int16))
+  return {"sc09_fd": scores[fd], "sc09_is": scores[inception_score],
+          "sc09_fd_real_anchor": anchors["real"][fd], "sc09_is_real_anchor": anchors["real"][inception_score],
+          "sc09_real_anchor_clips": int(min(len(samples_int16), len(scorer.real_others))),
+          "sc09_fd_noise_anchor": anchors["noise"][fd],
+          "sc09_is_noise_anchor": anchors["noise"][inception_score],
+          "sc09_metric": f"{fd} / {inception_score}: not the papers' FID / IS",
+          "sc09_reference": os.path.abspath(sc09_reference(config)),
+          "sc09_classifier_held_out_accuracy": scorer.held_out_accuracy}
+
+
 def evaluate(config, workdir: str) -> dict:
   """Generates (or reuses) the samples and scores them; returns the metrics.json contents."""
   mesh = parallel.make_mesh()
-  generator = sample_lib.build_generator(config, workdir, mesh)
+  generator = sample_lib.build_generator(config, workdir, mesh, config.evaluation.num_samples)
   name = config.evaluation.name or default_name(config, generator.network_evaluations)
   out_dir = os.path.join(workdir, "eval", name, f"step_{generator.checkpoint_step}")
   # Bad inputs fail here, in one line, not after minutes of sampling.
   inputs = check_inputs(config, out_dir)
   samples, timing = generate_samples(config, generator, out_dir)
-  grid_path = os.path.join(out_dir, "grid.png")
+  audio = config.data.kind == "audio"
+  grid_path = os.path.join(out_dir, "waveforms.png" if audio else "grid.png")
   if jax.process_index() == 0:
-    images_lib.save_grid(samples[:GRID_SIZE], grid_path)
+    if audio:
+      audio_lib.save_waveforms_png(samples, config.data.sample_rate, grid_path)
+    else:
+      images_lib.save_grid(samples[:GRID_SIZE], grid_path)
 
   results = {
       "name": name, "curve": curve_name(config), "checkpoint_step": generator.checkpoint_step,
@@ -391,6 +446,8 @@ def evaluate(config, workdir: str) -> dict:
   if "digits_fd" in wanted:
     from jdiff.evaluation import digits_fd  # pylint: disable=g-import-not-at-top
     results["digits_fd"] = digits_fd.digits_frechet_distance(data_lib.to_float(samples))
+  if "sc09_fd" in wanted:
+    results.update(sc09_scores(config, samples, inputs.sc09_scorer or sc09_scorer(config)))
   if "bpd" in wanted:
     bpd = likelihood.evaluate_bits_per_dim(config, workdir, config.evaluation.bpd_examples,
                                            split=config.evaluation.bpd_split)
@@ -400,7 +457,7 @@ def evaluate(config, workdir: str) -> dict:
 
   scalars = {f"eval/{name}/{key}": value for key, value in results.items()
              if key in ("fid", "inception_score", "kid", "digits_fd", "bits_per_dim",
-                        "seconds_per_sample")}
+                        "seconds_per_sample", "sc09_fd", "sc09_is")}
   if jax.process_index() == 0:
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
       json.dump(results, f, indent=2)

@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 
 from jdiff import audio
 from jdiff import builders
+from jdiff import data as data_lib
 from jdiff import images as images_lib
 from jdiff import parallel
 from jdiff import progress
@@ -45,11 +46,18 @@ class Generator:
   image_shape: Tuple[int, ...] = ()
   evaluation_fn: Optional[Callable] = None  # jitted (params, x [B, ...]) -> one network evaluation
   to_output: Callable = sampling.to_uint8  # [-1, 1] floats -> what files hold (audio: to_int16)
+  mels: Optional[np.ndarray] = None  # a vocoder's conditioning: one mel per sample, in order
+
+  def _mel(self, index: int):
+    """Batch `index`'s conditioning mels (None for an unconditional model)."""
+    if self.mels is None:
+      return None
+    return self.mels[index * self.batch_size:(index + 1) * self.batch_size]
 
   def compile(self) -> float:
     """Compiles the sampler now; returns the seconds it took."""
     start = time.perf_counter()
-    self.sample_fn = self.sample_fn.lower(self.params, self.rng).compile()
+    self.sample_fn = self.sample_fn.lower(self.params, self.rng, self._mel(0)).compile()
     return time.perf_counter() - start
 
   def seconds_per_evaluation(self, repeats: int = 3) -> float:
@@ -65,12 +73,31 @@ class Generator:
     return float(np.median(times)) / self.batch_size
 
   def sample(self, index: int) -> np.ndarray:
-    images = self.sample_fn(self.params, jax.random.fold_in(self.rng, index))
+    images = self.sample_fn(self.params, jax.random.fold_in(self.rng, index), self._mel(index))
     # Gathers every process's rows (a no-op copy to host with one process).
     return self.to_output(multihost_utils.process_allgather(images, tiled=True))
 
 
-def build_generator(config, workdir: str, mesh) -> Generator:
+def conditioning_clips(config, num_samples: int) -> np.ndarray:
+  """A vocoder's given clips: the first num_samples of config.data's sampling.mel_split (int16
+  [num_samples, L, 1], repeated in order when the split has fewer)."""
+  data_config = config.data.copy_and_resolve_references()
+  data_config.split = config.sampling.mel_split
+  clips = np.asarray(data_lib.load_images(data_config))
+  return clips[np.arange(num_samples) % len(clips)]
+
+
+def conditioning_mels(config, num_samples: int) -> Optional[np.ndarray]:
+  """Mels of conditioning_clips, padded to whole sampling batches; None when unconditional."""
+  if not builders.mel_conditioned(config):
+    return None
+  batch_size = config.sampling.batch_size
+  clips = conditioning_clips(config, -(-num_samples // batch_size) * batch_size)
+  return np.asarray(builders.conditioning_mel(config, data_lib.to_float(clips)))
+
+
+def build_generator(config, workdir: str, mesh, num_samples: Optional[int] = None) -> Generator:
+  """num_samples: how many samples the vocoder's mels are made for (default sampling's)."""
   model = builders.build_model(config)
   diffusion = builders.build_diffusion(config)
   params, step = builders.restore_ema_params(config, workdir, model, mesh)
@@ -91,7 +118,8 @@ def build_generator(config, workdir: str, mesh) -> Generator:
   return Generator(sample_fn, params, step, evaluations, config.sampling.batch_size,
                    jax.random.fold_in(jax.random.key(config.seed), 1 + step),
                    surrogate_evaluations, builders.image_shape(config), evaluation_fn,
-                   audio.to_int16 if config.data.kind == "audio" else sampling.to_uint8)
+                   audio.to_int16 if config.data.kind == "audio" else sampling.to_uint8,
+                   conditioning_mels(config, num_samples or config.sampling.num_samples))
 
 
 def sample(config, workdir: str) -> str:
@@ -116,6 +144,9 @@ def sample(config, workdir: str) -> str:
       for i, wave in enumerate(samples):
         audio.write_wav(os.path.join(out_dir, f"sample_{i:04d}.wav"), config.data.sample_rate, wave)
       audio.save_waveforms_png(samples, config.data.sample_rate, grid_path)
+      if builders.mel_conditioned(config):  # the clips whose mels the vocoder was given
+        audio.save_waveforms_png(conditioning_clips(config, len(samples)), config.data.sample_rate,
+                                 os.path.join(out_dir, "given_clips.png"))
     else:
       images_lib.save_grid(samples[:256], grid_path)
   return grid_path

@@ -103,8 +103,11 @@ def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
 
   def make_draw_loss_fn(x_start, t, depth):
     """(params, noise, dropout_rng) -> per-example losses of one noise draw."""
+    mel = builders.conditioning_mel(config, x_start)  # a vocoder hears its clean clip's mel
+
     def draw_loss_fn(params, noise, dropout_rng):
-      model_fn = builders.make_model_fn(model, params, train=True, dropout_rng=dropout_rng)
+      model_fn = builders.make_model_fn(model, params, train=True, dropout_rng=dropout_rng,
+                                        mel=mel)
       return objectives.example_losses(training.loss, diffusion,
                                        lambda x, t: model_fn(x, t, depth), x_start, t, noise,
                                        config.diffusion.variance_type)

@@ -26,6 +26,7 @@ upsampled 256x in time by two transposed 2-D convs (kernel 3 x 32, stride 1 x 16
 lmnt-com/diffwave SpectrogramUpsampler), then projected per layer by a 1x1 conv to 2C.
 """
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -33,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdiff.models import conv as conv_lib
 from jdiff.models import layers
 
 HOP_LENGTH = 256  # audio samples per mel frame that the upsampler assumes (16 x 16)
@@ -55,13 +57,15 @@ class Conv1x(nn.Module):
   weight_norm: bool = True
   zero_init: bool = False
   dtype: Any = jnp.float32
+  conv_filter_grad: str = "auto"  # how the weight gradient is computed (models/conv.py)
 
   @nn.compact
   def __call__(self, x):
     pad = self.dilation * (self.kernel_size - 1) // 2
     init = nn.initializers.zeros if self.zero_init else _TORCH_CONV_INIT
     conv = nn.Conv(self.features, (self.kernel_size,), kernel_dilation=(self.dilation,),
-                   padding=[(pad, pad)], kernel_init=init, dtype=self.dtype, name="conv")
+                   padding=[(pad, pad)], kernel_init=init, dtype=self.dtype, name="conv",
+                   conv_general_dilated=conv_lib.filter_grad_fn(self.conv_filter_grad))
     if self.weight_norm:
       # One gain per output channel: the norm is over (kernel, input channels), as torch's dim=0.
       conv = nn.WeightNorm(conv, scale_init=nn.initializers.constant(math.sqrt(1.0 / 3.0)),
@@ -93,19 +97,20 @@ class ResidualLayer(nn.Module):
   dilation: int
   weight_norm: bool = True
   dtype: Any = jnp.float32
+  conv_filter_grad: str = "auto"
 
   @nn.compact
   def __call__(self, x, temb, mel=None):
     c = self.residual_channels
+    conv = functools.partial(Conv1x, weight_norm=self.weight_norm, dtype=self.dtype,
+                             conv_filter_grad=self.conv_filter_grad)
     h = x + nn.Dense(c, dtype=self.dtype, name="fc_t")(temb)[:, None, :]
-    h = Conv1x(2 * c, 3, self.dilation, self.weight_norm, dtype=self.dtype, name="dilated_conv")(h)
+    h = conv(2 * c, 3, self.dilation, name="dilated_conv")(h)
     if mel is not None:
-      h = h + Conv1x(2 * c, 1, weight_norm=self.weight_norm, dtype=self.dtype,
-                     name="mel_conv")(mel)
+      h = h + conv(2 * c, 1, name="mel_conv")(mel)
     out = gated_unit(h)
-    res = Conv1x(c, 1, weight_norm=self.weight_norm, dtype=self.dtype, name="res_conv")(out)
-    skip = Conv1x(self.skip_channels, 1, weight_norm=self.weight_norm, dtype=self.dtype,
-                  name="skip_conv")(out)
+    res = conv(c, 1, name="res_conv")(out)
+    skip = conv(self.skip_channels, 1, name="skip_conv")(out)
     return (x + res) * math.sqrt(0.5), skip
 
 
@@ -119,6 +124,7 @@ class DiffWave(nn.Module):
   n_mels: int = 0                      # 0: unconditional
   weight_norm: bool = True
   dtype: Any = jnp.float32
+  conv_filter_grad: str = "auto"  # auto | matmul | xla (models/conv.py)
 
   @property
   def num_levels(self) -> int:
@@ -135,8 +141,9 @@ class DiffWave(nn.Module):
     if (mel is None) != (self.n_mels == 0):
       raise ValueError(f"mel is {'missing' if mel is None else 'given'} but n_mels={self.n_mels}")
     x = x.astype(self.dtype)
-    h = nn.relu(Conv1x(self.residual_channels, 1, weight_norm=self.weight_norm, dtype=self.dtype,
-                       name="init_conv")(x))
+    conv = functools.partial(Conv1x, conv_filter_grad=self.conv_filter_grad)
+    h = nn.relu(conv(self.residual_channels, 1, weight_norm=self.weight_norm, dtype=self.dtype,
+                     name="init_conv")(x))
     temb = layers.timestep_embedding(t, self.embed_dims[0])
     temb = nn.swish(nn.Dense(self.embed_dims[1], dtype=self.dtype, name="fc_t1")(temb))
     temb = nn.swish(nn.Dense(self.embed_dims[2], dtype=self.dtype, name="fc_t2")(temb))
@@ -146,14 +153,15 @@ class DiffWave(nn.Module):
     for n in range(self.num_layers):
       h, skip_n = ResidualLayer(self.residual_channels, self.skip_channels,
                                 2 ** (n % self.dilation_cycle), self.weight_norm,
-                                dtype=self.dtype, name=f"residual_{n}")(h, temb, mel)
+                                dtype=self.dtype, conv_filter_grad=self.conv_filter_grad,
+                                name=f"residual_{n}")(h, temb, mel)
       skip = skip + skip_n
     h = skip * math.sqrt(1.0 / self.num_layers)
-    h = nn.relu(Conv1x(self.skip_channels, 1, weight_norm=self.weight_norm, dtype=self.dtype,
-                       name="final_conv")(h))
+    h = nn.relu(conv(self.skip_channels, 1, weight_norm=self.weight_norm, dtype=self.dtype,
+                     name="final_conv")(h))
     # The eps head in float32 and zero-initialised (reference ZeroConv1d: no weight norm).
-    return Conv1x(self.out_ch, 1, weight_norm=False, zero_init=True, dtype=jnp.float32,
-                  name="out_conv")(h.astype(jnp.float32))
+    return conv(self.out_ch, 1, weight_norm=False, zero_init=True, dtype=jnp.float32,
+                name="out_conv")(h.astype(jnp.float32))
 
   def init_all_depths(self, x, t, mel=None):
     """jdiff's init entry point (the U-Net runs every depth; DiffWave has one)."""
