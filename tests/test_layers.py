@@ -17,7 +17,7 @@ LAYERS = {
     "core": ("jdiff.schedules", "jdiff.diffusion", "jdiff.objectives", "jdiff.sampling",
              "jdiff.depth"),
     "models": ("jdiff.models", "jdiff.models.unet", "jdiff.models.layers", "jdiff.models.gan",
-               "jdiff.models.diffwave"),
+               "jdiff.models.diffwave", "jdiff.models.conv"),
     "infra": ("jdiff.parallel", "jdiff.checkpoint", "jdiff.data", "jdiff.audio", "jdiff.images",
               "jdiff.progress",
               "jdiff.evaluation."),
