@@ -92,6 +92,7 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("training.warmup_steps", NON_NEGATIVE_INT),
     ("training.grad_clip", in_range(0.0, float("inf"))),
     ("training.ema_decay", in_range(0.0, 1.0, high_open=True)),
+    ("training.ema_warmup", BOOL),
     ("training.log_every", POSITIVE_INT),
     ("training.checkpoint_every", POSITIVE_INT),
     ("training.keep_checkpoints", POSITIVE_INT),
@@ -414,6 +415,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.training = ml_collections.ConfigDict(dict(
       batch_size=128, num_steps=800_000, learning_rate=2e-4, warmup_steps=5000, grad_clip=1.0,
       ema_decay=0.9999, log_every=100, checkpoint_every=5000, keep_checkpoints=3,
+      ema_warmup=False,           # decay min(ema_decay, (1+step)/(10+step)): for short runs; off = Ho's code
       loss="simple",              # simple | hybrid (needs variance_type=learned_range) | iwdiff
       iwdiff_k=2,                 # IWDiff noise draws per example
       iwdiff_accumulate=False,    # IWDiff: one draw's gradient at a time (memory flat in k)

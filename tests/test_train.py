@@ -184,3 +184,29 @@ def test_every_config_and_its_tiny_variant_load_and_validate():
       config = config_lib.load_config(spec)
       assert config.model.kind in ("unet", "sngan", "diffwave"), spec
     assert config.diffusion.num_timesteps == 20 and config.training.num_steps == 6, path
+
+
+def test_ema_warmup_decay_and_first_update():
+  """ema_warmup: decay min(ema_decay, (1 + s) / (10 + s)); off: the plain ema_decay (Ho's code).
+  The first update (s = 0, decay 0.1) leaves 0.1 of the initial params in the EMA."""
+  assert train_lib.ema_decay_of_step(0.999, False, 0) == 0.999
+  np.testing.assert_allclose([float(train_lib.ema_decay_of_step(0.999, True, s))
+                              for s in (0, 10, 90, 10_000)], [0.1, 11 / 20, 91 / 100, 0.999],
+                             rtol=1e-6)
+  for warmup, kept in ((True, 0.1), (False, 0.999)):
+    config = tiny_config()
+    config.training.ema_decay = 0.999
+    config.training.ema_warmup = warmup
+    mesh = parallel.make_mesh()
+    model = builders.build_model(config)
+    optimizer = builders.build_optimizer(config.training)
+    state = builders.build_state(config, model, optimizer, mesh)
+    initial = jax.device_get(state.params)
+    step = train_lib.make_train_step(config, model, builders.build_diffusion(config), optimizer,
+                                     mesh)
+    images = np.random.default_rng(0).integers(
+        0, 256, (train_lib.images_per_step(config),) + builders.image_shape(config), dtype=np.uint8)
+    state, _ = step(state, images)
+    jax.tree.map(lambda ema, p0, p1: np.testing.assert_allclose(
+        ema, kept * p0 + (1 - kept) * p1, rtol=1e-5, atol=1e-7),
+        jax.device_get(state.ema_params), initial, jax.device_get(state.params))

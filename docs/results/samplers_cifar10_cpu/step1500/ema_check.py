@@ -1,0 +1,32 @@
+"""Diagnosis (session 6): eps-prediction MSE and spread of the EMA and of the raw params of the
+/work/runs/cifar10_cpu checkpoint, on 64 training images at a few t.
+
+  python docs/results/samplers_cifar10_cpu/step1500/ema_check.py   # from the repository root
+"""
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdiff import builders, config_lib
+
+sys.path.insert(0, "tests")
+from conftest import restore_train_state  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+config = config_lib.load_config("configs/cifar10_cpu.py")
+config.data.path = "/work/shared/data/cifar10_exact_subset.npz"
+config.training.ema_warmup = False  # as the run was trained (the field came after it)
+model = builders.build_model(config)
+step, state = restore_train_state(config, "/work/runs/cifar10_cpu")
+x0 = np.load(config.data.path)["train_x"][:64].astype(np.float32) / 127.5 - 1
+alphas_cumprod = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
+predict = jax.jit(lambda params, x, t: builders.make_model_fn(model, params)(x, t))
+rng = np.random.default_rng(0)
+for t in (50, 250, 500, 900):
+  eps = rng.standard_normal(x0.shape).astype(np.float32)
+  x_t = np.sqrt(alphas_cumprod[t]) * x0 + np.sqrt(1 - alphas_cumprod[t]) * eps
+  for name, params in (("EMA", state.ema_params), ("raw", state.params)):
+    pred = np.asarray(predict(params, jnp.asarray(x_t), jnp.full((64,), float(t))))[..., :3]
+    print(f"step {step} t {t} {name}: eps-MSE {np.mean((pred - eps) ** 2):.4f} "
+          f"predicted eps std {pred.std():.3f}")
