@@ -44,11 +44,13 @@ def test_sampler_table_has_every_family_at_every_step_count():
 def test_depth_table_trains_one_model_per_skip_type_and_a_baseline():
   rows, configs = _row_configs("depth", tiny_config(), {"skip_types": ("zero", "interpolate"),
                                                         "powers": (0, 2)})
-  assert [r.name for r in rows] == ["full-c0", "zero-c0", "zero-c2", "interpolate-c0", "interpolate-c2"]
+  assert [r.name for r in rows] == ["full-c0", "full-c2", "zero-c0", "zero-c2", "interpolate-c0",
+                                    "interpolate-c2"]
   assert {r.model for r in rows} == {"full", "skip-zero", "skip-interpolate"}
-  assert [c.depth.power for c in configs] == [0, 0, 2, 0, 2]
-  assert [c.model.skip_type for c in configs[3:]] == ["interpolate"] * 2
-  assert configs[0].depth.training == "full" and configs[1].depth.training == "random"
+  assert [c.depth.power for c in configs] == [0, 2, 0, 2, 0, 2]
+  # The baseline is sampled with zero skipping at every c, as the paper's "DDPM" row.
+  assert [c.model.skip_type for c in configs] == ["zero"] * 4 + ["interpolate"] * 2
+  assert [c.depth.training for c in configs] == ["full"] * 2 + ["random"] * 4
   with pytest.raises(errors.ConfigError, match="model.skip_type"):
     _row_configs("depth", tiny_config(), {"skip_types": ("bogus",)})
 

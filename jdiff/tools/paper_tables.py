@@ -17,8 +17,9 @@ Tables (TABLES):
             S in --steps: s/image, FID, KID (and Digits FD when configured). One trained model.
   depth     adaptive U-Net paper Tables 1-3 shape: skip type x c (depth.power): FID, KID,
             s/image and the time saved against c = 0 of the same model. One model per skip type,
-            trained with depth.training=random (one model serves every c), plus the
-            full-depth baseline (the paper's "DDPM" row).
+            trained with depth.training=random (one model serves every c), plus the baseline
+            trained at full depth and sampled at every c with zero skipping (the paper's
+            "DDPM" row).
   objectives  DDPM study (papers/hse_coursework.txt) Table 4.4 shape: one model per objective of
             jdiff.tools.objectives_table.SETUPS (DDPM L_simple, Hybrid, Importance Sampling, IS +2,
             IWDiff, IWDiff + IS), each trained from the same config: train time relative to DDPM
@@ -135,10 +136,13 @@ def sampler_rows(config, settings: Mapping) -> List[Row]:
 
 def depth_rows(config, settings: Mapping) -> List[Row]:
   """Adaptive U-Net paper Tables 1-3: skip type x c, each skip type's model trained once with
-  random depth; the full-depth model at c = 0 is the baseline."""
+  random depth; the baseline is a model trained at full depth, sampled at every c with zero
+  skipping (Table 1's first row, "DDPM": a pre-trained model never trained to skip)."""
   del config
-  rows = [Row("full-c0", "full (baseline)", 0, {"depth.power": 0.0}, model="full",
-              training={"depth.training": "full"})]
+  baseline = {"depth.training": "full", "model.skip_type": "zero"}
+  rows = [Row(f"full-c{power:g}", "full depth (zero skip at sampling)", power,
+              {"depth.power": power}, model="full", training=baseline)
+          for power in settings["powers"]]
   for skip in settings["skip_types"]:
     training = {"model.skip_type": skip, "depth.training": "random"}
     rows += [Row(f"{skip}-c{power:g}", f"{skip} skip", power, {"depth.power": power},

@@ -2,6 +2,8 @@
 /work/runs/cifar10_cpu checkpoint, on 64 training images at a few t.
 
   python docs/results/samplers_cifar10_cpu/step1500/ema_check.py   # from the repository root
+  python docs/results/samplers_cifar10_cpu/step1500/ema_check.py WORKDIR true  # a run with
+                                                                    # training.ema_warmup=true
 """
 import sys
 
@@ -16,9 +18,11 @@ from conftest import restore_train_state  # pylint: disable=g-import-not-at-top,
 
 config = config_lib.load_config("configs/cifar10_cpu.py")
 config.data.path = "/work/shared/data/cifar10_exact_subset.npz"
-config.training.ema_warmup = False  # as the run was trained (the field came after it)
+workdir = sys.argv[1] if len(sys.argv) > 1 else "/work/runs/cifar10_cpu"
+# As the run was trained (the first run came before the field existed).
+config.training.ema_warmup = len(sys.argv) > 2 and sys.argv[2] == "true"
 model = builders.build_model(config)
-step, state = restore_train_state(config, "/work/runs/cifar10_cpu")
+step, state = restore_train_state(config, workdir)
 x0 = np.load(config.data.path)["train_x"][:64].astype(np.float32) / 127.5 - 1
 alphas_cumprod = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000))
 predict = jax.jit(lambda params, x, t: builders.make_model_fn(model, params)(x, t))

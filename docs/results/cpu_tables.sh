@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The CPU-scale paper tables of docs/results/, from scratch, in the order they were made.
+#
+#   bash docs/results/cpu_tables.sh [samplers|depth|surrogate|objectives ...]   # default: all
+#
+# Needs the repository's venv (bash launch/local.sh makes it), ../shared/data/ and the real FID
+# Inception weights of ../shared/weights/ (offline machines; elsewhere pass the weights you have,
+# or leave evaluation.inception_weights empty to download pytorch-fid's). Every command resumes:
+# training from its last checkpoint, evaluation from the kept samples of each row. Wall-clock on
+# 2 CPU cores: see each table's page.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+SHARED="${SHARED:-../shared}"
+WEIGHTS="${WEIGHTS:-$SHARED/weights/fid_inception_2015-12-05_pool3.pth}"
+RUNS="${RUNS:-workdirs/cpu_tables}"
+export TF_CPP_MIN_LOG_LEVEL=3
+
+samplers() {
+  # The CPU CIFAR-10 model: 1,500 steps on the 4,660 images of the exact subset.
+  "$PYTHON" -m jdiff.main --config=configs/cifar10_cpu.py --workdir="$RUNS/cifar10_cpu" \
+      --mode=train --config.data.path="$SHARED/data/cifar10_exact_subset.npz"
+  # FID / KID reference: the first 1,000 of those training images (all 4,660 cost ~4x the
+  # Inception time of the whole table on 2 cores).
+  local reference="$RUNS/cifar10_train_first1000.npz"
+  "$PYTHON" -c "import numpy as np, sys; np.savez(sys.argv[2], train_x=np.load(sys.argv[1])['train_x'][:1000])" \
+      "$SHARED/data/cifar10_exact_subset.npz" "$reference"
+  "$PYTHON" -m jdiff.tools.paper_tables --table=samplers --config=configs/cifar10_cpu.py \
+      --workdir="$RUNS/cifar10_cpu" --steps=10,20,50 --num_samples=100 --ddpm_num_samples=0 \
+      --label="CPU-scale: 1,500-step CIFAR-10 model, 100 samples a row" \
+      --config.data.path="$reference" --config.evaluation.inception_weights="$WEIGHTS"
+}
+
+depth() {
+  # Adaptive depth on the 8x8 digits: the full-depth model and the zero-skip model trained
+  # with random depth (2,500 steps each), each c of --powers sampled with DDPM-1000.
+  "$PYTHON" -m jdiff.tools.paper_tables --table=depth --config=configs/quickstart_adaptive.py \
+      --workdir="$RUNS/depth_digits" --skip_types=zero \
+      --label="CPU-scale: 8x8 digits, 2,500-step models" \
+      --config.evaluation.metrics=fid,kid,digits_fd --config.evaluation.inception_weights="$WEIGHTS"
+}
+
+surrogate() {
+  # Algorithm 4 on the digits: the quickstart DDPM from the 4x4 DDPM surrogate (DDPM-16's
+  # analogue) and from the SNGAN surrogate; both surrogates are trained first if missing.
+  for kind in ddpm sngan; do
+    local surrogate_config=configs/quickstart_ddpm4.py
+    [[ $kind == sngan ]] && surrogate_config=configs/quickstart_gan.py
+    "$PYTHON" -m jdiff.tools.paper_tables --table=surrogate --config=configs/surrogate_sweep.py \
+        --workdir="$RUNS/quickstart" --config.surrogate.kind=$kind \
+        --config.surrogate.config=$surrogate_config \
+        --config.surrogate.workdir="$RUNS/$(basename $surrogate_config .py)" \
+        --label="CPU-scale: 8x8 digits, 2,500-step models" \
+        --config.evaluation.metrics=fid,kid,digits_fd --config.evaluation.inception_weights="$WEIGHTS"
+    # Both kinds write tables/surrogate.*: keep each under its own name.
+    for ext in md json png; do
+      cp "$RUNS/quickstart/tables/surrogate.$ext" "$RUNS/quickstart/tables/surrogate-$kind.$ext"
+    done
+  done
+}
+
+objectives() {
+  "$PYTHON" -m jdiff.tools.paper_tables --table=objectives --config=configs/quickstart.py \
+      --workdir="$RUNS/objectives_digits" --label="CPU-scale: 8x8 digits, 2,500-step models" \
+      --config.evaluation.metrics=fid,kid,digits_fd --config.evaluation.inception_weights="$WEIGHTS"
+}
+
+for table in "${@:-samplers depth surrogate objectives}"; do
+  for name in $table; do "$name"; done
+done
