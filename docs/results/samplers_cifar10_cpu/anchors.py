@@ -1,0 +1,45 @@
+"""Anchors of the CPU sampler table: FID / KID of 100 *real* CIFAR-10 images (and of 100
+uniform-noise images) against the table's reference (the first 1,000 training images), scored
+exactly as the table's rows, so a sampler's FID can be read against what 100 real images get.
+
+  python docs/results/samplers_cifar10_cpu/anchors.py [REFERENCE_NPZ]   # from the repository root;
+      # ~5 min on 2 cores. REFERENCE_NPZ: the table's data.path (the first 1,000 training images,
+      # as docs/results/cpu_tables.sh writes it); default: the file this page was made with.
+
+Writes docs/results/samplers_cifar10_cpu/anchors.json.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+
+from jdiff import config_lib
+from jdiff.drivers import evaluate as evaluate_lib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHARED = os.environ.get("SHARED", "../shared")
+SUBSET = os.path.join(SHARED, "data", "cifar10_exact_subset.npz")
+REFERENCE = sys.argv[1] if len(sys.argv) > 1 else "/work/runs/eval2_tables/cifar10_train_first1000.npz"
+
+config = config_lib.load_config("configs/cifar10_cpu.py")
+config.data.path = REFERENCE
+config.evaluation.metrics = ("fid", "kid")
+config.evaluation.inception_weights = os.path.join(
+    SHARED, "weights", "fid_inception_2015-12-05_pool3.pth")
+data = np.load(SUBSET)
+anchors = {
+    "real train images 1000-1099 (not in the reference)": data["train_x"][1000:1100],
+    "real train images 1100-1199 (not in the reference)": data["train_x"][1100:1200],
+    "real test images 0-99": data["test_x"][:100],
+    "uniform noise, 100 images": np.random.default_rng(0).integers(
+        0, 256, (100, 32, 32, 3), dtype=np.uint8),
+}
+results = {}
+for name, images in anchors.items():
+  scores = evaluate_lib.inception_scores(config, images)
+  results[name] = {key: scores[key] for key in ("fid", "kid", "kid_std", "fid_preprocessing")}
+  print(f"{name}: FID {scores['fid']:.1f}  KID x1e3 {1e3 * scores['kid']:.1f} "
+        f"± {1e3 * scores['kid_std']:.1f}", flush=True)
+with open(os.path.join(HERE, "anchors.json"), "w") as f:
+  json.dump(results, f, indent=1)
