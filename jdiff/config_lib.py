@@ -202,6 +202,19 @@ def resolved_model_config(config: ml_collections.ConfigDict) -> ml_collections.C
   return model
 
 
+def split_comma_lists(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Splits the comma-joined strings of list fields in place and returns config:
+  `--config.evaluation.metrics=fid,kid` arrives from config_flags as ('fid,kid',) and means
+  ('fid', 'kid'). Only strings of tuples / lists are split; a string field stays as it is."""
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      split_comma_lists(value)
+    elif isinstance(value, (tuple, list)) and any(isinstance(v, str) and "," in v for v in value):
+      parts = [p.strip() for v in value for p in (v.split(",") if isinstance(v, str) else [v])]
+      config[key] = type(value)(p for p in parts if p != "")
+  return config
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises ConfigError naming the first bad field; changes nothing."""
   for field, (check, allowed) in RULES:

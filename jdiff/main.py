@@ -169,7 +169,7 @@ def main(argv):
   mode, workdir = _MODE.value, _WORKDIR.value
   console.quiet_absl_handler()
   try:
-    config_lib.validate(config)
+    config_lib.validate(config_lib.split_comma_lists(config))
     if mode != "summary" and not workdir:
       raise errors.ConfigError(f"--workdir is required for --mode={mode}")
     if mode in ("sample", "evaluate") and config.model.kind == "sngan":

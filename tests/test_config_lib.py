@@ -58,3 +58,18 @@ def test_unknown_variant_is_one_line():
   config = config_lib.default_config()
   with pytest.raises(errors.ConfigError, match=r"config variant 'huge': must be one of \['', 'tiny'\]"):
     config_lib.apply_variant(config, "huge")
+
+
+def test_comma_joined_list_fields_are_split_and_strings_are_not():
+  config = config_lib.default_config()
+  config.evaluation.metrics = ("fid, kid",)     # what --config.evaluation.metrics=fid,kid gives
+  config.bench.samplers = ("ddim,fastdpm",)
+  config.data.path = "/data/a,b.npz"           # a string field: a comma is part of the value
+  assert config_lib.split_comma_lists(config) is config
+  assert config.evaluation.metrics == ("fid", "kid")
+  assert config.bench.samplers == ("ddim", "fastdpm")
+  assert config.data.path == "/data/a,b.npz"
+  config_lib.validate(config)
+  config.evaluation.metrics = ("fid,bogus",)
+  with pytest.raises(errors.ConfigError, match=r"evaluation.metrics=\('fid', 'bogus'\)"):
+    config_lib.validate(config_lib.split_comma_lists(config))

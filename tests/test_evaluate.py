@@ -83,6 +83,27 @@ def test_evaluate_digits_writes_metrics_grid_and_scalars_and_resumes(tmp_path):
     evaluate.evaluate(config, workdir)
 
 
+def test_evaluate_again_keeps_the_scores_of_kept_samples_unless_scoring_changed(
+    tmp_path, monkeypatch):
+  workdir = str(tmp_path / "run")
+  config = _trained(tiny_config(), workdir)
+  config.evaluation.metrics = ("digits_fd",)
+  config.evaluation.num_samples = 4
+  first = evaluate.evaluate(config, workdir)
+  assert first["scoring"]["metrics"] == ["digits_fd"]
+  # Same samples, same scoring: the stored metrics.json, without scoring anything again.
+  scored = []
+  real_fd = digits_fd.digits_frechet_distance
+  monkeypatch.setattr(digits_fd, "digits_frechet_distance",
+                      lambda images: scored.append(1) or real_fd(images))
+  assert evaluate.evaluate(config, workdir) == json.loads(json.dumps(first)) and not scored
+  # Another evaluation field: scored again.
+  config.evaluation.kid_subsets = config.evaluation.kid_subsets + 1
+  again = evaluate.evaluate(config, workdir)
+  assert scored == [1] and again["digits_fd"] == pytest.approx(first["digits_fd"], rel=1e-9)
+  assert again["scoring"]["evaluation"]["kid_subsets"] == config.evaluation.kid_subsets
+
+
 def test_default_names_tell_samplers_apart():
   config = tiny_config()
   names = set()

@@ -55,6 +55,22 @@ def test_depth_table_trains_one_model_per_skip_type_and_a_baseline():
     _row_configs("depth", tiny_config(), {"skip_types": ("bogus",)})
 
 
+def test_depth_table_bucketed_scheme_trains_at_its_c_and_samples_at_every_c():
+  rows, configs = _row_configs("depth", tiny_config(), {
+      "skip_types": ("zero",), "powers": (0, 3), "schemes": ("random", "bucketed"),
+      "bucketed_power": 2.0})
+  assert [r.name for r in rows] == ["full-c0", "full-c3", "zero-c0", "zero-c3",
+                                    "zero-bucketed-c2-c0", "zero-bucketed-c2-c3"]
+  assert [r.model for r in rows][-2:] == ["skip-zero-bucketed-c2"] * 2
+  assert all(r.training == {"model.skip_type": "zero", "depth.training": "bucketed",
+                            "depth.power": 2.0} for r in rows[-2:])
+  # Trained at c = 2, sampled at each c of the row.
+  assert [c.depth.training for c in configs][-2:] == ["bucketed"] * 2
+  assert [c.depth.power for c in configs][-2:] == [0, 3]
+  with pytest.raises(errors.ConfigError, match=r"--schemes=random,full: each must be one of"):
+    _row_configs("depth", tiny_config(), {"schemes": ("random", "full")})
+
+
 def test_write_table_markdown_json_and_plot(tmp_path):
   rows = [dict(label="full (baseline)", x=0, model="full", depth_power=0, seconds_per_sample=0.4,
                fid=30.0, kid=0.0123, kid_std=0.001, num_samples=100, device="cpu", num_devices=1,

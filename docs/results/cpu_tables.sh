@@ -6,8 +6,8 @@
 # Needs the repository's venv (bash launch/local.sh makes it), ../shared/data/ and the real FID
 # Inception weights of ../shared/weights/ (offline machines; elsewhere pass the weights you have,
 # or leave evaluation.inception_weights empty to download pytorch-fid's). Every command resumes:
-# training from its last checkpoint, evaluation from the kept samples of each row. Wall-clock on
-# 2 CPU cores: see each table's page.
+# training from its last checkpoint, evaluation from the kept samples (and scores) of each row.
+# Wall-clock on 2 CPU cores: see each table's page.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -37,7 +37,7 @@ depth() {
   "$PYTHON" -m jdiff.tools.paper_tables --table=depth --config=configs/quickstart_adaptive.py \
       --workdir="$RUNS/depth_digits" --skip_types=zero \
       --label="CPU-scale: 8x8 digits, 2,500-step models" \
-      --config.evaluation.metrics="('fid','kid','digits_fd')" --config.evaluation.inception_weights="$WEIGHTS"
+      --config.evaluation.metrics=fid,kid,digits_fd --config.evaluation.inception_weights="$WEIGHTS"
 }
 
 surrogate() {
@@ -51,7 +51,7 @@ surrogate() {
         --config.surrogate.config=$surrogate_config \
         --config.surrogate.workdir="$RUNS/$(basename $surrogate_config .py)" \
         --label="CPU-scale: 8x8 digits, 2,500-step models" \
-        --config.evaluation.metrics="('fid','kid','digits_fd')" --config.evaluation.inception_weights="$WEIGHTS"
+        --config.evaluation.metrics=fid,kid,digits_fd --config.evaluation.inception_weights="$WEIGHTS"
     # Both kinds write tables/surrogate.*: keep each under its own name.
     for ext in md json png; do
       cp "$RUNS/quickstart/tables/surrogate.$ext" "$RUNS/quickstart/tables/surrogate-$kind.$ext"
@@ -62,7 +62,7 @@ surrogate() {
 objectives() {
   "$PYTHON" -m jdiff.tools.paper_tables --table=objectives --config=configs/quickstart.py \
       --workdir="$RUNS/objectives_digits" --label="CPU-scale: 8x8 digits, 2,500-step models" \
-      --config.evaluation.metrics="('fid','kid','digits_fd')" --config.evaluation.inception_weights="$WEIGHTS"
+      --config.evaluation.metrics=fid,kid,digits_fd --config.evaluation.inception_weights="$WEIGHTS"
 }
 
 for table in "${@:-samplers depth surrogate objectives}"; do

@@ -7,6 +7,7 @@ from typing import Callable
 
 from absl import flags
 
+from jdiff import config_lib
 from jdiff.errors import ConfigError, JdiffError
 
 _HELP_FLAGS = ("--help", "-help", "--helpshort", "--helpfull", "--helpxml", "-?", "-h")
@@ -30,11 +31,12 @@ def load_config(config_flag):
   """A copy of the config that a config_flags.DEFINE_config_file flag holds (its --config.<field>
   overrides applied); ConfigError (one line) when the file cannot be loaded."""
   try:
-    return config_flag.value.copy_and_resolve_references()
+    config = config_flag.value.copy_and_resolve_references()
   except Exception as e:  # pylint: disable=broad-except  (a config file can raise anything)
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     raise ConfigError(f"--config: cannot load it ({type(e).__name__}: "
                       f"{lines[-1] if lines else ''})") from None
+  return config_lib.split_comma_lists(config)
 
 
 def define_experiment_flags(config_help: str, workdir_help: str, steps_help: str) -> None:

@@ -10,16 +10,20 @@ with --mode=evaluate's machinery, and write the table as markdown, JSON and a pl
       --workdir=workdirs/objectives --config.evaluation.metrics=digits_fd
   python -m jdiff.tools.paper_tables --table=surrogate --config=configs/surrogate_sweep.py \\
       --workdir=workdirs/quickstart --config.evaluation.metrics=digits_fd
+  # Table 1's sweep on the digits (the schemes' models, each at every c):
+  python -m jdiff.tools.paper_tables --table=depth --config=configs/quickstart_adaptive.py \\
+      --workdir=workdirs/depth_digits --schemes=random,bucketed \\
+      --config.evaluation.metrics=fid,kid,digits_fd
 
 Tables (TABLES):
   samplers  FastDPM review Tables 1-2 shape: DDPM ancestral (T steps), respaced (even), DDIM
             eta 0 and 1, FastDPM {VAR, STEP} x {DDPM-rev (kappa 1), DDIM-rev (kappa 0)}, each at
             S in --steps: s/image, FID, KID (and Digits FD when configured). One trained model.
   depth     adaptive U-Net paper Tables 1-3 shape: skip type x c (depth.power): FID, KID,
-            s/image and the time saved against c = 0 of the same model. One model per skip type,
-            trained with depth.training=random (one model serves every c), plus the baseline
-            trained at full depth and sampled at every c with zero skipping (the paper's
-            "DDPM" row).
+            s/image and the time saved against c = 0 of the same model. One model per skip type
+            and training scheme of --schemes (random: one model serves every c; bucketed: batches
+            drawn by k(t) at c = --bucketed_power, Table 3's model), plus the baseline trained at
+            full depth and sampled at every c with zero skipping (the paper's "DDPM" row).
   objectives  DDPM study (papers/hse_coursework.txt) Table 4.4 shape: one model per objective of
             jdiff.tools.objectives_table.SETUPS (DDPM L_simple, Hybrid, Importance Sampling, IS +2,
             IWDiff, IWDiff + IS), each trained from the same config: train time relative to DDPM
@@ -31,8 +35,9 @@ Tables (TABLES):
             model is trained (or resumed; nothing when finished) first, with its own config file.
 
 Each row is one evaluation: <model workdir>/eval/<table>-<row>/step_<step>/metrics.json (the
-samples are kept, so an interrupted table resumes), scored with config.evaluation (metrics,
-Inception weights, fid_preprocessing, reference statistics, num_samples; --num_samples
+samples are kept, so an interrupted table resumes; a row whose samples and scoring are unchanged
+keeps its metrics.json, so rows added later cost only themselves), scored with config.evaluation
+(metrics, Inception weights, fid_preprocessing, reference statistics, num_samples; --num_samples
 overrides). Written under <workdir>/tables/: <table>.md (the table, the command, checkpoint
 steps, sample counts, wall-clock, the device), <table>.json (every row's metrics.json) and
 <table>.png. Any config field: --config.<field>=<value>. Sharding and multi-host: as
@@ -134,19 +139,36 @@ def sampler_rows(config, settings: Mapping) -> List[Row]:
 # The adaptive-depth table
 
 
+DEPTH_SCHEMES = ("random", "bucketed")
+
+
 def depth_rows(config, settings: Mapping) -> List[Row]:
-  """Adaptive U-Net paper Tables 1-3: skip type x c, each skip type's model trained once with
-  random depth; the baseline is a model trained at full depth, sampled at every c with zero
-  skipping (Table 1's first row, "DDPM": a pre-trained model never trained to skip)."""
+  """Adaptive U-Net paper Tables 1-3: skip type x c, one model per skip type and training scheme
+  of settings["schemes"] (random: k uniform per batch; bucketed: batches drawn by k(t) at
+  c = settings["bucketed_power"], the paper's model "trained on zero skipping for c=2", Table 3),
+  each sampled at every c of settings["powers"]. The baseline is a model trained at full depth,
+  sampled at every c with zero skipping (Table 1's first row, "DDPM": a pre-trained model never
+  trained to skip)."""
   del config
+  for scheme in settings["schemes"]:
+    if scheme not in DEPTH_SCHEMES:
+      raise config_lib.ConfigError(f"--schemes={','.join(settings['schemes'])}: each must be one "
+                                   f"of {list(DEPTH_SCHEMES)}")
   baseline = {"depth.training": "full", "model.skip_type": "zero"}
   rows = [Row(f"full-c{power:g}", "full depth (zero skip at sampling)", power,
               {"depth.power": power}, model="full", training=baseline)
           for power in settings["powers"]]
+  bucketed_power = float(settings["bucketed_power"])
   for skip in settings["skip_types"]:
-    training = {"model.skip_type": skip, "depth.training": "random"}
-    rows += [Row(f"{skip}-c{power:g}", f"{skip} skip", power, {"depth.power": power},
-                 model=f"skip-{skip}", training=training) for power in settings["powers"]]
+    for scheme in settings["schemes"]:
+      training = {"model.skip_type": skip, "depth.training": scheme}
+      name, label = skip, f"{skip} skip"
+      if scheme == "bucketed":
+        training["depth.power"] = bucketed_power
+        name = f"{skip}-bucketed-c{bucketed_power:g}"
+        label = f"{skip} skip, bucketed at c={bucketed_power:g}"
+      rows += [Row(f"{name}-c{power:g}", label, power, {"depth.power": power},
+                   model=f"skip-{name}", training=training) for power in settings["powers"]]
   return rows
 
 
@@ -267,6 +289,7 @@ def _with_fields(config, fields: Mapping[str, object]):
 DEFAULT_SETTINGS = {"steps": (10, 20, 50, 100), "fastdpm_schedule": "quadratic",
                     "ddpm_num_samples": -1,
                     "skip_types": ("zero", "duplicate", "interpolate"), "powers": (0, 1, 2, 3, 5),
+                    "schemes": ("random",), "bucketed_power": 2.0,
                     "label": ""}
 
 
@@ -373,7 +396,8 @@ def write_table(name: str, results: List[dict], workdir: str, run: Mapping,
       f"Checkpoint steps: {json.dumps(run['checkpoint_steps'])}; samples per row: "
       f"{sorted({r['num_samples'] for r in results})}; device: {first['device']} x{first['num_devices']}.",
       f"Wall-clock: training {run['train_seconds'] / 60:.1f} min (0 when resumed), evaluation "
-      f"{run['evaluate_seconds'] / 60:.1f} min (kept samples are not re-made); rows done: "
+      f"{run['evaluate_seconds'] / 60:.1f} min (kept samples are not re-made, kept scores not "
+      "redone); rows done: "
       f"{run.get('rows_done', len(results))}.",
       (f"FID/KID: FID Inception-v3 pool3, preprocessing {first['fid_preprocessing']!r}, weights "
        f"{first['inception_weights']}, reference {first.get('fid_reference', 'the data set')}."
@@ -416,6 +440,9 @@ def define_flags():
                     "samplers: FastDPM schedule (VAR: uniform = linear variances).")
   flags.DEFINE_list("skip_types", ["zero", "duplicate", "interpolate"], "depth: skip types.")
   flags.DEFINE_list("powers", ["0", "1", "2", "3", "5"], "depth: values of c.")
+  flags.DEFINE_list("schemes", ["random"], f"depth: training schemes, from {list(DEPTH_SCHEMES)}.")
+  flags.DEFINE_float("bucketed_power", 2.0, "depth: the c that bucketed training buckets by "
+                     "(the paper's 2).")
   flags.DEFINE_string("label", "", "A line the table and plot carry, e.g. 'CPU-scale, contended'.")
   flags.mark_flags_as_required(["config", "workdir", "table"])
 
@@ -432,6 +459,7 @@ def main(argv):
   settings = {"steps": _numbers("steps", FLAGS.steps, int),
               "powers": _numbers("powers", FLAGS.powers, float),
               "fastdpm_schedule": FLAGS.fastdpm_schedule, "skip_types": FLAGS.skip_types,
+              "schemes": FLAGS.schemes, "bucketed_power": FLAGS.bucketed_power,
               "ddpm_num_samples": FLAGS.ddpm_num_samples,
               "label": FLAGS.label}
   command = shlex.join(["python", "-m", "jdiff.tools.paper_tables"] + sys.argv[1:])

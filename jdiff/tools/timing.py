@@ -3,7 +3,7 @@
 Every timer compiles first (ahead of time, so compile time is reported apart and never counted
 as run time), blocks on each timed call's outputs (jax.block_until_ready) unless asked not to,
 and reports the best and median of the timed calls (the best is the least disturbed by other
-load on a shared machine). Used by jdiff.tools.bench*, depth_sweep, objectives_table and the
+load on a shared machine). Used by jdiff.tools.bench*, objectives_table and the
 accelerate notebook.
 """
 
@@ -76,19 +76,6 @@ def compile_and_run(jitted: Callable, args: Sequence, num_iters: int):
 def compile_and_time(jitted: Callable, args: Sequence, num_iters: int) -> Dict[str, Any]:
   """compile_and_run's stats."""
   return compile_and_run(jitted, args, num_iters)[0]
-
-
-def compile_and_map(jitted: Callable, args_list: Sequence[Sequence]):
-  """(stats, outputs): jitted compiled once on args_list[0] (compile_only's stats), then run on
-  every args tuple in turn; stats adds summarize's of the runs (total_s: all of them, e.g. the
-  wall time of drawing every batch of a sample set). Outputs are ready (blocked on)."""
-  stats, compiled = compile_only(jitted, args_list[0])
-  times, outputs = [], []
-  for args in args_list:
-    start = time.perf_counter()
-    outputs.append(jax.block_until_ready(compiled(*args)))
-    times.append(time.perf_counter() - start)
-  return dict(stats, **summarize(times)), outputs
 
 
 def run_threaded(step_fn: Callable, state, args_at: Callable[[int], Sequence], num_calls: int,

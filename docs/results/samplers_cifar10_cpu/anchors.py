@@ -3,8 +3,9 @@ uniform-noise images) against the table's reference (the first 1,000 training im
 exactly as the table's rows, so a sampler's FID can be read against what 100 real images get.
 
   python docs/results/samplers_cifar10_cpu/anchors.py [REFERENCE_NPZ]   # from the repository root;
-      # ~5 min on 2 cores. REFERENCE_NPZ: the table's data.path (the first 1,000 training images,
-      # as docs/results/cpu_tables.sh writes it); default: the file this page was made with.
+      # ~5 min on 2 cores. REFERENCE_NPZ: the table's data.path, the first 1,000 training images
+      # of ../shared/data/cifar10_exact_subset.npz; default: where docs/results/cpu_tables.sh
+      # writes it ($RUNS, default workdirs/cpu_tables), written from the subset when missing.
 
 Writes docs/results/samplers_cifar10_cpu/anchors.json.
 """
@@ -20,7 +21,8 @@ from jdiff.drivers import evaluate as evaluate_lib
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHARED = os.environ.get("SHARED", "../shared")
 SUBSET = os.path.join(SHARED, "data", "cifar10_exact_subset.npz")
-REFERENCE = sys.argv[1] if len(sys.argv) > 1 else "/work/runs/eval2_tables/cifar10_train_first1000.npz"
+REFERENCE = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
+    os.environ.get("RUNS", "workdirs/cpu_tables"), "cifar10_train_first1000.npz")
 
 config = config_lib.load_config("configs/cifar10_cpu.py")
 config.data.path = REFERENCE
@@ -28,6 +30,9 @@ config.evaluation.metrics = ("fid", "kid")
 config.evaluation.inception_weights = os.path.join(
     SHARED, "weights", "fid_inception_2015-12-05_pool3.pth")
 data = np.load(SUBSET)
+if not os.path.exists(REFERENCE):
+  os.makedirs(os.path.dirname(os.path.abspath(REFERENCE)), exist_ok=True)
+  np.savez(REFERENCE, train_x=data["train_x"][:1000])
 anchors = {
     "real train images 1000-1099 (not in the reference)": data["train_x"][1000:1100],
     "real train images 1100-1199 (not in the reference)": data["train_x"][1100:1200],
