@@ -221,3 +221,18 @@ def test_objectives_table_end_to_end_on_tiny_models(tmp_path, monkeypatch):
   paper_tables.run_table("objectives", config, workdir, {"label": "tiny"})
   with open(os.path.join(workdir, "tables", "objectives.json")) as f:
     assert json.load(f)["rows"][1]["train_seconds_per_step"] == rows[1]["train_seconds_per_step"]
+
+
+def test_train_timing_is_the_stepping_time_of_the_steps_trained(tmp_path, monkeypatch):
+  """Compilation excluded: seconds per step = TrainResult.stepping_seconds / steps_trained,
+  accumulated over resumed calls; a call that trains nothing keeps the figure."""
+  from jdiff.drivers import train as train_lib  # pylint: disable=g-import-not-at-top
+  calls = iter([train_lib.TrainResult(None, 10, stepping_seconds=5.0, steps_trained=10),
+                train_lib.TrainResult(None, 40, stepping_seconds=4.0, steps_trained=30),
+                train_lib.TrainResult(None, 40)])
+  monkeypatch.setattr(train_lib, "train", lambda config, workdir: next(calls))
+  workdir = str(tmp_path / "model")
+  os.makedirs(workdir)  # as the training would
+  assert paper_tables._train(tiny_config(), workdir) == (10, {"train_seconds_per_step": 0.5})  # pylint: disable=protected-access
+  assert paper_tables._train(tiny_config(), workdir) == (40, {"train_seconds_per_step": 9 / 40})  # pylint: disable=protected-access
+  assert paper_tables._train(tiny_config(), workdir) == (40, {"train_seconds_per_step": 9 / 40})  # pylint: disable=protected-access

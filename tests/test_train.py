@@ -210,3 +210,15 @@ def test_ema_warmup_decay_and_first_update():
     jax.tree.map(lambda ema, p0, p1: np.testing.assert_allclose(
         ema, kept * p0 + (1 - kept) * p1, rtol=1e-5, atol=1e-7),
         jax.device_get(state.ema_params), initial, jax.device_get(state.params))
+
+
+def test_train_result_counts_this_runs_steps_and_their_time(tmp_path):
+  config = tiny_config()
+  config.training.update(num_steps=3, checkpoint_every=3)
+  first = train_lib.train(config, str(tmp_path))
+  assert first.steps_trained == 3 and first.stepping_seconds > 0
+  config.training.num_steps = 5
+  resumed = train_lib.train(config, str(tmp_path))
+  assert resumed.step == 5 and resumed.steps_trained == 2 and resumed.stepping_seconds > 0
+  nothing = train_lib.train(config, str(tmp_path))
+  assert nothing.steps_trained == 0 and nothing.stepping_seconds == 0.0

@@ -6,7 +6,7 @@ import functools
 import json
 import os
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -208,11 +208,15 @@ def _summarise(pending) -> Dict[str, float]:
 
 @dataclasses.dataclass
 class TrainResult:
-  """How a train run ended: the step reached and, when a signal stopped it, the signal's name."""
+  """How a train run ended: the step reached and, when a signal stopped it, the signal's name.
+  stepping_seconds: wall-clock of this run's steps, from the first step's dispatch (compilation
+  done) to the last one finished, checkpoint saves included; steps_trained: how many."""
   state: TrainState
   step: int
   interrupted_by: Optional[str] = None
   exit_code: int = 0
+  stepping_seconds: float = 0.0
+  steps_trained: int = 0
 
 
 def restore_or_init(config, checkpointer, model, optimizer, mesh, from_scratch=False) -> TrainState:
@@ -275,24 +279,28 @@ def train(config, workdir: str, from_scratch: bool = False) -> TrainResult:
       checkpointer = checkpoint_lib.Checkpointer(workdir, config.training.keep_checkpoints)
       try:
         state = restore_or_init(config, checkpointer, model, optimizer, mesh, from_scratch)
+        first_step = int(state.step)
         write_config_record(config, workdir)
-        state = _train_loop(config, workdir, state, stream, checkpointer, record, interruption,
-                            make_train_step(config, model, diffusion, optimizer, mesh), mesh)
+        state, stepping_seconds = _train_loop(
+            config, workdir, state, stream, checkpointer, record, interruption,
+            make_train_step(config, model, diffusion, optimizer, mesh), mesh)
       finally:
         checkpoint_lib.close_or_fail(checkpointer)
   finally:
     interruption.restore()
-  return TrainResult(state, int(state.step), interruption.signal_name, interruption.exit_code)
+  return TrainResult(state, int(state.step), interruption.signal_name, interruption.exit_code,
+                     stepping_seconds, int(state.step) - first_step)
 
 
 def _train_loop(config, workdir, state, stream, checkpointer, record, interruption, train_step,
-                mesh) -> TrainState:
+                mesh) -> Tuple[TrainState, float]:
+  """(state, stepping seconds: wall-clock of the steps, compilation excluded)."""
   num_steps = config.training.num_steps
   step = int(state.step)
   if step >= num_steps:
     logging.warning("the latest checkpoint is at step %d >= training.num_steps=%d: nothing to "
                     "train (raise --config.training.num_steps to train further)", step, num_steps)
-    return state
+    return state, 0.0
   writer = progress_lib.metric_writer(workdir, just_logging=jax.process_index() > 0)
   progress = progress_lib.report_progress(num_steps, writer, every_secs=30)
   # Every program (one per depth with host dispatch) compiles now, none after the first step.
@@ -300,6 +308,7 @@ def _train_loop(config, workdir, state, stream, checkpointer, record, interrupti
                train_step.compile_all(state, parallel.global_batch_from_local(stream.batch(step),
                                                                               mesh)))
   pending = []
+  start = time.perf_counter()
   try:
     while step < num_steps:
       if interruption.requested():
@@ -323,6 +332,7 @@ def _train_loop(config, workdir, state, stream, checkpointer, record, interrupti
         progress(step)
         if step % config.training.checkpoint_every == 0 or is_last:
           checkpoint_lib.save_or_fail(checkpointer, step, builders.checkpoint_items(state), record)
+    jax.block_until_ready(state)  # the steps since the last summary (a signal's early stop)
   finally:
     writer.flush()
-  return state
+  return state, time.perf_counter() - start

@@ -27,8 +27,8 @@ Tables (TABLES):
   objectives  DDPM study (papers/hse_coursework.txt) Table 4.4 shape: one model per objective of
             jdiff.tools.objectives_table.SETUPS (DDPM L_simple, Hybrid, Importance Sampling, IS +2,
             IWDiff, IWDiff + IS), each trained from the same config: train time relative to DDPM
-            (wall-clock seconds per step of this command's training calls, compile included; n/a
-            for a model trained before), FID / KID / Digits FD, and the paper's ratio and FID.
+            (wall-clock seconds per step of the steps this command trained, compilation
+            excluded; n/a for a model trained before), FID / KID / Digits FD, and the paper's ratio and FID.
   surrogate  DDPM study Table 4.5 shape: the config's DDPM over all T steps against Algorithm 4
             started from config.surrogate (kind, config, workdir) at each config.surrogate.t_mids:
             samples/s, network evaluations of both models, FID / KID / Digits FD. The surrogate
@@ -337,8 +337,11 @@ TRAIN_TIMING = "paper_tables_train_timing.json"
 def _train(config, workdir: str):
   """Trains (or resumes) config's model in workdir (an SNGAN with its own trainer); exits as the
   training did when a signal stopped it. Returns (checkpoint step, {train_seconds_per_step}):
-  the wall-clock seconds per step of the steps trained by this command's calls, compile
-  included, accumulated in <workdir>/paper_tables_train_timing.json ({} when none were timed)."""
+  the wall-clock seconds per step of the steps trained by this command's calls, accumulated in
+  <workdir>/paper_tables_train_timing.json ({} when none were timed). For a diffusion model the
+  stepping time of the train loop (TrainResult.stepping_seconds: compilation, data loading and
+  restoring excluded, checkpoint saves included); the SNGAN's trainer reports none, so its whole
+  call is timed."""
   if config.model.kind == "sngan":
     from jdiff.drivers import gan_train as trainer  # pylint: disable=g-import-not-at-top
   else:
@@ -359,9 +362,12 @@ def _train(config, workdir: str):
           f"{result.step}); run the same command to resume", file=sys.stderr)
     sys.exit(result.exit_code)
   steps_now = result.step - (steps[-1] if steps else 0)
+  seconds = time.time() - start
+  if config.model.kind != "sngan":
+    steps_now, seconds = result.steps_trained, result.stepping_seconds
   if steps_now > 0:
     timing = {"timed_steps": timing["timed_steps"] + steps_now,
-              "seconds": timing["seconds"] + time.time() - start}
+              "seconds": timing["seconds"] + seconds}
     if jax.process_index() == 0:
       with open(timing_path, "w") as f:
         json.dump(timing, f)
