@@ -123,10 +123,9 @@ def _surrogate_config(tmp_path=None):
   return config
 
 
-def test_objectives_table_rows_are_objectives_table_setups():
-  from jdiff.tools import objectives_table  # pylint: disable=g-import-not-at-top
+def test_objectives_table_rows_are_the_objective_setups():
   rows, configs = _row_configs("objectives", tiny_config(), {})
-  assert [r.label for r in rows] == list(objectives_table.SETUPS) == [
+  assert [r.label for r in rows] == list(paper_tables.OBJECTIVE_SETUPS) == [
       "DDPM", "Hybrid (learned variances)", "Importance Sampling", "Importance Sampling +2",
       "IWDiff", "IWDiff + Importance Sampling"]
   assert len({r.model for r in rows}) == 6 and all(r.model for r in rows)  # one model each
@@ -202,9 +201,8 @@ def test_surrogate_table_end_to_end_on_tiny_models(tmp_path):
 
 @pytest.mark.slow  # ~2 min on 2 cores: two tiny models trained and evaluated
 def test_objectives_table_end_to_end_on_tiny_models(tmp_path, monkeypatch):
-  from jdiff.tools import objectives_table  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(objectives_table, "SETUPS", {
-      name: objectives_table.SETUPS[name] for name in ("DDPM", "IWDiff")})
+  monkeypatch.setattr(paper_tables, "OBJECTIVE_SETUPS", {
+      name: paper_tables.OBJECTIVE_SETUPS[name] for name in ("DDPM", "IWDiff")})
   config = tiny_config()
   config.training.update(num_steps=2, checkpoint_every=2)
   config.evaluation.update(metrics=("digits_fd",), num_samples=8)

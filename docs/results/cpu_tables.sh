@@ -26,7 +26,7 @@ samplers() {
   "$PYTHON" -c "import numpy as np, sys; np.savez(sys.argv[2], train_x=np.load(sys.argv[1])['train_x'][:1000])" \
       "$SHARED/data/cifar10_exact_subset.npz" "$reference"
   "$PYTHON" -m jdiff.tools.paper_tables --table=samplers --config=configs/cifar10_cpu.py \
-      --workdir="$RUNS/cifar10_cpu" --steps=10,20,50 --num_samples=100 --ddpm_num_samples=0 \
+      --workdir="$RUNS/cifar10_cpu" --steps=10,20,50,100 --num_samples=100 \
       --label="CPU-scale: 1,500-step CIFAR-10 model, 100 samples a row" \
       --config.data.path="$reference" --config.evaluation.inception_weights="$WEIGHTS"
 }
