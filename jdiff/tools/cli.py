@@ -39,17 +39,6 @@ def load_config(config_flag):
   return config_lib.split_comma_lists(config)
 
 
-def define_experiment_flags(config_help: str, workdir_help: str, steps_help: str) -> None:
-  """The flags every paper-table experiment takes: --config, --workdir, --num_steps,
-  --num_timesteps, --num_samples (defined when the program runs, not on import)."""
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", "configs/quickstart.py", config_help)
-  flags.DEFINE_string("workdir", None, workdir_help)
-  flags.DEFINE_integer("num_steps", 3000, steps_help)
-  flags.DEFINE_integer("num_timesteps", 1000, "Diffusion steps T.")
-  flags.DEFINE_integer("num_samples", 512, "Samples per Digits FD value.")
-
-
 def one_line_errors(main: Callable) -> Callable:
   """main(argv), with a JdiffError printed as `error: <message>` and its exit code returned."""
   @functools.wraps(main)

@@ -28,7 +28,8 @@ Tables (TABLES):
             OBJECTIVE_SETUPS (DDPM L_simple, Hybrid, Importance Sampling, IS +2,
             IWDiff, IWDiff + IS), each trained from the same config: train time relative to DDPM
             (wall-clock seconds per step of the steps this command trained, compilation
-            excluded; n/a for a model trained before), FID / KID / Digits FD, and the paper's ratio and FID.
+            excluded; n/a for a model trained before), FID / KID / Digits FD, and the paper's
+            ratio and FID.
   surrogate  DDPM study Table 4.5 shape: the config's DDPM over all T steps against Algorithm 4
             started from config.surrogate (kind, config, workdir) at each config.surrogate.t_mids:
             samples/s, network evaluations of both models, FID / KID / Digits FD. The surrogate
@@ -383,9 +384,9 @@ def _train(config, workdir: str):
     print(f"stopped by {result.interrupted_by} while training {workdir} (step "
           f"{result.step}); run the same command to resume", file=sys.stderr)
     sys.exit(result.exit_code)
-  steps_now = result.step - (steps[-1] if steps else 0)
-  seconds = time.time() - start
-  if config.model.kind != "sngan":
+  if config.model.kind == "sngan":
+    steps_now, seconds = result.step - (steps[-1] if steps else 0), time.time() - start
+  else:
     steps_now, seconds = result.steps_trained, result.stepping_seconds
   if steps_now > 0:
     timing = {"timed_steps": timing["timed_steps"] + steps_now,

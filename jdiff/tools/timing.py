@@ -3,8 +3,7 @@
 Every timer compiles first (ahead of time, so compile time is reported apart and never counted
 as run time), blocks on each timed call's outputs (jax.block_until_ready) unless asked not to,
 and reports the best and median of the timed calls (the best is the least disturbed by other
-load on a shared machine). Used by jdiff.tools.bench* and the accelerate
-notebook.
+load on a shared machine). Used by jdiff.tools.bench* and the accelerate notebook.
 """
 
 import resource
