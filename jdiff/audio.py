@@ -351,7 +351,10 @@ def save_waveforms_png(waves: Iterable[np.ndarray], sample_rate: int, path: str,
     axes[i, 0].plot(seconds, wave, linewidth=0.4)
     axes[i, 0].set_ylim(-1, 1)
     axes[i, 0].set_ylabel(titles[i] if titles else f"#{i}", fontsize=8)
-    axes[i, 1].specgram(wave + 1e-9, NFFT=512, Fs=sample_rate, noverlap=384, cmap="magma")
+    # 512-sample windows (32 ms at 16 kHz); short clips get several windows all the same.
+    nfft = int(min(512, 2 ** max(4, int(np.log2(max(len(wave) // 4, 1))))))
+    axes[i, 1].specgram(wave + 1e-9, NFFT=nfft, Fs=sample_rate, noverlap=3 * nfft // 4,
+                        cmap="magma")
   axes[-1, 0].set_xlabel("seconds")
   axes[-1, 1].set_xlabel("seconds (spectrogram, Hz)")
   fig.tight_layout()
