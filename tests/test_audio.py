@@ -158,6 +158,20 @@ def _vocoder_config():
   return config
 
 
+def test_cpu_vocoder_config_runs_on_its_clip_length():
+  """configs/sc09_vocoder_cpu.py: 80 mel bands of 4,096-sample clips condition every sample."""
+  config = config_lib.load_config(os.path.join(REPO, "configs", "sc09_vocoder_cpu.py"))
+  config_lib.validate(config)
+  assert config.diffwave.n_mels == 80 and config.data.sample_rate == 4000
+  model = builders.build_model(config)
+  waves = jnp.sin(jnp.arange(4096.0) * 0.3)[None, :, None] * jnp.linspace(0, 1, 4096)[None, :, None]
+  mel = builders.conditioning_mel(config, waves)
+  assert mel.shape == (1, 16, 80)
+  params = builders.init_params(model, config, jax.random.key(0))
+  out = model.apply({"params": params}, waves, jnp.array([7.0]), mel=mel)
+  assert out.shape == (1, 4096, 1) and out.dtype == jnp.float32
+
+
 def test_vocoder_train_step_feeds_each_clips_mel():
   """diffwave.n_mels > 0: the step conditions on the mel of each clean clip (builders.conditioning_mel)."""
   from jdiff.drivers import train  # pylint: disable=g-import-not-at-top
