@@ -24,7 +24,11 @@ def get_config(variant: str = ""):
                           audio_length=16000, sample_rate=16000, words=audio.DIGITS))
   config.model.kind = "diffwave"
   config.model.dropout = 0.0
-  config.diffusion.update(dict(num_timesteps=200, beta_start=1e-4, beta_end=0.02))
+  # DiffWave's samplers (philsyn/DiffWave-unconditional, lmnt-com/diffwave) add sigma_t =
+  # sqrt(beta~_t) noise: fixedsmall. (fixedlarge's sqrt(beta_t) leaves an audible noise floor:
+  # docs/results/audio_cpu/.) Training is the same under either.
+  config.diffusion.update(dict(num_timesteps=200, beta_start=1e-4, beta_end=0.02,
+                               variance_type="fixedsmall"))
   config.training.update(dict(batch_size=16, num_steps=1_000_000, learning_rate=2e-4,
                               warmup_steps=0, ema_decay=0.9999, checkpoint_every=5000))
   # DiffWave's sampler (philsyn/DiffWave-unconditional, as FastDPM's) does not clip x0.

@@ -4,9 +4,13 @@
   python -m jdiff.main --config=configs/sc09_vocoder_cpu.py --workdir=workdirs/sc09_vocoder_cpu --mode=sample
 
 configs/sc09_cpu.py's net (10 layers of 32 channels, 4 kHz, peak-normalised clips, T = 200)
-with DiffWave's mel conditioning (diffwave.n_mels = 80: the reference vocoder's 1024-point STFT,
-hop 256, upsampled 256x by two transposed convs), on 4,096-sample clips (a whole number of
-hops). The unconditional CPU config has to invent a word's shape and does not get there in
+with DiffWave's mel conditioning (80 mel bands, upsampled by two transposed convs), on 4,096-sample
+clips (a whole number of hops). The STFT is the reference vocoder's scaled in time to 4 kHz
+(deliberately not its sample counts): a 256-point window (64 ms; the reference's 1024 points at
+22.05 kHz are 46 ms) and a 64-sample hop (16 ms; 256 at 22.05 kHz: 11.6 ms), upsampled 8 x 8.
+With the reference's 1024 / 256 at 4 kHz a frame would be 256 ms / 64 ms, which blurs every
+pitch period and onset of a 1 s word (session 9's model: envelope right, no voicing);
+--config.diffwave.mel_n_fft=1024 --config.diffwave.mel_hop=256 restores the sample counts. The unconditional CPU config has to invent a word's shape and does not get there in
 minutes; given the mel spectrogram of a real clip, the vocoder only has to fill in the waveform,
 which a small net learns in minutes: `--mode=sample` conditions sample i on the mel of clip i of
 sampling.mel_split (the shared archive has no split lists, so these are clips it trained on:
@@ -28,5 +32,6 @@ def get_config(variant: str = ""):
   config = config_lib.load_config(f"{base}:{variant}" if variant else base)
   config.diffwave.n_mels = 80
   if not variant:
-    config.data.audio_length = 4096  # the mel frames (hop 256) must tile the clip
+    config.diffwave.update(dict(mel_hop=64, mel_n_fft=256))
+    config.data.audio_length = 4096  # the mel frames (hop 64) must tile the clip
   return config

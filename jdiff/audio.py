@@ -334,6 +334,41 @@ def mel_spectrogram(waves, sample_rate: int = 22050, n_fft: int = 1024, hop: int
   return jnp.clip((db + 100.0) / 100.0, 0.0, 1.0)
 
 
+def periodicity(waves, sample_rate: int, frame_seconds: float = 0.064, min_pitch: float = 60.0,
+                max_pitch: float = 400.0, floor_db: float = -20.0) -> np.ndarray:
+  """[N, L] (or [N, L, 1]; int16 or float) clips -> [N] how voiced each clip is, in [-1, 1].
+
+  Per frame (frame_seconds long, half-overlapping, mean removed): the peak over pitch lags
+  (sample_rate / max_pitch .. sample_rate / min_pitch samples) of the normalised autocorrelation
+  sum_n x[n] x[n + lag] / sqrt(sum_n x[n]^2 sum_n x[n + lag]^2) (n over the frame's overlap);
+  per clip: the median over its loud frames (RMS within floor_db of its loudest). A periodic
+  waveform (a voiced vowel) scores near 1 and white noise near 0.15 at 4 kHz; real SC09 words
+  score 0.65-0.96. The mel spectrogram cannot show this: it is what separates a voiced vocoder
+  output from noise shaped like the word (docs/results/audio_cpu/). A clip with no loud frame
+  (all zero) scores 0.
+  """
+  waves = np.asarray(waves)
+  if waves.ndim == 3:
+    waves = waves[..., 0]
+  waves = (to_float(waves) if waves.dtype == np.int16 else waves).astype(np.float64)
+  frame = int(round(frame_seconds * sample_rate))
+  lags = np.arange(int(math.ceil(sample_rate / max_pitch)), int(sample_rate / min_pitch) + 1)
+  if frame > waves.shape[1] or lags[-1] >= frame // 2:
+    raise ValueError(f"periodicity: {frame}-sample frames need clips of >= {frame} samples and "
+                     f"lags < {frame // 2} (got {waves.shape[1]} samples, lags up to {lags[-1]})")
+  starts = np.arange(0, waves.shape[1] - frame + 1, frame // 2)
+  frames = waves[:, starts[:, None] + np.arange(frame)[None, :]]
+  frames = frames - frames.mean(axis=-1, keepdims=True)
+  peak = np.full(frames.shape[:2], -1.0)
+  for lag in lags:
+    head, tail = frames[..., :-lag], frames[..., lag:]
+    norm = np.sqrt(np.sum(head * head, -1) * np.sum(tail * tail, -1))
+    peak = np.maximum(peak, np.sum(head * tail, -1) / np.maximum(norm, 1e-20))
+  rms = np.sqrt(np.mean(frames ** 2, axis=-1))
+  loud = (rms > 0) & (rms >= rms.max(axis=1, keepdims=True) * 10.0 ** (floor_db / 20.0))
+  return np.array([np.median(p[m]) if m.any() else 0.0 for p, m in zip(peak, loud)])
+
+
 # ------------------------------------------------------------------------------------------------
 # Pictures
 

@@ -54,8 +54,8 @@ def build_model(config):
     return diffwave.DiffWave(
         residual_channels=d.residual_channels, skip_channels=d.skip_channels,
         num_layers=d.num_layers, dilation_cycle=d.dilation_cycle, embed_dims=tuple(d.embed_dims),
-        out_ch=output_channels(config), n_mels=d.n_mels, weight_norm=d.weight_norm,
-        dtype=jnp.dtype(model.dtype), conv_filter_grad=model.conv_filter_grad)
+        out_ch=output_channels(config), n_mels=d.n_mels, mel_hop=d.mel_hop,
+        weight_norm=d.weight_norm, dtype=jnp.dtype(model.dtype), conv_filter_grad=model.conv_filter_grad)
   return UNet(
       ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
       attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
@@ -221,23 +221,24 @@ def make_model_fn(model, params, *, train: bool = False, dropout_rng=None, mel=N
   return model_fn
 
 
-# The vocoder's STFT (lmnt-com/diffwave params.py): 1024-point periodic Hann window, hop 256 (=
-# the upsampler's 256x), magnitude, Slaney mel filters 20 Hz .. sample_rate / 2, dB scaled to
-# [0, 1] (jdiff.audio.mel_spectrogram); diffwave.n_mels bands (the reference: 80).
-MEL_N_FFT = 1024
-
-
 def mel_conditioned(config) -> bool:
   return config.model.kind == "diffwave" and config.diffwave.n_mels > 0
 
 
 def conditioning_mel(config, waves):
-  """[B, L, 1] float waves -> their [B, L / 256, diffwave.n_mels] conditioning spectrogram, or
-  None for an unconditional model."""
+  """[B, L, 1] float waves -> their [B, L / diffwave.mel_hop, diffwave.n_mels] conditioning
+  spectrogram, or None for an unconditional model.
+
+  The vocoder's STFT (lmnt-com/diffwave params.py; jdiff.audio.mel_spectrogram): periodic Hann
+  window of diffwave.mel_n_fft points (the reference: 1024), hop diffwave.mel_hop (256, the
+  upsampler's factor), magnitude, Slaney mel filters 20 Hz .. sample_rate / 2, dB scaled to
+  [0, 1]; diffwave.n_mels bands (80).
+  """
   if not mel_conditioned(config):
     return None
-  return audio.mel_spectrogram(waves, sample_rate=config.data.sample_rate, n_fft=MEL_N_FFT,
-                               hop=diffwave.HOP_LENGTH, n_mels=config.diffwave.n_mels)
+  d = config.diffwave
+  return audio.mel_spectrogram(waves, sample_rate=config.data.sample_rate, n_fft=d.mel_n_fft,
+                               hop=d.mel_hop, n_mels=d.n_mels)
 
 
 # ------------------------------------------------------------------------------------------------

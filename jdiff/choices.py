@@ -5,6 +5,8 @@ take their tuples from here, and config_lib validates against the same tuples wi
 importing jax: a bad flag is reported before anything heavy loads.
 """
 
+import math
+
 # schedules.py
 BETA_SCHEDULES = ("linear", "cosine")
 RESPACINGS = ("even", "ddim")             # respaced: K evenly spaced | one stride; or "10,10,10"
@@ -54,6 +56,13 @@ LOCAL_SOURCES = ("folder", "npz", "idx")
 AUDIO_SOURCES = ("sc09", "ljspeech")    # data.kind=audio (also "folder": WAVs or a .tar.gz)
 DATA_SOURCES = ("digits",) + TFDS_SOURCES + LOCAL_SOURCES + AUDIO_SOURCES
 DATA_KINDS = ("image", "audio")
+
+
+def mel_upsampler_stride(hop: int) -> int:
+  """The stride s of each of DiffWave's two mel-upsampling transposed convs (hop = s * s with s
+  even; the reference's 256 = 16 * 16), or 0 when `hop` is not such a square."""
+  stride = math.isqrt(hop) if isinstance(hop, int) and hop > 0 else 0
+  return stride if stride >= 2 and stride % 2 == 0 and stride * stride == hop else 0
 
 # evaluation
 EVALUATION_METRICS = ("fid", "is", "kid", "digits_fd", "bpd", "sc09_fd")  # sc09_fd: audio

@@ -176,6 +176,10 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
                              "three positive integers (sinusoidal, hidden, output; first even)")),
     ("diffwave.weight_norm", BOOL),
     ("diffwave.n_mels", NON_NEGATIVE_INT),
+    ("diffwave.mel_hop", (lambda value: choices.mel_upsampler_stride(value) > 0,
+                          "s * s with s even (16, 36, 64, ..., 256): the upsampler's two "
+                          "transposed convs each stretch time by s")),
+    ("diffwave.mel_n_fft", POSITIVE_INT),
 )
 
 
@@ -270,9 +274,12 @@ def _validate_audio(config: ml_collections.ConfigDict) -> None:
            config.depth.training, "'full' with depth.power=0 for DiffWave (adaptive depth is a "
            "U-Net feature)")
     if config.diffwave.n_mels:
-      # The upsampler makes 256 samples per mel frame (models/diffwave.py HOP_LENGTH).
-      _check(data.audio_length % 256 == 0, "data.audio_length", data.audio_length,
-             "a multiple of 256 with diffwave.n_mels > 0 (one mel frame per 256 samples)")
+      hop = config.diffwave.mel_hop  # the upsampler makes mel_hop samples per mel frame
+      _check(data.audio_length % hop == 0, "data.audio_length", data.audio_length,
+             f"a multiple of diffwave.mel_hop ({hop}) with diffwave.n_mels > 0 (one mel frame "
+             f"per {hop} samples)")
+      _check(config.diffwave.mel_n_fft >= hop, "diffwave.mel_n_fft", config.diffwave.mel_n_fft,
+             f">= diffwave.mel_hop ({hop}), so that the STFT windows skip no sample")
     _check(tuple(config.evaluation.metrics) == ("sc09_fd",), "evaluation.metrics",
            tuple(config.evaluation.metrics), "('sc09_fd',) for audio (the image metrics and "
            "bits/dim of 8-bit pixels do not apply; python -m jdiff.tools.audio_table scores it)")
@@ -338,8 +345,8 @@ def _validate_sampling(config: ml_collections.ConfigDict) -> None:
 # What a checkpoint holds. A train run resumes only a checkpoint whose values of these fields
 # equal its own (model, diffusion, image shape and the objective); sampling and evaluation need
 # the model, diffusion and image shape. How it computes (model.remat, model.dtype,
-# model.conv_filter_grad) and how it trains (batch size, learning rate, steps, logging) may
-# change between runs. preset: its resolved fields count.
+# model.conv_filter_grad), how it trains (batch size, learning rate, steps, logging) and which
+# fixed variance the sampler uses (fixedlarge / fixedsmall) may change between runs. preset: its resolved fields count.
 _COMPUTE_ONLY_MODEL_FIELDS = ("remat", "dtype", "conv_filter_grad", "preset")
 _OBJECTIVE_FIELDS = ("training.loss", "training.iwdiff_k", "training.timestep_sampler",
                      "training.extra_updates", "depth.training", "gan.n_dis")
@@ -377,6 +384,11 @@ def checkpoint_identity(config: ml_collections.ConfigDict, purpose: str) -> dict
         # Bucketed training draws its batches by k(t), so c shapes what was learned.
         or (field == "depth.power" and config.depth.training == "bucketed")
         or (field == "training.iwdiff_weights" and config.training.loss == "iwdiff"))
+    if field == "diffusion.variance_type" and value != "learned_range":
+      # Fixed variances train the same weights (only eps is learned) and differ only in how the
+      # sampler adds noise: a checkpoint trained under one samples under the other. (A
+      # learned-range checkpoint still differs from a fixed one by its output channels.)
+      continue
     if holds or trains:
       identity[field] = list(value) if isinstance(value, tuple) else value
   return identity
@@ -469,6 +481,8 @@ def default_config() -> ml_collections.ConfigDict:
       embed_dims=(128, 512, 512),  # sinusoidal step embedding -> fc_t1 -> fc_t2
       weight_norm=True,            # weight-normalised convs, as the reference code
       n_mels=0,                    # 0: unconditional (mel conditioning: the vocoder)
+      mel_hop=256,                 # vocoder STFT hop = the upsampler's factor (s * s, s even)
+      mel_n_fft=1024,              # vocoder STFT window (lmnt-com/diffwave: 1024 at 22.05 kHz)
   ))
   # SNGAN (model.kind = 'sngan'): ResNet generator, spectrally normalised discriminator, hinge loss.
   config.gan = ml_collections.ConfigDict(dict(

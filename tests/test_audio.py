@@ -65,6 +65,39 @@ def test_mel_conditioning_upsamples_256x():
     model.apply({"params": params}, x, t)
 
 
+@pytest.mark.parametrize("hop", [16, 64, 256])
+def test_mel_upsampler_places_each_frame_where_torchs_transposed_convs_do(hop):
+  """hop = s * s: two ConvTranspose (kernel 2s, stride s, torch padding s/2); frame f of the mel
+  reaches exactly samples [(fs - s/2) s - s/2, (fs + 3s/2 - 1) s + 3s/2 - 1] (torch's output
+  index i * stride - padding + k, twice), and the output is hop times as long."""
+  stride, frames, frame = int(round(hop ** 0.5)), 6, 2
+  impulse = jnp.zeros((1, frames, 3)).at[0, frame, 1].set(1.0)
+  upsampler = diffwave.MelUpsampler(hop)
+  variables = upsampler.init(jax.random.key(0), impulse)
+  assert variables["params"]["upsample_0"]["kernel"].shape == (3, 2 * stride, 1, 1)
+  # Random biases would light up every sample; zero them (their init) and random kernels.
+  out = np.asarray(upsampler.apply(variables, impulse))
+  assert out.shape == (1, frames * hop, 3)
+  reached = np.flatnonzero(np.abs(out[0, :, 1]) > 0)
+  first = (frame * stride - stride // 2) * stride - stride // 2
+  last = (frame * stride + 3 * stride // 2 - 1) * stride + 3 * stride // 2 - 1
+  assert (reached[0], reached[-1]) == (first, last)
+
+
+def test_mel_stft_fields_are_validated():
+  config = _vocoder_config()
+  for field, value, allowed in [("mel_hop", 128, "s \\* s with s even"),
+                                ("mel_hop", 9, "s \\* s with s even"),
+                                ("mel_n_fft", 128, ">= diffwave.mel_hop \\(256\\)")]:
+    bad = config.copy_and_resolve_references()
+    bad.diffwave[field] = value
+    with pytest.raises(ConfigError, match=f"diffwave.{field}={value}: must be {allowed}"):
+      config_lib.validate(bad)
+  good = config.copy_and_resolve_references()
+  good.diffwave.mel_hop, good.data.audio_length = 64, 320
+  config_lib.validate(good)
+
+
 def test_gated_unit_value_and_gradient_against_finite_differences():
   rng = np.random.default_rng(0)
   h = rng.normal(size=(3, 5, 8)).astype(np.float32)
@@ -163,10 +196,12 @@ def test_cpu_vocoder_config_runs_on_its_clip_length():
   config = config_lib.load_config(os.path.join(REPO, "configs", "sc09_vocoder_cpu.py"))
   config_lib.validate(config)
   assert config.diffwave.n_mels == 80 and config.data.sample_rate == 4000
+  assert (config.diffwave.mel_hop, config.diffwave.mel_n_fft) == (64, 256)  # 16 ms hop, 64 ms window
   model = builders.build_model(config)
   waves = jnp.sin(jnp.arange(4096.0) * 0.3)[None, :, None] * jnp.linspace(0, 1, 4096)[None, :, None]
   mel = builders.conditioning_mel(config, waves)
-  assert mel.shape == (1, 16, 80)
+  assert mel.shape == (1, 64, 80)
+  np.testing.assert_allclose(mel, audio.mel_spectrogram(waves, 4000, 256, 64, 80), atol=1e-6)
   params = builders.init_params(model, config, jax.random.key(0))
   out = model.apply({"params": params}, waves, jnp.array([7.0]), mel=mel)
   assert out.shape == (1, 4096, 1) and out.dtype == jnp.float32
@@ -196,7 +231,7 @@ def test_vocoder_train_step_feeds_each_clips_mel():
   assert max(jax.tree.leaves(moved)) > 0
   bad = config.copy_and_resolve_references()
   bad.data.audio_length = 500
-  with pytest.raises(ConfigError, match="data.audio_length.*multiple of 256"):
+  with pytest.raises(ConfigError, match=r"data.audio_length.*multiple of diffwave.mel_hop \(256\)"):
     config_lib.validate(bad)
 
 
@@ -397,6 +432,9 @@ def test_classifier_fd_ranks_real_clips_above_noise(tmp_path):
   # Real clips at 16 kHz go through the same resampling as samples.
   waves, _ = audio.read_archive(SC09_SAMPLE, words=audio.DIGITS)
   assert scorer(waves[1::2][:20], 16000)[fd] < anchors["noise"][fd]
+  # Voicing needs no classifier: real words are periodic, noise is not (measured 0.82 / 0.12).
+  voicing = speech_classifier.VOICING_NAME
+  assert anchors["real"][voicing] > 0.7 and anchors["noise"][voicing] < 0.2
 
 
 @pytest.mark.slow
@@ -424,9 +462,10 @@ def test_evaluate_scores_the_classifier_metric_with_anchors(tmp_path, monkeypatc
   train.train(config, str(tmp_path))
   results = evaluate.evaluate(config, str(tmp_path))
   assert results["num_samples"] == 6 and results["sc09_real_anchor_clips"] == 6
-  for key in ("sc09_fd", "sc09_is", "sc09_fd_real_anchor", "sc09_fd_noise_anchor"):
+  for key in ("sc09_fd", "sc09_is", "sc09_fd_real_anchor", "sc09_fd_noise_anchor", "voicing"):
     assert np.isfinite(results[key]), key
   assert results["sc09_fd_noise_anchor"] > results["sc09_fd_real_anchor"]
+  assert results["voicing_real_anchor"] > results["voicing_noise_anchor"] + 0.5
   assert 1.0 <= results["sc09_is"] <= 10.0
   with open(os.path.join(os.path.dirname(results["grid"]), "metrics.json")) as f:
     assert json.load(f)["sc09_fd"] == results["sc09_fd"]
@@ -478,3 +517,27 @@ def test_cli_trains_and_samples_wavs_and_a_picture(tmp_path):
     assert rate == 16000 and wave.shape == (1024,)
   np.testing.assert_array_equal(np.load(samples / "samples.npz")["images"][0, :, 0],
                                 audio.read_wav(str(samples / "sample_0000.wav"))[1])
+
+
+def test_periodicity_of_a_tone_noise_silence_and_one_frame_by_its_formula():
+  """audio.periodicity: a 200 Hz tone ~1, white noise low, silence 0, quiet noise below the
+  loudness floor ignored; one frame equals the normalised-autocorrelation peak written out."""
+  rate = 4000
+  n = np.arange(rate)
+  tone = 0.5 * np.sin(2 * np.pi * 200.0 * n / rate)
+  noise = np.random.default_rng(0).normal(0.0, 0.3, rate)
+  quiet_noise_then_tone = np.concatenate([noise[:rate // 2] * 0.01, tone[rate // 2:]])
+  result = audio.periodicity(np.stack([tone, noise, np.zeros(rate), quiet_noise_then_tone]), rate)
+  assert result[0] > 0.99 and result[1] < 0.3 and result[2] == 0.0 and result[3] > 0.99
+  # int16 input, any scale, [N, L, 1]: the same number.
+  as_int16 = audio.to_int16(tone[None, :, None] * 0.3)
+  np.testing.assert_allclose(audio.periodicity(as_int16, rate), result[:1], atol=1e-3)
+  # One 64 ms frame (256 samples at 4 kHz): its mean removed, lags 10 .. 66 (400 .. 60 Hz).
+  frame = np.random.default_rng(1).normal(size=256) + np.sin(np.arange(256) * 0.2) + 3.0
+  centred = frame - frame.mean()
+  expected = max(np.dot(centred[:-lag], centred[lag:])
+                 / np.sqrt(np.dot(centred[:-lag], centred[:-lag]) * np.dot(centred[lag:], centred[lag:]))
+                 for lag in range(10, 67))
+  np.testing.assert_allclose(audio.periodicity(frame[None], rate), [expected], rtol=1e-9)
+  with pytest.raises(ValueError, match="256-sample frames"):
+    audio.periodicity(np.zeros((1, 100)), rate)

@@ -138,6 +138,12 @@ def test_checkpoint_identity_fields():
   assert not {"model.remat", "model.dtype", "training.batch_size", "training.num_steps",
               "training.learning_rate", "depth.power"} & set(train_fields)
   assert not any(field.startswith("gan.") for field in train_fields)  # a U-Net has no GAN
+  # Either fixed variance samples the same eps-model; a learned one has other output channels.
+  assert config.diffusion.variance_type == "fixedlarge"
+  assert "diffusion.variance_type" not in set(train_fields) | set(sample_fields)
+  learned = config.copy_and_resolve_references()
+  learned.diffusion.variance_type, learned.training.loss = "learned_range", "hybrid"
+  assert config_lib.checkpoint_identity(learned, "sample")["diffusion.variance_type"] == "learned_range"
   config.depth.training = "bucketed"
   assert "depth.power" in config_lib.checkpoint_identity(config, "train")
   config.model.kind = "sngan"

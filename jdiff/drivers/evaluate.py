@@ -16,8 +16,9 @@ the default metrics drop it with a log line. digits_fd
 data's bpd_split under the VLB, jdiff.drivers.likelihood). sc09_fd (audio configs): the SC09-classifier
 FD and IS of jdiff.evaluation.speech_classifier (NOT the papers' FID/IS) against the labelled
 clips of config.evaluation.sc09_reference (default data.path), with two anchors scored the same
-way at the same count: real clips outside the reference, and Gaussian noise; audio writes
-waveforms.png instead of grid.png.
+way at the same count: real clips outside the reference, and Gaussian noise; beside them each
+set's voicing (median jdiff.audio.periodicity: whether the clips are voiced, which FD does not
+say); audio writes waveforms.png instead of grid.png.
 
 Before any sample is made, check_inputs checks the output folder is writable and loads the
 Inception weights and reference statistics the metrics need; a bad one is a one-line
@@ -398,6 +399,7 @@ def sc09_scores(config, samples_int16: np.ndarray, scorer) -> dict:
   count (the real anchor has at most as many clips as the reference leaves out)."""
   from jdiff.evaluation import speech_classifier  # pylint: disable=g-import-not-at-top
   fd, inception_score = speech_classifier.FD_NAME, speech_classifier.IS_NAME
+  voicing = speech_classifier.VOICING_NAME
   scores = scorer(samples_int16, config.data.sample_rate)
   anchors = scorer.anchors(len(samples_int16))
   return {"sc09_fd": scores[fd], "sc09_is": scores[inception_score],
@@ -405,6 +407,8 @@ def sc09_scores(config, samples_int16: np.ndarray, scorer) -> dict:
           "sc09_real_anchor_clips": int(min(len(samples_int16), len(scorer.real_others))),
           "sc09_fd_noise_anchor": anchors["noise"][fd],
           "sc09_is_noise_anchor": anchors["noise"][inception_score],
+          "voicing": scores[voicing], "voicing_real_anchor": anchors["real"][voicing],
+          "voicing_noise_anchor": anchors["noise"][voicing],
           "sc09_metric": f"{fd} / {inception_score}: not the papers' FID / IS",
           "sc09_reference": os.path.abspath(sc09_reference(config)),
           "sc09_classifier_held_out_accuracy": scorer.held_out_accuracy}
@@ -485,7 +489,7 @@ def evaluate(config, workdir: str) -> dict:
 
   scalars = {f"eval/{name}/{key}": value for key, value in results.items()
              if key in ("fid", "inception_score", "kid", "digits_fd", "bits_per_dim",
-                        "seconds_per_sample", "sc09_fd", "sc09_is")}
+                        "seconds_per_sample", "sc09_fd", "sc09_is", "voicing")}
   if jax.process_index() == 0:
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
       json.dump(results, f, indent=2)

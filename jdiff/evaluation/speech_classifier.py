@@ -11,6 +11,8 @@ TRAINING_SETTINGS *and* the same training clips (the cache file name holds both 
              16, 32, 64 channels) -> mean over time and frequency: 64 features -> Dense(10).
   FD:        Frechet distance between the features of the samples and of the reference clips.
   IS:        exp(E_x KL(p(y|x) || p(y))) of the classifier's softmax (one split).
+  voicing:   the median over clips of jdiff.audio.periodicity at 8 kHz (no classifier): how
+             periodic the loud frames are, ~0.85 for real SC09 words, ~0.1 for white noise.
 Held-out split: per digit, the last HELD_OUT_PER_WORD clips in file order (never trained on).
 """
 
@@ -31,6 +33,7 @@ from jdiff.evaluation import cache_dir, metrics
 
 FD_NAME = "SC09-classifier FD (jdiff)"
 IS_NAME = "SC09-classifier IS (jdiff)"
+VOICING_NAME = "voicing (median periodicity)"
 CLASSIFIER_RATE = 8000
 CLASSIFIER_LENGTH = 8000
 MEL = dict(sample_rate=CLASSIFIER_RATE, n_fft=256, hop=128, n_mels=40, fmin=20.0)
@@ -148,11 +151,13 @@ def accuracy(variables, waves_8k: np.ndarray, labels: np.ndarray) -> float:
 
 
 def scores(variables, samples_8k: np.ndarray, reference_8k: np.ndarray) -> dict:
-  """{FD_NAME: Frechet distance of the samples' features to the reference's, IS_NAME: ...}."""
+  """{FD_NAME: Frechet distance of the samples' features to the reference's, IS_NAME: ...,
+  VOICING_NAME: the samples' median periodicity}."""
   features, logits = features_and_logits(variables, samples_8k)
   reference, _ = features_and_logits(variables, reference_8k)
   return {FD_NAME: metrics.frechet_distance_from_features(features, reference),
-          IS_NAME: metrics.inception_score(logits, num_splits=1)[0]}
+          IS_NAME: metrics.inception_score(logits, num_splits=1)[0],
+          VOICING_NAME: float(np.median(audio.periodicity(samples_8k, CLASSIFIER_RATE)))}
 
 
 class Scorer:

@@ -22,8 +22,9 @@ gains at sqrt(1/3); biases start at 0.
 
 Steps are real-valued (the embedding is sin/cos of t * 10000^(-i/63)), so FastDPM's continuous
 steps go straight in. Mel conditioning (`n_mels` > 0): a [B, frames, n_mels] spectrogram is
-upsampled 256x in time by two transposed 2-D convs (kernel 3 x 32, stride 1 x 16, LeakyReLU 0.4;
-lmnt-com/diffwave SpectrogramUpsampler), then projected per layer by a 1x1 conv to 2C.
+upsampled `mel_hop` x in time by two transposed 2-D convs (LeakyReLU 0.4; lmnt-com/diffwave
+SpectrogramUpsampler: kernel 3 x 32, stride 1 x 16 for its hop of 256; a hop of s * s uses stride
+s and kernel 2 s), then projected per layer by a 1x1 conv to 2C.
 """
 
 import functools
@@ -34,10 +35,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jdiff import choices
 from jdiff.models import conv as conv_lib
 from jdiff.models import layers
 
-HOP_LENGTH = 256  # audio samples per mel frame that the upsampler assumes (16 x 16)
+REFERENCE_MEL_HOP = 256  # lmnt-com/diffwave's hop at 22.05 kHz (16 x 16)
 
 # PyTorch's default conv init: kaiming_uniform(a=sqrt(5)) = uniform with variance 1 / (3 fan_in).
 _TORCH_CONV_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -74,18 +76,25 @@ class Conv1x(nn.Module):
 
 
 class MelUpsampler(nn.Module):
-  """[B, frames, n_mels] -> [B, frames * 256, n_mels]: two ConvTranspose (3 x 32, stride 1 x 16).
+  """[B, frames, n_mels] -> [B, frames * hop, n_mels]: two ConvTranspose (3 x 2s, stride 1 x s),
+  s = sqrt(hop) (the reference: hop 256, kernel 3 x 32, stride 1 x 16).
 
-  Padding (1, 23) on (mel, time) gives torch's ConvTranspose2d(padding=[1, 8]) output sizes:
-  n_mels and 16x the frames.
+  Padding (1, 3s/2 - 1) on (mel, time) gives torch's ConvTranspose2d(padding=[1, s/2]) output
+  sizes: n_mels and s times the frames.
   """
+  hop: int = REFERENCE_MEL_HOP
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, mel):
+    stride = choices.mel_upsampler_stride(self.hop)
+    if not stride:
+      raise ValueError(f"mel hop {self.hop}: must be s * s with s even (16, 64, 256, ...)")
+    time_pad = 2 * stride - 1 - stride // 2  # lax padding of torch's padding s / 2
     x = jnp.swapaxes(mel, 1, 2)[..., None]  # [B, n_mels, frames, 1]
     for i in range(2):
-      x = nn.ConvTranspose(1, (3, 32), strides=(1, 16), padding=((1, 1), (23, 23)),
+      x = nn.ConvTranspose(1, (3, 2 * stride), strides=(1, stride),
+                           padding=((1, 1), (time_pad, time_pad)),
                            dtype=self.dtype, name=f"upsample_{i}")(x)
       x = nn.leaky_relu(x, 0.4)
     return jnp.swapaxes(x[..., 0], 1, 2)
@@ -122,6 +131,7 @@ class DiffWave(nn.Module):
   embed_dims: tuple = (128, 512, 512)  # sinusoidal -> fc_t1 -> fc_t2
   out_ch: int = 1
   n_mels: int = 0                      # 0: unconditional
+  mel_hop: int = REFERENCE_MEL_HOP     # audio samples per mel frame (the upsampler's factor)
   weight_norm: bool = True
   dtype: Any = jnp.float32
   conv_filter_grad: str = "auto"  # auto | matmul | xla (models/conv.py)
@@ -134,7 +144,7 @@ class DiffWave(nn.Module):
   @nn.compact
   def __call__(self, x, t, *, shortcut_depth: int = 0, train: bool = False,
                mel: Optional[jax.Array] = None):
-    """x: [B, L, 1] waveform; t: [B] real steps; mel: [B, L / 256, n_mels] when n_mels > 0."""
+    """x: [B, L, 1] waveform; t: [B] real steps; mel: [B, L / mel_hop, n_mels] when n_mels > 0."""
     del train  # no dropout in DiffWave
     if shortcut_depth != 0:
       raise ValueError(f"shortcut_depth={shortcut_depth}: DiffWave has only depth 0")
@@ -148,7 +158,8 @@ class DiffWave(nn.Module):
     temb = nn.swish(nn.Dense(self.embed_dims[1], dtype=self.dtype, name="fc_t1")(temb))
     temb = nn.swish(nn.Dense(self.embed_dims[2], dtype=self.dtype, name="fc_t2")(temb))
     if mel is not None:
-      mel = MelUpsampler(dtype=self.dtype, name="mel_upsampler")(mel.astype(self.dtype))
+      mel = MelUpsampler(self.mel_hop, dtype=self.dtype,
+                         name="mel_upsampler")(mel.astype(self.dtype))
     skip = 0.0
     for n in range(self.num_layers):
       h, skip_n = ResidualLayer(self.residual_channels, self.skip_channels,
@@ -166,5 +177,5 @@ class DiffWave(nn.Module):
   def init_all_depths(self, x, t, mel=None):
     """jdiff's init entry point (the U-Net runs every depth; DiffWave has one)."""
     if self.n_mels and mel is None:
-      mel = jnp.zeros((x.shape[0], max(x.shape[1] // HOP_LENGTH, 1), self.n_mels), x.dtype)
+      mel = jnp.zeros((x.shape[0], max(x.shape[1] // self.mel_hop, 1), self.n_mels), x.dtype)
     return [self(x, t, mel=mel)]

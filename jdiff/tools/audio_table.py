@@ -105,7 +105,8 @@ def print_table(results: dict) -> str:
       [report.Column("sampler", "sampler"), report.Column("NFE", "network_evaluations"),
        report.Column("s/clip (median)", "seconds_per_clip", ".3f"),
        report.Column("spread s", "spread_s", ".3f"),
-       report.Column(fd, fd, ".3f"), report.Column(inception, inception, ".3f")],
+       report.Column(fd, fd, ".3f"), report.Column(inception, inception, ".3f"),
+       report.Column("voicing", speech_classifier.VOICING_NAME, ".2f")],
       title=(f"device: {results['device']} x{results['num_devices']}; checkpoint step "
              f"{results['checkpoint_step']}; {results['num_samples']} clips per sampler, "
              f"{results['rounds']} round(s); schedule {results['schedule']}"),

@@ -10,8 +10,14 @@ clip i of sampling.mel_split) and reports, with jdiff's SC09 classifier (not the
     and its held-out accuracy on real 8 kHz clips;
   - envelope correlation: Pearson r between the 32 ms RMS envelopes of each sample and its source
     clip (speech has a word-shaped envelope; noise does not), also for a shuffled pairing;
-  - SC09-classifier FD of the samples, of as many real clips, and of as many noise clips.
+  - SC09-classifier FD of the samples, of as many real clips, and of as many noise clips;
+  - voicing (jdiff.audio.periodicity at the config's rate): speech is voiced (periodic); noise
+    shaped like the word is not. Per sample and per source clip, and the medians.
+With --zoom_png, a picture of 80 ms around each of the first six source clips' loudest moment,
+the sample over its source: pitch periods show there and nowhere in a one-second plot.
 """
+
+import os
 
 import json
 
@@ -26,6 +32,7 @@ from jdiff.evaluation import speech_classifier
 config_flags.DEFINE_config_file("config", None, "The vocoder's config file.")
 flags.DEFINE_string("workdir", None, "Where it was trained and sampled.")
 flags.DEFINE_string("out", "", "JSON file for the scores (default: print only).")
+flags.DEFINE_string("zoom_png", "", "PNG of 80 ms of each sample beside its source (optional).")
 
 
 def rms_envelope(waves: np.ndarray, frame: int) -> np.ndarray:
@@ -37,6 +44,30 @@ def rms_envelope(waves: np.ndarray, frame: int) -> np.ndarray:
 def envelope_correlations(first: np.ndarray, second: np.ndarray, frame: int) -> np.ndarray:
   return np.array([np.corrcoef(a, b)[0, 1] for a, b in
                    zip(rms_envelope(first, frame), rms_envelope(second, frame))])
+
+
+def save_zoom_png(samples: np.ndarray, clips: np.ndarray, rate: int, path: str,
+                  count: int = 6, seconds: float = 0.08) -> None:
+  """80 ms of sample i and source clip i around the source's loudest 80 ms, each scaled to its
+  own peak there (the shapes matter, not the loudness)."""
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  width = int(seconds * rate)
+  count = min(count, len(samples))
+  fig = Figure(figsize=(10, 1.6 * count))
+  axes = fig.subplots(count, 1, squeeze=False)[:, 0]
+  for i, axis in enumerate(axes):
+    energy = np.convolve(clips[i] ** 2, np.ones(width), mode="valid")
+    start = int(np.argmax(energy))
+    millis = (start + np.arange(width)) / rate * 1000.0
+    for wave, label in ((clips[i], "source clip"), (samples[i], "sample")):
+      window = wave[start:start + width]
+      axis.plot(millis, window / max(np.max(np.abs(window)), 1e-9), linewidth=0.8, label=label)
+    axis.set_ylabel(f"#{i}", fontsize=8)
+  axes[0].legend(loc="upper right", fontsize=8)
+  axes[-1].set_xlabel("milliseconds")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=80)
 
 
 def main(_):
@@ -64,9 +95,13 @@ def main(_):
       "classifier_held_out_accuracy": scorer.held_out_accuracy,
       "envelope_r_median": float(np.median(matched)),
       "envelope_r_shuffled_median": float(np.median(shuffled)),
+      "voicing_per_sample": np.round(audio.periodicity(samples, rate), 3).tolist(),
+      "voicing_per_source_clip": np.round(audio.periodicity(clips, rate), 3).tolist(),
       "samples": scorer(samples, rate), "source_clips": scorer(clips, rate),
       "anchor_real": anchors["real"], "anchor_noise": anchors["noise"],
   }
+  if flags.FLAGS.zoom_png:
+    save_zoom_png(sample_floats, clip_floats, rate, flags.FLAGS.zoom_png)
   print(json.dumps(result, indent=1))
   if flags.FLAGS.out:
     with open(flags.FLAGS.out, "w") as f:
