@@ -55,7 +55,8 @@ def build_model(config):
         residual_channels=d.residual_channels, skip_channels=d.skip_channels,
         num_layers=d.num_layers, dilation_cycle=d.dilation_cycle, embed_dims=tuple(d.embed_dims),
         out_ch=output_channels(config), n_mels=d.n_mels, mel_hop=d.mel_hop,
-        weight_norm=d.weight_norm, dtype=jnp.dtype(model.dtype), conv_filter_grad=model.conv_filter_grad)
+        weight_norm=d.weight_norm, dtype=jnp.dtype(model.dtype),
+        conv_filter_grad=model.conv_filter_grad)
   return UNet(
       ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
       attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
@@ -239,6 +240,18 @@ def conditioning_mel(config, waves):
   d = config.diffwave
   return audio.mel_spectrogram(waves, sample_rate=config.data.sample_rate, n_fft=d.mel_n_fft,
                                hop=d.mel_hop, n_mels=d.n_mels)
+
+
+def random_crops(config, rng, waves, mel):
+  """A vocoder's training crops (lmnt-com/diffwave's crop_mel_frames, learner.py / dataset.py):
+  for each clip, training.crop_mel_frames consecutive frames of its mel (computed on the whole
+  clip) from a uniformly drawn start frame f, and the samples under them, [f hop, (f + c) hop).
+  [B, L, 1], [B, L / hop, M] -> [B, c hop, 1], [B, c, M]."""
+  frames, hop = config.training.crop_mel_frames, config.diffwave.mel_hop
+  starts = jax.random.randint(rng, (waves.shape[0],), 0, mel.shape[1] - frames + 1)
+  crop = lambda array, start, size: jax.lax.dynamic_slice_in_dim(array, start, size, axis=0)
+  return (jax.vmap(lambda wave, f: crop(wave, f * hop, frames * hop))(waves, starts),
+          jax.vmap(lambda spectrogram, f: crop(spectrogram, f, frames))(mel, starts))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("training.iwdiff_weights", one_of(*choices.IWDIFF_WEIGHTS)),
     ("training.timestep_sampler", one_of(*choices.TIMESTEP_SAMPLERS)),
     ("training.extra_updates", NON_NEGATIVE_INT),
+    ("training.crop_mel_frames", NON_NEGATIVE_INT),
     ("sampling.batch_size", POSITIVE_INT),
     ("sampling.num_samples", POSITIVE_INT),
     ("sampling.clip_x0", one_of(*choices.CLIP_X0)),
@@ -280,6 +281,10 @@ def _validate_audio(config: ml_collections.ConfigDict) -> None:
              f"per {hop} samples)")
       _check(config.diffwave.mel_n_fft >= hop, "diffwave.mel_n_fft", config.diffwave.mel_n_fft,
              f">= diffwave.mel_hop ({hop}), so that the STFT windows skip no sample")
+      _check(config.training.crop_mel_frames * hop <= data.audio_length,
+             "training.crop_mel_frames", config.training.crop_mel_frames,
+             f"<= {data.audio_length // hop} (data.audio_length / diffwave.mel_hop: a crop lies "
+             "inside its clip)")
     _check(tuple(config.evaluation.metrics) == ("sc09_fd",), "evaluation.metrics",
            tuple(config.evaluation.metrics), "('sc09_fd',) for audio (the image metrics and "
            "bits/dim of 8-bit pixels do not apply; python -m jdiff.tools.audio_table scores it)")
@@ -288,6 +293,11 @@ def _validate_audio(config: ml_collections.ConfigDict) -> None:
            tuple(config.evaluation.metrics), "without 'sc09_fd' for images (it scores SC09 audio)")
     _check(data.source not in choices.AUDIO_SOURCES, "data.source", data.source,
            f"an image source with data.kind='image' (set data.kind='audio' for {data.source!r})")
+  if not (audio and config.diffwave.n_mels):
+    _check(config.training.crop_mel_frames == 0, "training.crop_mel_frames",
+           config.training.crop_mel_frames, "0 unless the model is a mel-conditioned DiffWave "
+           "(diffwave.n_mels > 0; the vocoder's reference trains on crops, the others on whole "
+           "examples)")
 
 
 def _validate_sampling(config: ml_collections.ConfigDict) -> None:
@@ -346,7 +356,8 @@ def _validate_sampling(config: ml_collections.ConfigDict) -> None:
 # equal its own (model, diffusion, image shape and the objective); sampling and evaluation need
 # the model, diffusion and image shape. How it computes (model.remat, model.dtype,
 # model.conv_filter_grad), how it trains (batch size, learning rate, steps, logging) and which
-# fixed variance the sampler uses (fixedlarge / fixedsmall) may change between runs. preset: its resolved fields count.
+# fixed variance the sampler uses (fixedlarge / fixedsmall) may change between runs. preset: its
+# resolved fields count.
 _COMPUTE_ONLY_MODEL_FIELDS = ("remat", "dtype", "conv_filter_grad", "preset")
 _OBJECTIVE_FIELDS = ("training.loss", "training.iwdiff_k", "training.timestep_sampler",
                      "training.extra_updates", "depth.training", "gan.n_dis")
@@ -447,6 +458,7 @@ def default_config() -> ml_collections.ConfigDict:
       iwdiff_weights="sum",       # IWDiff softmax over: sum (Algorithm 3 line 6) | mean (ablation)
       timestep_sampler="uniform", # uniform | loss_aware (p_t ∝ sqrt(E[L_t^2]), needs full depth)
       extra_updates=0,            # loss_aware: forward-only history updates per step (paper: 2)
+      crop_mel_frames=0,          # vocoder: random crops of this many mel frames (0: whole clips)
   ))
   config.sampling = ml_collections.ConfigDict(dict(
       batch_size=64, num_samples=64,

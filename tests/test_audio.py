@@ -196,7 +196,7 @@ def test_cpu_vocoder_config_runs_on_its_clip_length():
   config = config_lib.load_config(os.path.join(REPO, "configs", "sc09_vocoder_cpu.py"))
   config_lib.validate(config)
   assert config.diffwave.n_mels == 80 and config.data.sample_rate == 4000
-  assert (config.diffwave.mel_hop, config.diffwave.mel_n_fft) == (64, 256)  # 16 ms hop, 64 ms window
+  assert (config.diffwave.mel_hop, config.diffwave.mel_n_fft) == (64, 256)  # 16 ms, 64 ms
   model = builders.build_model(config)
   waves = jnp.sin(jnp.arange(4096.0) * 0.3)[None, :, None] * jnp.linspace(0, 1, 4096)[None, :, None]
   mel = builders.conditioning_mel(config, waves)
@@ -535,9 +535,65 @@ def test_periodicity_of_a_tone_noise_silence_and_one_frame_by_its_formula():
   # One 64 ms frame (256 samples at 4 kHz): its mean removed, lags 10 .. 66 (400 .. 60 Hz).
   frame = np.random.default_rng(1).normal(size=256) + np.sin(np.arange(256) * 0.2) + 3.0
   centred = frame - frame.mean()
-  expected = max(np.dot(centred[:-lag], centred[lag:])
-                 / np.sqrt(np.dot(centred[:-lag], centred[:-lag]) * np.dot(centred[lag:], centred[lag:]))
-                 for lag in range(10, 67))
+  head_tail = [(centred[:-lag], centred[lag:]) for lag in range(10, 67)]
+  expected = max(np.dot(head, tail) / np.sqrt(np.dot(head, head) * np.dot(tail, tail))
+                 for head, tail in head_tail)
   np.testing.assert_allclose(audio.periodicity(frame[None], rate), [expected], rtol=1e-9)
   with pytest.raises(ValueError, match="256-sample frames"):
     audio.periodicity(np.zeros((1, 100)), rate)
+
+
+def test_vocoder_random_crops_keep_each_mel_frame_over_its_samples():
+  """training.crop_mel_frames: clip b's crop is mel frames [f, f + c) and samples [f hop,
+  (f + c) hop) for one start f per clip, drawn uniformly from every start that fits."""
+  config = _vocoder_config()
+  config.diffwave.mel_hop, config.data.audio_length, config.training.crop_mel_frames = 16, 160, 3
+  config_lib.validate(config)
+  batch, hop, frames = 64, 16, 10
+  # Sample n of clip b holds b * 1000 + n; frame f of clip b's "mel" holds b * 1000 + f * hop.
+  waves = (np.arange(batch)[:, None] * 1000 + np.arange(frames * hop)[None, :])[..., None]
+  mel = np.repeat((np.arange(batch)[:, None] * 1000 + np.arange(frames)[None, :] * hop)[..., None],
+                  4, axis=-1)
+  crop_waves, crop_mel = builders.random_crops(config, jax.random.key(3),
+                                               jnp.asarray(waves, jnp.float32),
+                                               jnp.asarray(mel, jnp.float32))
+  crop_waves, crop_mel = np.asarray(crop_waves), np.asarray(crop_mel)
+  assert crop_waves.shape == (batch, 3 * hop, 1) and crop_mel.shape == (batch, 3, 4)
+  starts = (crop_mel[:, 0, 0] - np.arange(batch) * 1000) / hop
+  for b, f in enumerate(starts.astype(int)):
+    np.testing.assert_array_equal(crop_waves[b, :, 0], waves[b, f * hop:(f + 3) * hop, 0])
+    np.testing.assert_array_equal(crop_mel[b], mel[b, f:f + 3])
+  assert set(starts.astype(int)) == set(range(frames - 3 + 1))  # every start that fits, no other
+  bad = config.copy_and_resolve_references()
+  bad.training.crop_mel_frames = 11
+  with pytest.raises(ConfigError, match=r"training.crop_mel_frames=11: must be <= 10"):
+    config_lib.validate(bad)
+  bad = config_lib.load_config(os.path.join(REPO, "configs", "sc09_cpu.py") + ":tiny")
+  bad.training.crop_mel_frames = 2
+  with pytest.raises(ConfigError, match=r"training.crop_mel_frames=2: must be 0 unless .*mel-cond"):
+    config_lib.validate(bad)
+
+
+def test_vocoder_trains_on_crops_and_resumes_across_the_crop_setting(tmp_path):
+  """A cropped train step runs and its loss differs from the whole clip's; the crop changes only
+  how it trains, so a checkpoint trained on whole clips resumes on crops."""
+  from jdiff.drivers import train  # pylint: disable=g-import-not-at-top
+  config = _vocoder_config()  # 512-sample clips, hop 256: two frames
+  config.training.update(dict(num_steps=2, checkpoint_every=1))
+  config_lib.validate(config)
+  _, state, whole_step = train.build_fresh_training(config, parallel.make_mesh())
+  waves = np.random.default_rng(0).integers(-8000, 8000, (config.training.batch_size, 512, 1))
+  cropped = config.copy_and_resolve_references()
+  cropped.training.crop_mel_frames = 1
+  config_lib.validate(cropped)
+  _, _, crop_step = train.build_fresh_training(cropped, parallel.make_mesh())
+  params = jax.device_get(state.params)
+  params["out_conv"]["conv"]["kernel"] = np.full_like(params["out_conv"]["conv"]["kernel"], 0.3)
+  start = state.replace(params=jax.tree.map(jnp.asarray, params))
+  copy = lambda: jax.tree.map(jnp.array, start)
+  _, whole = whole_step(copy(), waves.astype(np.int16))
+  _, crop = crop_step(copy(), waves.astype(np.int16))
+  assert np.isfinite(float(crop["loss"])) and float(crop["loss"]) != float(whole["loss"])
+  train.train(config, str(tmp_path))
+  cropped.training.num_steps = 3
+  assert int(train.train(cropped, str(tmp_path)).state.step) == 3

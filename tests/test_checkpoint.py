@@ -143,7 +143,8 @@ def test_checkpoint_identity_fields():
   assert "diffusion.variance_type" not in set(train_fields) | set(sample_fields)
   learned = config.copy_and_resolve_references()
   learned.diffusion.variance_type, learned.training.loss = "learned_range", "hybrid"
-  assert config_lib.checkpoint_identity(learned, "sample")["diffusion.variance_type"] == "learned_range"
+  learned_identity = config_lib.checkpoint_identity(learned, "sample")
+  assert learned_identity["diffusion.variance_type"] == "learned_range"
   config.depth.training = "bucketed"
   assert "depth.power" in config_lib.checkpoint_identity(config, "train")
   config.model.kind = "sngan"

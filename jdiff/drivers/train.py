@@ -113,9 +113,9 @@ def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
   scheme = config.depth.training
   depth_args = (model.num_levels, config.depth.power, num_timesteps)
 
-  def make_draw_loss_fn(x_start, t, depth):
-    """(params, noise, dropout_rng) -> per-example losses of one noise draw."""
-    mel = builders.conditioning_mel(config, x_start)  # a vocoder hears its clean clip's mel
+  def make_draw_loss_fn(x_start, t, depth, mel=None):
+    """(params, noise, dropout_rng) -> per-example losses of one noise draw (mel: a vocoder's
+    conditioning, the mel of its clean clip)."""
 
     def draw_loss_fn(params, noise, dropout_rng):
       model_fn = builders.make_model_fn(model, params, train=True, dropout_rng=dropout_rng,
@@ -136,6 +136,9 @@ def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
     grouped = images.reshape((-1, 1 + extra_batches) + images.shape[1:])
     x_start = data_lib.to_float(grouped[:, 0])
     batch_size = x_start.shape[0]
+    mel = builders.conditioning_mel(config, x_start)  # a vocoder hears its clean clip's mel
+    if training.crop_mel_frames:  # (its own key: the draws of uncropped runs stay as they were)
+      x_start, mel = builders.random_crops(config, jax.random.fold_in(rng, 2), x_start, mel)
     if config.data.random_flip:
       flip = jax.random.bernoulli(flip_rng, 0.5, (batch_size, 1, 1, 1))
       x_start = jnp.where(flip, x_start[:, :, ::-1, :], x_start)
@@ -153,7 +156,7 @@ def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
       time_weights = jnp.ones((batch_size,), jnp.float32)
     model_depth = None if scheme == "full" else depth
     loss, grads, example_losses = objectives.objective_value_and_grad(
-        make_draw_loss_fn(x_start, t, model_depth), params, *draws(draw_rng, x_start.shape),
+        make_draw_loss_fn(x_start, t, model_depth, mel), params, *draws(draw_rng, x_start.shape),
         time_weights, accumulate=training.iwdiff_accumulate, weight_scale=weight_scale)
     if loss_aware:
       loss_history = objectives.update_loss_history(loss_history, t, example_losses)
@@ -162,8 +165,10 @@ def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
         # Images of their own, not the training batch's (papers/hse_coursework.txt 4.5: "two
         # additional updates ... two batch loss calculations").
         extra_x = data_lib.to_float(grouped[:, 1 + update])
-        return objectives.forward_only_losses(make_draw_loss_fn(extra_x, extra_t, None), params,
-                                              *draws(extra_rng, extra_x.shape), weight_scale)
+        extra_mel = builders.conditioning_mel(config, extra_x)
+        return objectives.forward_only_losses(
+            make_draw_loss_fn(extra_x, extra_t, None, extra_mel), params,
+            *draws(extra_rng, extra_x.shape), weight_scale)
       loss_history = objectives.refresh_loss_history(
           loss_history, forward_only_losses, jax.random.fold_in(rng, 1), batch_size,
           training.extra_updates)
