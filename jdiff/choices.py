@@ -64,6 +64,7 @@ def mel_upsampler_stride(hop: int) -> int:
   stride = math.isqrt(hop) if isinstance(hop, int) and hop > 0 else 0
   return stride if stride >= 2 and stride % 2 == 0 and stride * stride == hop else 0
 
+
 # evaluation
 EVALUATION_METRICS = ("fid", "is", "kid", "digits_fd", "bpd", "sc09_fd")  # sc09_fd: audio
 # The default; when the Inception weights have no logits, "is" is dropped from it (with a log line).
