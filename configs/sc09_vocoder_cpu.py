@@ -23,8 +23,8 @@ with their source words' envelopes (r 0.95) and spectra but unvoiced (voicing 0.
 fixedlarge; the source clips 0.86, noise 0.12). Continuing at lr 2e-4
 (--config.training.learning_rate=2e-4 --config.training.num_steps=4500) and then on random
 crops (the same + --config.training.crop_mel_frames=16 --config.training.batch_size=32
---config.training.num_steps=9000) raises the voicing slowly: 0.33 at step 4,250, 0.39 at 8,950
-(SC09-classifier FD 13.9): partly voiced, not speech yet.
+--config.training.num_steps=11525) raises the voicing slowly: 0.33 at step 4,250, 0.44 at
+11,525 (SC09-classifier FD 12.5): partly voiced, not speech yet.
 --config=configs/sc09_vocoder_cpu.py:tiny is the tests' size (seconds).
 """
 
