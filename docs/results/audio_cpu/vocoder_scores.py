@@ -17,9 +17,8 @@ With --zoom_png, a picture of 80 ms around each of the first six source clips' l
 the sample over its source: pitch periods show there and nowhere in a one-second plot.
 """
 
-import os
-
 import json
+import os
 
 import numpy as np
 from absl import app, flags
@@ -28,6 +27,7 @@ from ml_collections import config_flags
 from jdiff import audio
 from jdiff.drivers import sample as sample_driver
 from jdiff.evaluation import speech_classifier
+from jdiff.tools import report
 
 config_flags.DEFINE_config_file("config", None, "The vocoder's config file.")
 flags.DEFINE_string("workdir", None, "Where it was trained and sampled.")
@@ -104,8 +104,7 @@ def main(_):
     save_zoom_png(sample_floats, clip_floats, rate, flags.FLAGS.zoom_png)
   print(json.dumps(result, indent=1))
   if flags.FLAGS.out:
-    with open(flags.FLAGS.out, "w") as f:
-      json.dump(result, f, indent=1)
+    report.write_json(flags.FLAGS.out, result)
 
 
 if __name__ == "__main__":

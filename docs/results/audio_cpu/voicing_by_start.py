@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from jdiff import audio, builders, data as data_lib, parallel, sampling
 from jdiff.drivers import sample as sample_driver
+from jdiff.tools import report
 
 config_flags.DEFINE_config_file("config", None, "The vocoder's config file.")
 flags.DEFINE_string("workdir", None, "Where it was trained.")
@@ -55,8 +56,7 @@ def main(_):
             "rows": rows}
   print(json.dumps(result, indent=1))
   if flags.FLAGS.out:
-    with open(flags.FLAGS.out, "w") as f:
-      json.dump(result, f, indent=1)
+    report.write_json(flags.FLAGS.out, result)
 
 
 if __name__ == "__main__":
