@@ -6,10 +6,16 @@ the T-step ancestral sampler, each with seconds per clip and the SC09-classifier
   python -m jdiff.tools.audio_table --config=configs/sc09_diffwave.py --workdir=workdirs/sc09 \
       --num_samples=256 --rounds=3 --reference=/path/to/sc09 (folder or .tar.gz with digit folders)
 
+  # the CPU vocoder (mel-conditioned: every sampler reconstructs the same given clips):
+  python -m jdiff.tools.audio_table --config=configs/sc09_vocoder_cpu.py --workdir=workdirs/sc09_vocoder_cpu
+
 Uses the EMA params of the workdir's latest checkpoint. Every sampler draws --num_samples clips
 in one batch (config.sampling's other fields apply: clip_x0), timed after compiling (the
 compile time is reported apart); --rounds > 1 repeats every sampler in turn (interleaved) and
-reports the median and the spread (max - min) of the rounds. The metric is NOT the papers' FID /
+reports the median and the spread (max - min) of the rounds. A vocoder (diffwave.n_mels > 0)
+conditions sample i of every sampler on the mel of the same given clip i (sampling.mel_split, as
+--mode=sample), so its rows compare samplers on one reconstruction task, like FastDPM's LJSpeech
+vocoder table. The metric is NOT the papers' FID /
 IS (see jdiff.evaluation.speech_classifier): compare rows with each other and with the anchors
 (real clips outside the reference, Gaussian noise) at the same --num_samples.
 Writes <workdir>/audio_table.json and prints the table.
@@ -27,7 +33,9 @@ from absl import logging
 from jdiff import builders
 from jdiff import config_lib
 from jdiff import parallel
+from jdiff import data as data_lib
 from jdiff import sampling
+from jdiff.drivers import sample as sample_driver
 from jdiff.errors import ConfigError
 from jdiff.evaluation import speech_classifier
 from jdiff.tools import cli
@@ -62,6 +70,12 @@ def run(config, workdir: str, reference: str, num_samples: int, rounds: int, ste
   logging.info("speech classifier: held-out accuracy %.3f (%d train / %d held-out clips)",
                scorer.held_out_accuracy, scorer.num_train, scorer.num_held_out)
   shape = builders.image_shape(config)
+  mels, conditioning = None, "none (unconditional)"
+  if builders.mel_conditioned(config):
+    clips = sample_driver.conditioning_clips(config, num_samples)
+    mels = np.asarray(builders.conditioning_mel(config, data_lib.to_float(clips)))
+    conditioning = (f"mels of the first {num_samples} clips of {config.data.path or config.data.source}"
+                    f" split {config.sampling.mel_split!r} (reconstruction)")
   sample_fns, rows = {}, []
   for label, overrides in sampler_specs(config.diffusion.num_timesteps, steps, schedule):
     plan = builders.build_plan(config, diffusion, **overrides)
@@ -73,10 +87,11 @@ def run(config, workdir: str, reference: str, num_samples: int, rounds: int, ste
     for row in rows:
       label = row["sampler"]
       if label not in compiled:
-        stats, compiled[label] = timing.compile_only(sample_fns[label], (params, jax.random.key(0)))
+        stats, compiled[label] = timing.compile_only(sample_fns[label],
+                                                              (params, jax.random.key(0), mels))
         row["compile_s"] = stats["compile_s"]
       start = time.perf_counter()
-      out = jax.block_until_ready(compiled[label](params, jax.random.key(round_index)))
+      out = jax.block_until_ready(compiled[label](params, jax.random.key(round_index), mels))
       row["times"].append((time.perf_counter() - start) / num_samples)
       if round_index == 0:
         outputs[label] = np.asarray(jax.device_get(out))
@@ -91,6 +106,7 @@ def run(config, workdir: str, reference: str, num_samples: int, rounds: int, ste
   results = {"device": str(jax.devices()[0].device_kind), "num_devices": jax.device_count(),
              "config": config.to_dict(), "checkpoint_step": checkpoint_step,
              "num_samples": num_samples, "rounds": rounds, "schedule": schedule,
+             "conditioning": conditioning,
              "classifier_held_out_accuracy": scorer.held_out_accuracy,
              "classifier_train_clips": scorer.num_train, "reference": reference, "rows": rows}
   report.write_json(os.path.join(workdir, "audio_table.json"), results)
@@ -110,7 +126,8 @@ def print_table(results: dict) -> str:
       title=(f"device: {results['device']} x{results['num_devices']}; checkpoint step "
              f"{results['checkpoint_step']}; {results['num_samples']} clips per sampler, "
              f"{results['rounds']} round(s); schedule {results['schedule']}"),
-      notes=[f"classifier held-out accuracy {results['classifier_held_out_accuracy']:.3f} "
+      notes=[f"conditioning: {results.get('conditioning', 'none (unconditional)')}",
+             f"classifier held-out accuracy {results['classifier_held_out_accuracy']:.3f} "
              f"({results['classifier_train_clips']} training clips); not the papers' FID/IS"])
 
 
