@@ -7,18 +7,20 @@ For each start t (1-based; t = T is ordinary sampling from noise, t = 0 returns 
 first --num_clips clips of sampling.mel_split are noised with q(x_t | x_0) and the sampler of the
 config runs the remaining steps, conditioned on each clip's own mel (sampling.surrogate_sample
 with the clips as the "surrogate", i.e. SDEdit). Prints each start's median voicing
-(jdiff.audio.periodicity) and envelope of the outputs. If outputs from small t stay voiced and
+(jdiff.audio.periodicity) of the outputs, and of the noised clips the chain starts from (what the
+net's denoising has to recover). If outputs from small t stay voiced and
 those from large t do not, the net denoises speech but cannot yet commit to a pitch from its mel.
 """
 
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from jdiff import audio, builders, data as data_lib, parallel, sampling
+from jdiff import audio, builders, data as data_lib, diffusion as diffusion_lib, parallel, sampling
 from jdiff.drivers import sample as sample_driver
 from jdiff.tools import report
 
@@ -47,7 +49,13 @@ def main(_):
     out = sampling.surrogate_sample(plan, model_fn, lambda key: clips, start,
                                     config.diffusion.num_timesteps, noise, rng)
     out = np.clip(np.asarray(out)[..., 0], -1.0, 1.0)
+    if start == 0 or start >= config.diffusion.num_timesteps:  # the clips / the prior's x_T
+      noised = clips if start == 0 else noise
+    else:
+      noised = diffusion_lib.q_sample(diffusion, clips, jnp.full((count,), start - 1), noise)
     rows.append({"start_t": start, "voicing_median": float(np.median(audio.periodicity(out, rate))),
+                 "noised_voicing_median": float(np.median(audio.periodicity(
+                     np.asarray(noised)[..., 0], rate))),
                  "peak_median": float(np.median(np.max(np.abs(out), axis=1)))})
     print(json.dumps(rows[-1]), flush=True)
   result = {"checkpoint_step": step, "sampler": config.sampling.name,
