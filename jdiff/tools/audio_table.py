@@ -5,9 +5,9 @@ the T-step ancestral sampler, each with seconds per clip and the SC09-classifier
   # the paper-scale model on an accelerator (after training it):
   python -m jdiff.tools.audio_table --config=configs/sc09_diffwave.py --workdir=workdirs/sc09 \
       --num_samples=256 --rounds=3 --reference=/path/to/sc09 (folder or .tar.gz with digit folders)
-
   # the CPU vocoder (mel-conditioned: every sampler reconstructs the same given clips):
-  python -m jdiff.tools.audio_table --config=configs/sc09_vocoder_cpu.py --workdir=workdirs/sc09_vocoder_cpu
+  python -m jdiff.tools.audio_table --config=configs/sc09_vocoder_cpu.py \
+      --workdir=workdirs/sc09_vocoder_cpu
 
 Uses the EMA params of the workdir's latest checkpoint. Every sampler draws --num_samples clips
 in one batch (config.sampling's other fields apply: clip_x0), timed after compiling (the
@@ -32,8 +32,8 @@ from absl import logging
 
 from jdiff import builders
 from jdiff import config_lib
-from jdiff import parallel
 from jdiff import data as data_lib
+from jdiff import parallel
 from jdiff import sampling
 from jdiff.drivers import sample as sample_driver
 from jdiff.errors import ConfigError
@@ -74,8 +74,9 @@ def run(config, workdir: str, reference: str, num_samples: int, rounds: int, ste
   if builders.mel_conditioned(config):
     clips = sample_driver.conditioning_clips(config, num_samples)
     mels = np.asarray(builders.conditioning_mel(config, data_lib.to_float(clips)))
-    conditioning = (f"mels of the first {num_samples} clips of {config.data.path or config.data.source}"
-                    f" split {config.sampling.mel_split!r} (reconstruction)")
+    source = config.data.path or config.data.source
+    conditioning = (f"mels of the first {num_samples} clips of {source} split "
+                    f"{config.sampling.mel_split!r} (reconstruction)")
   sample_fns, rows = {}, []
   for label, overrides in sampler_specs(config.diffusion.num_timesteps, steps, schedule):
     plan = builders.build_plan(config, diffusion, **overrides)
@@ -88,7 +89,7 @@ def run(config, workdir: str, reference: str, num_samples: int, rounds: int, ste
       label = row["sampler"]
       if label not in compiled:
         stats, compiled[label] = timing.compile_only(sample_fns[label],
-                                                              (params, jax.random.key(0), mels))
+                                                     (params, jax.random.key(0), mels))
         row["compile_s"] = stats["compile_s"]
       start = time.perf_counter()
       out = jax.block_until_ready(compiled[label](params, jax.random.key(round_index), mels))
