@@ -20,12 +20,12 @@ word's shape; the vocoder is given it.
 Measured (2 CPU cores, ~1.5 steps/s; docs/results/audio_cpu/README.md has the commands, samples,
 pictures and scores): this config's 1,500 steps (lr 2e-3, whole clips, ~17 min) give samples
 with their source words' envelopes (r 0.95) and spectra but unvoiced (voicing 0.25 sampled with
-fixedlarge; the source clips 0.86, noise 0.12). Continuing at lr 2e-4
-(--config.training.learning_rate=2e-4 --config.training.num_steps=4500) and then on random
+fixedlarge; the source clips 0.86, noise 0.12). The measured run: 1,625 steps so, then at lr
+2e-4 (--config.training.learning_rate=2e-4 --config.training.num_steps=4525), then on random
 crops (the same + --config.training.crop_mel_frames=16 --config.training.batch_size=32
---config.training.num_steps=11525) raises the voicing slowly: 0.33 at step 4,250, 0.44 at
-11,525, 0.51 at 20,000 (--config.training.num_steps=20000; SC09-classifier FD 11.0): the words'
-envelopes and formants, voiced in their lowest harmonics, not clean speech.
+--config.training.num_steps=20000); the voicing rises slowly: 0.33 at step 4,250, 0.44 at
+11,525, 0.51 at 20,000 (SC09-classifier FD 11.0): the words' envelopes and formants, voiced in
+their lowest harmonics, not clean speech.
 `bash launch/local.sh vocoder` runs these stages to step 20,000 (about 4 h on 2 cores) and samples.
 --config=configs/sc09_vocoder_cpu.py:tiny is the tests' size (seconds).
 """

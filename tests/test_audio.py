@@ -480,16 +480,19 @@ def test_evaluate_scores_the_classifier_metric_with_anchors(tmp_path, monkeypatc
 
 
 @requires_shared_data("sc09", "sc09_sample.tar.gz")
-def test_audio_table_rows_for_the_vocoder(tmp_path, monkeypatch):
-  """jdiff.tools.audio_table on the tiny vocoder: the ancestral row, FastDPM's 2 x 2 grid per S
-  (NFE = S), the anchors, and the JSON; each sampler conditioned on the given clips' mels."""
+@pytest.mark.parametrize("vocoder", [True, False])
+def test_audio_table_rows(tmp_path, monkeypatch, vocoder):
+  """jdiff.tools.audio_table on the tiny unconditional model and the tiny vocoder: the ancestral
+  row, FastDPM's 2 x 2 grid per S (NFE = S), the anchors, and the JSON; a vocoder's samplers
+  conditioned on the given clips' mels."""
   from jdiff.drivers import train  # pylint: disable=g-import-not-at-top
   from jdiff.evaluation import speech_classifier  # pylint: disable=g-import-not-at-top
   from jdiff.tools import audio_table  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv("JDIFF_CACHE_DIR", str(tmp_path / "cache"))
   monkeypatch.setattr(speech_classifier, "TRAINING_SETTINGS",
                       dict(speech_classifier.TRAINING_SETTINGS, steps=10))
-  config = _vocoder_config()
+  config = (_vocoder_config() if vocoder else
+            config_lib.load_config(os.path.join(REPO, "configs", "sc09_cpu.py") + ":tiny"))
   config.training.update(dict(num_steps=1, checkpoint_every=1))
   train.train(config, str(tmp_path))
   results = audio_table.run(config, str(tmp_path), SC09_SAMPLE, num_samples=4, rounds=2,
@@ -500,14 +503,15 @@ def test_audio_table_rows_for_the_vocoder(tmp_path, monkeypatch):
                     "anchor: real clips", "anchor: noise clips"]
   assert [row["network_evaluations"] for row in results["rows"][:5]] == [
       config.diffusion.num_timesteps, 2, 2, 2, 2]
-  assert results["conditioning"].startswith("mels of the first 4 clips")
+  conditioning = "mels of the first 4 clips" if vocoder else "none (unconditional)"
+  assert results["conditioning"].startswith(conditioning)
   for row in results["rows"]:
     assert np.isfinite(row[speech_classifier.FD_NAME]), row["sampler"]
   for row in results["rows"][:5]:
     assert row["seconds_per_clip"] > 0 and row["spread_s"] >= 0
   with open(tmp_path / "audio_table.json") as f:
     assert json.load(f)["rows"][1] == results["rows"][1]
-  assert "conditioning: mels of the first 4 clips" in audio_table.print_table(results)
+  assert f"conditioning: {conditioning}" in audio_table.print_table(results)
 
 
 def test_speech_commands_archive_splits_by_its_lists(tmp_path):

@@ -15,9 +15,9 @@ compile time is reported apart); --rounds > 1 repeats every sampler in turn (int
 reports the median and the spread (max - min) of the rounds. A vocoder (diffwave.n_mels > 0)
 conditions sample i of every sampler on the mel of the same given clip i (sampling.mel_split, as
 --mode=sample), so its rows compare samplers on one reconstruction task, like FastDPM's LJSpeech
-vocoder table. The metric is NOT the papers' FID /
-IS (see jdiff.evaluation.speech_classifier): compare rows with each other and with the anchors
-(real clips outside the reference, Gaussian noise) at the same --num_samples.
+vocoder table. The metric is NOT the papers' FID / IS (see jdiff.evaluation.speech_classifier):
+compare rows with each other and with the anchors (real clips outside the reference, Gaussian
+noise) at the same --num_samples.
 Writes <workdir>/audio_table.json and prints the table.
 """
 
