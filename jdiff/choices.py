@@ -72,6 +72,8 @@ DEFAULT_EVALUATION_METRICS = ("fid", "is", "kid")
 FID_PREPROCESSINGS = ("tf1", "pytorch_fid")  # jdiff.evaluation.inception.fid_inception_input
 SURROGATE_KINDS = ("none", "sngan", "ddpm")
 BENCH_KINDS = ("core", "depth", "samplers", "precision")
+# The halves of the depth bench (bench.depth_parts).
+BENCH_DEPTH_PARTS = ("training", "sampling")
 BENCH_SAMPLER_FAMILIES = ("ddpm", "respaced", "ddim", "fastdpm", "surrogate")
 
 # main.py

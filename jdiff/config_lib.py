@@ -140,6 +140,9 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("bench.skip_types", ((lambda value: isinstance(value, (tuple, list)) and all(
         v in choices.SKIP_TYPES for v in value)),
                           f"a list of skip types from {list(choices.SKIP_TYPES)}")),
+    ("bench.depth_parts", ((lambda value: isinstance(value, (tuple, list)) and len(value) > 0
+                             and all(v in choices.BENCH_DEPTH_PARTS for v in value)),
+                            f"a non-empty list from {list(choices.BENCH_DEPTH_PARTS)}")),
     ("evaluation.name", ((lambda value: isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]*", value)
                           is not None), "a folder name of letters, digits, '_', '.', '-' (or '')")),
     ("evaluation.num_samples", POSITIVE_INT),
@@ -528,6 +531,7 @@ def default_config() -> ml_collections.ConfigDict:
       samplers=(),        # samplers bench: families to run (() = all; DDPM always, as baseline)
       quality_samples=0,  # samplers bench on digits: samples per row for the digits FD (0: none)
       skip_types=(),      # depth bench: skip types whose sampling it times (() = all three)
+      depth_parts=("training", "sampling"),  # depth bench: what it times
   ))
   return config
 

@@ -357,3 +357,47 @@ def test_host_dispatch_resume_is_bitwise_equal_to_a_straight_run(tmp_path):
   chex.assert_trees_all_equal(jax.device_get(resumed.params), jax.device_get(straight.params))
   chex.assert_trees_all_equal(jax.device_get(resumed.ema_params),
                               jax.device_get(straight.ema_params))
+
+
+def test_depth_bench_divides_each_round_by_the_shared_baseline(monkeypatch):
+  """bench_depth.bench_sampling: one c = 0 run for every skip type, timed first and halfway
+  through each round, each sampler's time divided by that round's mean of the two; FLOPs from
+  the hand-computed k(t) (2 levels, T = 8)."""
+  from jdiff.tools import bench_depth  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.model.ch_mult = (1, 2)
+  config.diffusion.num_timesteps = 8
+  config.sampling.batch_size = 2
+  orders = []
+
+  def fake_rounds(calls, num_rounds):
+    assert num_rounds == 2
+    orders.append(list(calls))
+    times = {name: [1.0, 1.5] for name in calls}
+    times.update({"0 first": [2.0, 4.0], "0 halfway": [2.0, 2.0], "interpolate 5": [1.8, 1.5]})
+    return times
+  monkeypatch.setattr(bench_depth.timing, "interleaved_rounds", fake_rounds)
+  results = bench_depth.bench_sampling(config, ("zero", "interpolate"), 2)
+
+  assert orders[0] == ["0 first", "zero 1", "interpolate 1", "zero 2", "interpolate 2",
+                       "0 halfway", "zero 3", "interpolate 3", "zero 5", "interpolate 5"]
+  assert results["baseline"]["median_s"] == 2.5  # rounds' baselines 2 and 3
+  assert results["baseline"]["halfway_over_first"] == {"median": 0.75, "min": 0.5, "max": 1.0}
+  zero, interpolate = (results["skip_types"][s]["powers"] for s in ("zero", "interpolate"))
+  # zero, c = 1: 1 / 2 and 1.5 / 3 of the baselines -> half the time saved in both rounds.
+  assert (zero["1"]["time_saved"], zero["1"]["time_saved_min"],
+          zero["1"]["time_saved_max"]) == (0.5, 0.5, 0.5)
+  # interpolate, c = 5: 1.8 / 2 = 0.9 and 1.5 / 3 = 0.5 kept -> 0.3 saved (median), 0.1..0.5.
+  np.testing.assert_allclose([interpolate["5"]["time_saved"], interpolate["5"]["time_saved_min"],
+                              interpolate["5"]["time_saved_max"]], [0.3, 0.1, 0.5])
+  steps_per_depth = {"1": [4, 4], "2": [3, 5], "3": [2, 6], "5": [2, 6]}  # k(t) by hand
+  for skip_type, rows in (("zero", zero), ("interpolate", interpolate)):
+    full, shortcut = results["skip_types"][skip_type]["forward_flops_per_depth"]
+    assert 0 < shortcut < full
+    for power, (at_full, at_shortcut) in steps_per_depth.items():
+      assert rows[power]["steps_per_depth"] == [at_full, at_shortcut]
+      np.testing.assert_allclose(rows[power]["flops_saved"],
+                                 at_shortcut * (full - shortcut) / (8 * full), rtol=1e-12)
+      np.testing.assert_allclose(rows[power]["saved_ratio"],
+                                 rows[power]["time_saved"] / rows[power]["flops_saved"])
+

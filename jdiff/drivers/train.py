@@ -95,6 +95,23 @@ def ema_decay_of_step(ema_decay: float, warmup: bool, step):
   return jnp.minimum(ema_decay, (1.0 + step) / (10.0 + step))
 
 
+def apply_gradients(optimizer, ema_decay_at: Callable, state: TrainState, loss, grads,
+                    loss_history):
+  """(state after the optimizer and EMA updates, {loss, grad_norm, finite}): the part of a train
+  step that costs the same at every depth (bench_depth times it alone)."""
+  grad_norm = optax.global_norm(grads)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = optax.incremental_update(params, state.ema_params,
+                                        step_size=1.0 - ema_decay_at(state.step))
+  new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
+                         opt_state=opt_state, loss_history=loss_history)
+  # A non-finite loss leaves the state untouched, so non-finite params are never written.
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+  return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+
 def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
   """The data-parallel train step (batch sharded, state replicated, state donated).
 
@@ -178,18 +195,9 @@ def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
     rng = jax.random.fold_in(base_key, state.step)
     loss, grads, loss_history, depth = loss_and_grads(state.params, state.loss_history, images,
                                                       rng, static_depth)
-    grad_norm = optax.global_norm(grads)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = optax.incremental_update(params, state.ema_params,
-                                          step_size=1.0 - ema_decay_at(state.step))
-    new_state = TrainState(step=state.step + 1, params=params, ema_params=ema_params,
-                           opt_state=opt_state, loss_history=loss_history)
-    # A non-finite loss leaves the state untouched, so non-finite params are never written.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-    metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "depth": depth}
-    return new_state, metrics
+    new_state, metrics = apply_gradients(optimizer, ema_decay_at, state, loss, grads,
+                                         loss_history)
+    return new_state, dict(metrics, depth=depth)
 
   replicated = parallel.replicated(mesh)
 

@@ -7,23 +7,30 @@ interleaved round by round, each call blocked on. Per depth: XLA's FLOPs of the 
 analysis of the static-depth program) and the median over rounds of time(k) / time(0) with its
 min..max; per scheme (full, random, bucketed at c = depth.power or 2) the expected step time
 sum_k p(k) time(k) against full depth, beside the FLOP ratio sum_k p(k) flops(k) / flops(0).
+The optimizer and EMA updates (train.apply_gradients) are timed alone in the same rounds: their
+cost is the same at every depth (all parameters are updated), so time k / 0 net of it is shown
+too, the part of a step that can shrink with depth.
 
-Sampling (each skip type in bench.skip_types, c in {0, 1, 2, 3, 5}), the ancestral sampler over
-all T steps at batch sampling.batch_size:
+Sampling (each skip type in bench.skip_types, c in {1, 2, 3, 5}, against c = 0), the ancestral
+sampler over all T steps at batch sampling.batch_size:
   flops:  sum over steps of the U-Net forward's FLOPs at k(t). XLA's cost analysis counts a
           while loop's body once and a lax.switch as its costliest branch, so the sampler's own
           count says nothing; the forward is compiled at each static depth and those summed.
-  time:   the jitted sampler (one scan, lax.switch per step, as --mode=sample runs it); the five
-          c values interleaved, bench.num_iters rounds after a warm-up.
-  saved:  1 - value / value at c = 0, per round for time (median, min..max over rounds).
+  time:   the jitted sampler as --mode=sample runs it (one scan, lax.switch per step; at c = 0
+          the plain full network, the same for every skip type, so one shared baseline); all
+          samplers interleaved, bench.num_iters rounds after a warm-up, the baseline timed at
+          the start and halfway through each round (bench_sampling).
+  saved:  1 - time / the round's baseline time (median, min..max over rounds); FLOPs likewise.
 Also times the alternative sampler dispatch (one lax.scan per depth segment, static k) for zero
 skip at c = 2. Prints the paper's Table 2 (papers/adaptive_unet.txt) beside jdiff's numbers and
 writes <workdir>/bench_depth.json. On a shared machine the ratios of one round are what to read.
+bench.depth_parts picks the halves to run (training, sampling; default both).
 
   python -m jdiff.main --config=configs/quickstart_adaptive.py --workdir=workdirs/bench_depth \\
       --mode=bench --config.bench.kind=depth
 """
 
+import functools
 import os
 from typing import Callable, Dict
 
@@ -152,6 +159,14 @@ def bench_training(config, num_rounds: int) -> dict:
   for k in range(num_levels):
     calls[f"host {k}"] = call(host_step.compiled(k))
     calls[f"switch {k}"] = call(switch_step.compiled(None), step_at_depth[k])
+  # The optimizer and EMA updates alone (the same at every depth), on stand-in gradients.
+  update = make_update_program(host_config, mesh)
+  stand_in_grads = jax.tree.map(jnp.copy, state.params)
+
+  def run_update():
+    threaded["state"] = update(threaded["state"], stand_in_grads)
+    return threaded["state"].step
+  calls["update"] = run_update
   for k in range(num_levels):  # the switch program really ran depth k
     assert int(calls[f"switch {k}"]()) == k
   times = timing.interleaved_rounds(calls, num_rounds)
@@ -163,6 +178,9 @@ def bench_training(config, num_rounds: int) -> dict:
         "switch_median_s": float(np.median(times[f"switch {k}"])),
         "host_time_ratio": timing.ratio_stats(times[f"host {k}"], times["host 0"]),
         "switch_over_host": timing.ratio_stats(times[f"switch {k}"], times[f"host {k}"]),
+        "host_time_ratio_net_of_update": timing.ratio_stats(
+            np.subtract(times[f"host {k}"], times["update"]),
+            np.subtract(times["host 0"], times["update"])),
     })
   power = config.depth.power or 2.0
   schemes = {}
@@ -179,66 +197,130 @@ def bench_training(config, num_rounds: int) -> dict:
     }
   return {"skip_type": config.model.skip_type, "batch_size": batch_size, "power": power,
           "num_rounds": num_rounds, "compile_s": compile_s, "per_depth": per_depth,
+          "update": {"median_s": float(np.median(times["update"])),
+                     "over_full_step": timing.ratio_stats(times["update"], times["host 0"])},
           "schemes": schemes}
 
 
-def bench_sampling(config, skip_type: str, num_rounds: int) -> dict:
-  """FLOPs and time saved by c for one skip type (and the sampler dispatch comparison)."""
+def make_update_program(config, mesh) -> Callable:
+  """Jitted (state, grads) -> state: the train step's optimizer and EMA updates alone
+  (train.apply_gradients), state donated as in the train step."""
+  optimizer = builders.build_optimizer(config.training)
+  ema_decay_at = functools.partial(train_lib.ema_decay_of_step, config.training.ema_decay,
+                                   config.training.ema_warmup)
+  replicated = parallel.replicated(mesh)
+
+  def update(state, grads):
+    return train_lib.apply_gradients(optimizer, ema_decay_at, state, jnp.float32(0.0), grads,
+                                     state.loss_history)[0]
+  return jax.jit(update, in_shardings=(replicated, replicated), out_shardings=replicated,
+                 donate_argnums=0)
+
+
+def _model_with_skip(config, skip_type: str):
+  """(config with that skip type, its U-Net, its initial params)."""
+  skip_config = config.copy_and_resolve_references()
+  skip_config.model.skip_type = skip_type
+  model = builders.build_model(skip_config)
+  return skip_config, model, builders.init_params(model, skip_config,
+                                                  jax.random.key(config.seed))
+
+
+def bench_sampling(config, skip_types, num_rounds: int) -> dict:
+  """FLOPs and time saved by c, for each skip type, against one shared c = 0 baseline.
+
+  c = 0 is the same full network whatever the skip type (the skip type only decides what
+  replaces the skipped levels), sampled as --mode=sample samples it (no depth column, no
+  lax.switch). Each round times it twice, first and halfway through, and divides every other
+  sampler's time of that round by the mean of the two, so that a drift of the machine's speed
+  during the run cancels in the ratios; the spread of those two baseline times is reported.
+  """
   num_timesteps = config.diffusion.num_timesteps
   batch_size = config.sampling.batch_size
   diffusion = builders.build_diffusion(config)
   shape = builders.image_shape(config)
   x = jnp.zeros((batch_size,) + shape, jnp.float32)
   t = jnp.zeros((batch_size,), jnp.float32)
-  skip_config = config.copy_and_resolve_references()
-  skip_config.model.skip_type = skip_type
-  model = builders.build_model(skip_config)
-  params = builders.init_params(model, skip_config, jax.random.key(config.seed))
-  per_depth = forward_flops_per_depth(model, params, x, t)
-  schedules = {str(power): depth_lib.depth_schedule(model.num_levels, power, num_timesteps)
-               for power in POWERS}
-  samplers = {power: make_sampler(skip_config, model, diffusion, schedule, batch_size)
-              for power, schedule in schedules.items()}
+  args, per_depth, calls = {}, {}, {}
+  for skip_type in skip_types:
+    skip_config, model, params = _model_with_skip(config, skip_type)
+    args[skip_type] = (params, jax.random.key(0))
+    per_depth[skip_type] = forward_flops_per_depth(model, params, x, t)
+    if not calls:
+      full_network = make_sampler(skip_config, model, diffusion, None, batch_size)
+      calls["0 first"] = lambda s=full_network, a=args[skip_type]: s(*a)
+    for power in POWERS[1:]:
+      sampler = make_sampler(skip_config, model, diffusion,
+                             depth_lib.depth_schedule(model.num_levels, power, num_timesteps),
+                             batch_size)
+      calls[f"{skip_type} {power}"] = lambda s=sampler, a=args[skip_type]: s(*a)
+  # The order of a round: baseline, c = 1 and 2 of every skip type, baseline, c = 3 and 5.
+  order = (["0 first"] + [f"{skip} {power}" for power in POWERS[1:3] for skip in skip_types]
+           + ["0 halfway"] + [f"{skip} {power}" for power in POWERS[3:] for skip in skip_types])
+  calls["0 halfway"] = calls["0 first"]
+  calls = {name: calls[name] for name in order}
+  times = timing.interleaved_rounds(calls, num_rounds)
+  baseline = (np.asarray(times["0 first"]) + np.asarray(times["0 halfway"])) / 2
+  num_levels = len(next(iter(per_depth.values())))
+  results = {
+      "baseline": {"median_s": float(np.median(baseline)),
+                   "halfway_over_first": timing.ratio_stats(times["0 halfway"],
+                                                            times["0 first"])},
+      "skip_types": {}}
+  for skip_type in skip_types:
+    full_flops = float(num_timesteps * per_depth[skip_type][0])
+    rows = {"0": {"flops": full_flops, "median_s": float(np.median(baseline)),
+                  "steps_per_depth": [num_timesteps] + [0] * (num_levels - 1), "flops_saved": 0.0,
+                  "time_saved": 0.0, "time_saved_min": 0.0, "time_saved_max": 0.0,
+                  "saved_ratio": float("nan")}}
+    for power in POWERS[1:]:
+      schedule = depth_lib.depth_schedule(num_levels, power, num_timesteps)
+      flops = float(sum(per_depth[skip_type][k] for k in schedule))
+      row_times = times[f"{skip_type} {power}"]
+      kept = timing.ratio_stats(row_times, baseline)  # time(c) / time(0), per round
+      row = {"flops": flops, "median_s": float(np.median(row_times)),
+             "steps_per_depth": np.bincount(schedule, minlength=num_levels).tolist(),
+             "flops_saved": 1.0 - flops / full_flops, "time_saved": 1.0 - kept["median"],
+             "time_saved_min": 1.0 - kept["max"], "time_saved_max": 1.0 - kept["min"]}
+      row["saved_ratio"] = row["time_saved"] / row["flops_saved"]
+      rows[str(power)] = row
+    results["skip_types"][skip_type] = {"forward_flops_per_depth": per_depth[skip_type],
+                                        "powers": rows}
+  if DISPATCH_SKIP_TYPE in skip_types:
+    results["dispatch"] = bench_dispatch(config, num_rounds)
+  return results
+
+
+def bench_dispatch(config, num_rounds: int) -> dict:
+  """The sampler at zero skip, c = 2, with each dispatch (make_dispatch_samplers)."""
+  skip_config, model, params = _model_with_skip(config, DISPATCH_SKIP_TYPE)
+  schedule = depth_lib.depth_schedule(model.num_levels, DISPATCH_POWER,
+                                      config.diffusion.num_timesteps)
+  dispatch = make_dispatch_samplers(skip_config, model, builders.build_diffusion(config),
+                                    schedule, config.sampling.batch_size)
   args = (params, jax.random.key(0))
-  times = timing.interleaved_rounds({power: (lambda s=s: s(*args)) for power, s in samplers.items()},
+  times = timing.interleaved_rounds({name: (lambda s=s: s(*args)) for name, s in dispatch.items()},
                                     num_rounds)
-  rows = {}
-  for power, schedule in schedules.items():
-    flops = float(sum(per_depth[k] for k in schedule))
-    rows[power] = {"flops": flops, "median_s": float(np.median(times[power])),
-                   "steps_per_depth": np.bincount(schedule, minlength=model.num_levels).tolist()}
-  for power, row in rows.items():
-    row["flops_saved"] = 1.0 - row["flops"] / rows["0"]["flops"]
-    kept = timing.ratio_stats(times[power], times["0"])  # time(c) / time(0), per round
-    row["time_saved"] = 1.0 - kept["median"]
-    row["time_saved_min"], row["time_saved_max"] = 1.0 - kept["max"], 1.0 - kept["min"]
-    row["saved_ratio"] = (row["time_saved"] / row["flops_saved"] if row["flops_saved"] > 0
-                          else float("nan"))
-  result = {"forward_flops_per_depth": per_depth, "powers": rows}
-  if skip_type == DISPATCH_SKIP_TYPE:
-    schedule = depth_lib.depth_schedule(model.num_levels, DISPATCH_POWER, num_timesteps)
-    dispatch = make_dispatch_samplers(skip_config, model, diffusion, schedule, batch_size)
-    dispatch_times = timing.interleaved_rounds(
-        {name: (lambda s=s: s(*args)) for name, s in dispatch.items()}, num_rounds)
-    result["dispatch"] = {"power": DISPATCH_POWER,
-                          **{name: float(np.median(v)) for name, v in dispatch_times.items()},
-                          "segments_over_switch": timing.ratio_stats(dispatch_times["segments"],
-                                                                     dispatch_times["switch"])}
-  return result
+  return {"power": DISPATCH_POWER, **{name: float(np.median(v)) for name, v in times.items()},
+          "segments_over_switch": timing.ratio_stats(times["segments"], times["switch"])}
 
 
 def run(config, workdir: str) -> dict:
   """Training and sampling benches; writes <workdir>/bench_depth.json; returns the results."""
   num_rounds = config.bench.num_iters
+  parts = tuple(config.bench.depth_parts)
   results = {"device": str(jax.devices()[0].device_kind),
              "num_timesteps": config.diffusion.num_timesteps,
-             "batch_size": config.sampling.batch_size, "num_rounds": num_rounds,
-             "training": bench_training(config, num_rounds), "skip_types": {}}
-  print_training_table(results)
-  for skip_type in tuple(config.bench.skip_types) or SKIP_TYPES:
-    results["skip_types"][skip_type] = bench_sampling(config, skip_type, num_rounds)
+             "batch_size": config.sampling.batch_size, "num_rounds": num_rounds}
+  if "training" in parts:
+    results["training"] = bench_training(config, num_rounds)
+    print_training_table(results)
+  if "sampling" in parts:
+    results.update(bench_sampling(config, tuple(config.bench.skip_types) or SKIP_TYPES,
+                                  num_rounds))
   report.write_json(os.path.join(workdir, "bench_depth.json"), results)
-  print_table(results)
+  if "sampling" in parts:
+    print_table(results)
   return results
 
 
@@ -257,10 +339,15 @@ def print_training_table(results: dict) -> str:
        report.Column("time k / 0 (host)", lambda r: _spread(r["host_time_ratio"])),
        report.Column("host s", "host_median_s", ".4f"),
        report.Column("switch s", "switch_median_s", ".4f"),
-       report.Column("switch / host", lambda r: _spread(r["switch_over_host"], ".2f"))],
+       report.Column("switch / host", lambda r: _spread(r["switch_over_host"], ".2f")),
+       report.Column("time k / 0 net of update",
+                     lambda r: _spread(r["host_time_ratio_net_of_update"]))],
       title=(f"train step per depth, device {results['device']}, skip {training['skip_type']}, "
              f"batch {training['batch_size']}; {rounds}"),
-      notes=["compile s: " + ", ".join(f"{k} {v:.1f}" for k, v in training["compile_s"].items())])
+      notes=["compile s: " + ", ".join(f"{k} {v:.1f}" for k, v in training["compile_s"].items()),
+             f"update: the optimizer and EMA updates alone (the same at every depth) take "
+             f"{training['update']['median_s']:.4f} s, "
+             f"{_spread(training['update']['over_full_step'])} of a full-depth step"])
   schemes = report.print_table(
       [dict(v, scheme=k) for k, v in training["schemes"].items()],
       [report.Column("scheme", "scheme"),
@@ -296,13 +383,14 @@ def print_table(results: dict) -> str:
                                      f"{row['time_saved_max']:.1%}) x{row['saved_ratio']:.2f}"))
           for power in POWERS[1:]],
       title=(f"time saved, median (min..max) of {results['num_rounds']} interleaved rounds, and "
-             f"time saved / FLOPs saved; c = 0 run takes "
-             + ", ".join(f"{e['skip_type']} {e['powers']['0']['median_s']:.3f} s" for e in entries)))
-  notes = []
-  dispatch = results["skip_types"].get(DISPATCH_SKIP_TYPE, {}).get("dispatch")
+             f"time saved / FLOPs saved, against the shared c = 0 run"))
+  baseline = results["baseline"]
+  notes = [f"c = 0 (the full network, as --mode=sample runs it): {baseline['median_s']:.3f} s, "
+           f"timed twice a round; halfway / first {_spread(baseline['halfway_over_first'])}"]
+  dispatch = results.get("dispatch")
   if dispatch:
     notes.append(f"sampler dispatch (zero, c = {dispatch['power']}): one scan with lax.switch "
                  f"{dispatch['switch']:.3f} s, one scan per depth segment {dispatch['segments']:.3f}"
                  f" s (segments / switch {_spread(dispatch['segments_over_switch'], '.2f')})")
-    print("\n".join(notes), flush=True)
+  print("\n".join(notes), flush=True)
   return saved + "\n" + spread + "\n" + "\n".join(notes)
