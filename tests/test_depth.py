@@ -401,3 +401,35 @@ def test_depth_bench_divides_each_round_by_the_shared_baseline(monkeypatch):
       np.testing.assert_allclose(rows[power]["saved_ratio"],
                                  rows[power]["time_saved"] / rows[power]["flops_saved"])
 
+
+
+@pytest.mark.slow  # ~1 min: compiles the train step at each depth and the lax.switch step
+def test_depth_bench_train_half_nets_out_the_update(monkeypatch):
+  """bench_depth.bench_training: the optimizer + EMA update is timed as its own call, and time
+  k / 0 net of it is (time k - update) / (time 0 - update) round by round."""
+  from jdiff.tools import bench_depth  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.model.ch_mult = (1, 2)
+  config.training.batch_size = 2
+  calls_seen = []
+
+  def fake_rounds(calls, num_rounds):
+    calls_seen.extend(calls)
+    update = calls["update"]()  # the update program really runs on the threaded state
+    assert int(update) > 0
+    times = {name: [2.0, 3.0] for name in calls}
+    times.update({"host 0": [4.0, 6.0], "host 1": [2.0, 4.0], "update": [1.0, 2.0]})
+    return times
+  monkeypatch.setattr(bench_depth.timing, "interleaved_rounds", fake_rounds)
+  training = bench_depth.bench_training(config, 2)
+  assert set(calls_seen) == {"host 0", "host 1", "switch 0", "switch 1", "update"}
+  # (2 - 1) / (4 - 1) and (4 - 2) / (6 - 2); without the update 0.5 and 2 / 3.
+  np.testing.assert_allclose(
+      [training["per_depth"][1]["host_time_ratio_net_of_update"][key]
+       for key in ("median", "min", "max")], [(1 / 3 + 1 / 2) / 2, 1 / 3, 1 / 2])
+  np.testing.assert_allclose(training["per_depth"][1]["host_time_ratio"]["median"],
+                             (0.5 + 2 / 3) / 2)
+  assert training["update"]["median_s"] == 1.5
+  over_full_step = training["update"]["over_full_step"]  # 1 / 4 and 2 / 6
+  np.testing.assert_allclose([over_full_step[key] for key in ("median", "min", "max")],
+                             [(1 / 4 + 1 / 3) / 2, 1 / 4, 1 / 3])
