@@ -9,7 +9,9 @@ min..max; per scheme (full, random, bucketed at c = depth.power or 2) the expect
 sum_k p(k) time(k) against full depth, beside the FLOP ratio sum_k p(k) flops(k) / flops(0).
 The optimizer and EMA updates (train.apply_gradients) are timed alone in the same rounds: their
 cost is the same at every depth (all parameters are updated), so time k / 0 net of it is shown
-too, the part of a step that can shrink with depth.
+too, the part of a step that can shrink with depth. Timed as a program of its own, the update
+pays its own dispatch and state traffic: on tiny nets, where that dominates, the net ratio is
+meaningless (it can go negative); read it on nets whose steps take tenths of a second or more.
 
 Sampling (each skip type in bench.skip_types, c in {1, 2, 3, 5}, against c = 0), the ancestral
 sampler over all T steps at batch sampling.batch_size:
@@ -272,7 +274,7 @@ def bench_sampling(config, skip_types, num_rounds: int) -> dict:
     rows = {"0": {"flops": full_flops, "median_s": float(np.median(baseline)),
                   "steps_per_depth": [num_timesteps] + [0] * (num_levels - 1), "flops_saved": 0.0,
                   "time_saved": 0.0, "time_saved_min": 0.0, "time_saved_max": 0.0,
-                  "saved_ratio": float("nan")}}
+                  "saved_ratio": None}}  # null in the JSON: nothing saved, no ratio
     for power in POWERS[1:]:
       schedule = depth_lib.depth_schedule(num_levels, power, num_timesteps)
       flops = float(sum(per_depth[skip_type][k] for k in schedule))
