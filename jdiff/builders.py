@@ -19,6 +19,7 @@ import optax
 from jdiff import audio
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
+from jdiff import cpu_kernels
 from jdiff import depth as depth_lib
 from jdiff import diffusion as diffusion_lib
 from jdiff import objectives
@@ -46,6 +47,26 @@ def output_channels(config) -> int:
   return config.data.num_channels * factor
 
 
+def conv_filter_grad(config) -> str:
+  """model.conv_filter_grad, with 'auto' settled where the train step needs it: XLA:CPU's own
+  filter-gradient convolution is ~250x slower inside a loop or a branch than at a program's top
+  level (measured, [8, 32, 32, 128] -> 128, Eigen or YNNPACK: 7.8 s inside lax.switch or
+  lax.scan against 29 ms outside), so where the gradient is taken inside one (a traced depth
+  under depth.dispatch=switch; IWDiff's accumulating scan over draws) 'auto' means the matrix
+  products (models/conv.py). So does it for DiffWave's dilated 1-D convolutions, whose train
+  step is faster with them on either library (configs/sc09_cpu.py on Eigen: 0.39 s against
+  0.49 s a step, docs/results/audio_cpu/bench_train_step.py). Elsewhere models/conv.py's
+  filter_grad_fn settles 'auto'."""
+  filter_grad = model_config(config).conv_filter_grad
+  matmul_wins = (
+      (config.depth.dispatch == "switch" and config.depth.training != "full")
+      or (config.training.loss == "iwdiff" and config.training.iwdiff_accumulate)
+      or model_config(config).kind == "diffwave")
+  if filter_grad == "auto" and matmul_wins and jax.default_backend() == "cpu":
+    return "matmul"
+  return filter_grad
+
+
 def build_model(config):
   """The diffusion model: the U-Net, or DiffWave for audio (model.kind='diffwave')."""
   model = model_config(config)
@@ -56,13 +77,13 @@ def build_model(config):
         num_layers=d.num_layers, dilation_cycle=d.dilation_cycle, embed_dims=tuple(d.embed_dims),
         out_ch=output_channels(config), n_mels=d.n_mels, mel_hop=d.mel_hop,
         weight_norm=d.weight_norm, dtype=jnp.dtype(model.dtype),
-        conv_filter_grad=model.conv_filter_grad)
+        conv_filter_grad=conv_filter_grad(config))
   return UNet(
       ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
       attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
       out_ch=output_channels(config), num_groups=model.num_groups, skip_type=model.skip_type,
       block_type=model.block_type, remat=model.remat, dtype=jnp.dtype(model.dtype),
-      conv_filter_grad=model.conv_filter_grad)
+      conv_filter_grad=conv_filter_grad(config))
 
 
 def num_levels(config) -> int:
@@ -137,7 +158,7 @@ def init_loss_history(config):
 
 def build_state(config, model, optimizer, mesh) -> TrainState:
   """A new train state (step 0), replicated on the mesh."""
-  @functools.partial(jax.jit, out_shardings=parallel.replicated(mesh))
+  @functools.partial(cpu_kernels.jit, out_shardings=parallel.replicated(mesh))
   def init():
     params = init_params(model, config, jax.random.key(config.seed))
     return TrainState(step=jnp.int32(0), params=params, ema_params=params,
@@ -336,7 +357,7 @@ def make_sample_fn(sampler: Callable, model, mesh, image_shape_, batch_size: int
   parallel.check_batch_divisible(batch_size, "sampling.batch_size")
   sharding = parallel.batch_sharding(mesh)
 
-  @functools.partial(jax.jit, out_shardings=sharding)
+  @functools.partial(cpu_kernels.jit, out_shardings=sharding)
   def sample_fn(params, rng, mel=None):
     noise_rng, sampler_rng = jax.random.split(rng)
     x_T = jax.random.normal(noise_rng, (batch_size,) + tuple(image_shape_))

@@ -62,6 +62,7 @@ INTS = ((lambda value: isinstance(value, (tuple, list)) and all(positive_int(v) 
 # (field, (check, what is allowed)); each later module adds its fields here.
 RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("seed", NON_NEGATIVE_INT),
+    ("cpu_convolutions", one_of(*choices.CPU_CONVOLUTIONS)),
     ("data.source", one_of(*choices.DATA_SOURCES)),
     ("data.image_size", POSITIVE_INT),
     ("data.num_channels", one_of(1, 3)),
@@ -413,6 +414,8 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.distributed = False  # jax.distributed.initialize() (multi-host launches set it)
+  config.cpu_convolutions = "eigen"  # eigen | ynn: XLA:CPU's kernels for convolutions (eigen:
+                                     # faster here; ynn: XLA's default; jdiff/cpu_kernels.py)
 
   config.data = ml_collections.ConfigDict(dict(
       source="cifar10",   # a TFDS name, "digits" (sklearn), or a local "folder" / "npz" / "idx"
@@ -439,7 +442,8 @@ def default_config() -> ml_collections.ConfigDict:
       preset="",         # "" or a Table 4.3 name (jdiff/models/presets.py); sets block_type,
                          # ch_mult, num_res_blocks and ch
       conv_filter_grad="auto",  # auto | matmul | xla: conv weight gradients as matrix products
-                                # (auto: on CPU, where XLA's own is 4-12x slower; models/conv.py)
+                                # (auto, on CPU: under cpu_convolutions=ynn, for DiffWave and
+                                # for gradients inside lax.switch / scan; builders.conv_filter_grad)
   ))
   config.diffusion = ml_collections.ConfigDict(dict(
       num_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,

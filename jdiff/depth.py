@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff import choices
+from jdiff import cpu_kernels
 
 TRAINING_SCHEMES = choices.DEPTH_TRAINING_SCHEMES
 # Guards floor() against N (1 - t)^c landing a rounding error below an integer.
@@ -136,7 +137,7 @@ class HostDepths:
                                               num_levels, power, num_timesteps))(steps)
     self._cpu = cpu
     # Compiled now, so that no compile happens once training runs.
-    self._depths = jax.jit(depths).lower(self._base_key, self._on_cpu(0)).compile()
+    self._depths = cpu_kernels.jit(depths).lower(self._base_key, self._on_cpu(0)).compile()
 
   def _on_cpu(self, step: int):
     return jax.device_put(np.int32(step), self._cpu)

@@ -8,6 +8,7 @@ import pytest
 
 from jdiff import config_lib
 from jdiff import builders
+from jdiff import cpu_kernels
 from jdiff.models import conv
 
 
@@ -89,11 +90,15 @@ def test_grouped_convolutions_fall_back_to_lax():
   assert "custom_vjp" not in jaxpr
 
 
-def test_filter_grad_choice():
+@pytest.mark.parametrize("cpu_convolutions", cpu_kernels.CPU_CONVOLUTIONS)
+def test_filter_grad_choice(cpu_convolutions):
   assert conv.filter_grad_fn("xla") is lax.conv_general_dilated
   assert conv.filter_grad_fn("matmul") is conv.conv_general_dilated
-  expected = conv.conv_general_dilated if jax.default_backend() == "cpu" else lax.conv_general_dilated
-  assert conv.filter_grad_fn("auto") is expected
+  # auto: the matrix products only where XLA:CPU's convolutions are YNNPACK's.
+  with cpu_kernels.convolutions_set_to(cpu_convolutions):
+    on_ynn = jax.default_backend() == "cpu" and cpu_convolutions == "ynn"
+    assert conv.filter_grad_fn("auto") is (conv.conv_general_dilated if on_ynn
+                                           else lax.conv_general_dilated)
   with pytest.raises(ValueError, match="conv_filter_grad='fast'"):
     conv.filter_grad_fn("fast")
 
@@ -131,3 +136,30 @@ def test_unet_gradients_do_not_depend_on_the_filter_grad_choice():
   assert conv_kernels >= 10
   identity = config_lib.checkpoint_identity(config, "train")
   assert "model.conv_filter_grad" not in identity
+
+
+@pytest.mark.parametrize("depth_training,dispatch,loss,accumulate,expected", [
+    ("full", "host", "simple", False, "auto"),
+    ("random", "host", "simple", False, "auto"),
+    ("random", "switch", "simple", False, "matmul"),   # the gradient inside lax.switch
+    ("full", "switch", "simple", False, "auto"),       # full depth: no switch in the step
+    ("full", "host", "iwdiff", True, "matmul"),        # IWDiff's scan over draws
+    ("full", "host", "iwdiff", False, "auto"),
+])
+def test_auto_filter_grad_is_the_matrix_products_where_the_gradient_is_inside_control_flow(
+    depth_training, dispatch, loss, accumulate, expected):
+  config = config_lib.load_config("configs/quickstart.py:tiny")
+  config.depth.training, config.depth.dispatch = depth_training, dispatch
+  config.training.loss, config.training.iwdiff_accumulate = loss, accumulate
+  on_cpu = jax.default_backend() == "cpu"
+  assert builders.conv_filter_grad(config) == (expected if on_cpu else "auto")
+  assert builders.build_model(config).conv_filter_grad == builders.conv_filter_grad(config)
+  config.model.conv_filter_grad = "xla"  # an explicit choice is kept
+  assert builders.conv_filter_grad(config) == "xla"
+
+
+def test_auto_filter_grad_of_diffwave_is_the_matrix_products():
+  config = config_lib.load_config("configs/sc09_cpu.py:tiny")
+  on_cpu = jax.default_backend() == "cpu"
+  assert builders.conv_filter_grad(config) == ("matmul" if on_cpu else "auto")
+  assert builders.build_model(config).conv_filter_grad == builders.conv_filter_grad(config)

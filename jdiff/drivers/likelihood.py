@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jdiff import cpu_kernels
 from jdiff import data as data_lib
 from jdiff import builders
 from jdiff import objectives
@@ -42,7 +43,7 @@ def evaluate_bits_per_dim(config, workdir: str, num_examples: int = 0, batch_siz
   diffusion = builders.build_diffusion(config)
   params, step = builders.restore_ema_params(config, workdir, model, mesh)
 
-  @jax.jit
+  @cpu_kernels.jit
   def batch_bpd(params, images_uint8, rng):
     return objectives.bits_per_dim(
         diffusion, builders.make_model_fn(model, params), data_lib.to_float(images_uint8), rng,

@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 
 from jdiff import audio
 from jdiff import builders
+from jdiff import cpu_kernels
 from jdiff import data as data_lib
 from jdiff import images as images_lib
 from jdiff import parallel
@@ -113,7 +114,7 @@ def build_generator(config, workdir: str, mesh, num_samples: Optional[int] = Non
   sample_fn = builders.make_sample_fn(sampler, model, mesh, builders.image_shape(config),
                                       config.sampling.batch_size, tick)
   last_step = float(config.diffusion.num_timesteps - 1)
-  evaluation_fn = jax.jit(lambda params, x: builders.make_model_fn(model, params)(
+  evaluation_fn = cpu_kernels.jit(lambda params, x: builders.make_model_fn(model, params)(
       x, jnp.full(x.shape[:1], last_step)))
   return Generator(sample_fn, params, step, evaluations, config.sampling.batch_size,
                    jax.random.fold_in(jax.random.key(config.seed), 1 + step),

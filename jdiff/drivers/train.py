@@ -17,6 +17,7 @@ from absl import logging
 from jdiff import builders
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
+from jdiff import cpu_kernels
 from jdiff import data as data_lib
 from jdiff import depth as depth_lib
 from jdiff import objectives
@@ -202,9 +203,9 @@ def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
   replicated = parallel.replicated(mesh)
 
   def compile_at(static_depth):
-    return jax.jit(functools.partial(train_step, static_depth=static_depth),
-                   in_shardings=(replicated, parallel.batch_sharding(mesh)),
-                   out_shardings=(replicated, replicated), donate_argnums=0)
+    return cpu_kernels.jit(functools.partial(train_step, static_depth=static_depth),
+                           in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                           out_shardings=(replicated, replicated), donate_argnums=0)
 
   if scheme == "full" or loss_aware or config.depth.dispatch == "switch":
     return TrainStep({None: compile_at(None)})

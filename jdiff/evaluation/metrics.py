@@ -16,6 +16,7 @@ import scipy.linalg
 import scipy.special
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jdiff import cpu_kernels
 from jdiff import progress
 from jdiff.evaluation import cache_dir
 
@@ -216,7 +217,8 @@ def extract_features(apply_fn: Callable, variables, images: Union[np.ndarray, It
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
   # Outputs are small (features), so they are gathered onto every device inside the program.
-  run = jax.jit(apply_fn, in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+  run = cpu_kernels.jit(apply_fn, in_shardings=(replicated, batch_sharding),
+                        out_shardings=replicated)
   variables = jax.device_put(variables, replicated)
   outputs = []
   for batch, num_real in _fixed_size_batches(images, batch_size):

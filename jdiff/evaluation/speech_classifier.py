@@ -29,6 +29,7 @@ import optax
 from flax import traverse_util
 
 from jdiff import audio
+from jdiff import cpu_kernels
 from jdiff.evaluation import cache_dir, metrics
 
 FD_NAME = "SC09-classifier FD (jdiff)"
@@ -109,7 +110,8 @@ def _train(settings, waves: np.ndarray, labels: np.ndarray) -> dict:
     updates, opt_state = optimizer.update(grads, opt_state)
     return (optax.apply_updates(params, updates), opt_state), None
 
-  train = jax.jit(lambda params, rows: jax.lax.scan(step, (params, optimizer.init(params)), rows))
+  train = cpu_kernels.jit(
+      lambda params, rows: jax.lax.scan(step, (params, optimizer.init(params)), rows))
   (params, _), _ = train(params, (jnp.asarray(batches), jnp.asarray(shifts)))
   return {"params": params}
 
@@ -142,7 +144,7 @@ def speech_classifier(train_waves: np.ndarray, train_labels: np.ndarray, directo
 
 def features_and_logits(variables, waves_8k: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   """(features [N, 64], logits [N, 10]) of waves [N, 8000] at 8 kHz."""
-  features, logits = jax.jit(_apply)(variables, jnp.asarray(waves_8k, jnp.float32))
+  features, logits = cpu_kernels.jit(_apply)(variables, jnp.asarray(waves_8k, jnp.float32))
   return np.asarray(features, np.float64), np.asarray(logits, np.float64)
 
 

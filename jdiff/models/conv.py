@@ -1,21 +1,31 @@
-"""Convolution whose filter gradient is computed as matrix products (fast on XLA:CPU).
+"""Convolution whose filter gradient is computed as matrix products.
 
-XLA:CPU computes the forward convolution and its input gradient with fast kernels, but its
-filter (weight) gradient convolution runs 4-12x slower than the forward convolution of the same
-size (measured, 2 cores, fp32: [64, 32, 32, 32] x 3x3 -> 32: forward 22 ms, filter gradient
-244 ms; [32, 32, 32, 128] -> 128: 81 ms vs 1006 ms). On the DDPM U-Nets that one op is most of
-a CPU train step. Written as one matrix product per kernel tap,
+Measured when XLA:CPU ran convolutions on YNNPACK (`cpu_convolutions=ynn`, XLA's default in
+jax 0.10), its filter (weight) gradient convolution is 3.5x slower than the forward
+convolution of the same size at 32x32 (Ho net, batch 8, [8, 32, 32, 128] x 3x3 -> 128: forward
+15.5 ms, YNNPACK's filter gradient 54.9 ms; jax 0.4's XLA:CPU was 4-12x slower than its
+forward). Written as one matrix product per kernel tap,
 
     dW[tap] = sum over batch and output positions of x_padded[at tap, strided]^T @ dy,
 
-the same gradient costs 2-3x the forward convolution (65 ms and 197 ms for the two shapes).
-`conv_general_dilated` is a drop-in for `lax.conv_general_dilated` (flax `nn.Conv` takes it as
-`conv_general_dilated=`): the forward pass and the input gradient are XLA's own; only the filter
-gradient differs, and only in float rounding (sums in another order, ~1e-6 relative).
+the same gradient takes 43.0 ms there. On XLA's Eigen convolutions (`cpu_convolutions=eigen`,
+jdiff's default) XLA's own filter gradient is faster than both (16.8 ms;
+docs/results/bench_depth_ho_cpu/conv_by_resolution.py), so `auto` uses these matrix products
+only under `ynn`. `conv_general_dilated` is a drop-in for
+`lax.conv_general_dilated` (flax `nn.Conv` takes it as `conv_general_dilated=`): the forward
+pass and the input gradient are XLA's own; only the filter gradient differs, and only in float
+rounding (sums in another order, ~1e-6 relative).
+
+XLA:CPU's own filter gradient is fast only at a program's top level: inside a loop or a branch
+(lax.scan, lax.switch) the gradient of that convolution (forward and filter gradient) took 7.8 s
+against 29 ms outside, on either library; with these matrix products it takes 69 ms anywhere.
+So builders.conv_filter_grad settles `auto` to them for train steps that take their gradient
+inside one.
 
 Grouped and input-dilated convolutions and non-channels-last layouts fall back to
 `lax.conv_general_dilated` unchanged. `filter_grad_fn("auto")` uses the matrix products on the
-CPU backend only: GPU/TPU compilers have fast filter-gradient convolutions of their own.
+CPU backend under `cpu_convolutions=ynn` only: Eigen's and the GPU/TPU compilers' own filter
+gradients are faster.
 """
 
 import functools
@@ -27,6 +37,7 @@ from jax import lax
 import jax.numpy as jnp
 
 from jdiff import choices
+from jdiff import cpu_kernels
 
 
 def _channels_last_numbers(num_spatial: int) -> lax.ConvDimensionNumbers:
@@ -112,9 +123,9 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int], padding, lhs_d
 
 def filter_grad_fn(filter_grad: str) -> Callable:
   """The conv function for model.conv_filter_grad: 'xla' (lax's own), 'matmul' (this module's),
-  'auto' (matmul on the CPU backend, XLA's elsewhere)."""
+  'auto' (matmul where XLA:CPU's convolutions are YNNPACK's, XLA's own elsewhere)."""
   if filter_grad not in choices.FILTER_GRADS:
     raise ValueError(f"conv_filter_grad={filter_grad!r}: allowed {choices.FILTER_GRADS}")
   if filter_grad == "auto":
-    filter_grad = "matmul" if jax.default_backend() == "cpu" else "xla"
+    filter_grad = "matmul" if cpu_kernels.convolutions() == "ynn" else "xla"
   return conv_general_dilated if filter_grad == "matmul" else lax.conv_general_dilated

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff import builders
+from jdiff import cpu_kernels
 from jdiff import diffusion as diffusion_lib
 from jdiff import parallel
 from jdiff import sampling
@@ -41,7 +42,7 @@ def bench_core(config) -> dict:
   results = {"forward": {}, "device": str(jax.devices()[0].device_kind),
              "num_devices": jax.device_count(), "host": platform.node()}
 
-  forward = jax.jit(lambda params, x, t: builders.make_model_fn(model, params)(x, t))
+  forward = cpu_kernels.jit(lambda params, x, t: builders.make_model_fn(model, params)(x, t))
   for batch_size in config.bench.batch_sizes:
     x = jnp.asarray(rng.standard_normal((batch_size,) + shape), jnp.float32)
     t = jnp.asarray(rng.integers(0, config.diffusion.num_timesteps, batch_size), jnp.float32)

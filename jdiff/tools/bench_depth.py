@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff import builders
+from jdiff import cpu_kernels
 from jdiff import depth as depth_lib
 from jdiff import parallel
 from jdiff import sampling
@@ -66,7 +67,8 @@ def forward_flops_per_depth(model, params, x, t) -> list:
   """XLA's FLOP count of one U-Net forward at each static depth k."""
   flops = []
   for k in range(model.num_levels):
-    forward = jax.jit(lambda params, x, t, k=k: builders.make_model_fn(model, params)(x, t, depth=k))
+    forward = cpu_kernels.jit(
+        lambda params, x, t, k=k: builders.make_model_fn(model, params)(x, t, depth=k))
     stats, _ = timing.compile_only(forward, (params, x, t))
     flops.append(stats["flops"])
   return flops
@@ -76,7 +78,7 @@ def make_sampler(config, model, diffusion, schedule, batch_size) -> Callable:
   """Jitted (params, rng) -> images: the ancestral sampler at k(t), as --mode=sample runs it."""
   shape = builders.image_shape(config)
 
-  @jax.jit
+  @cpu_kernels.jit
   def sample(params, rng):
     x_T = jax.random.normal(rng, (batch_size,) + shape)
     return sampling.ancestral_sample(
@@ -99,7 +101,7 @@ def make_dispatch_samplers(config, model, diffusion, schedule, batch_size) -> Di
                                    plan.table)
 
   def make(run):
-    @jax.jit
+    @cpu_kernels.jit
     def sample(params, rng):
       x_T = jax.random.normal(rng, (batch_size,) + shape)
       return run(builders.make_model_fn(model, params), x_T, rng)
@@ -127,7 +129,9 @@ def bench_training(config, num_rounds: int) -> dict:
   switch_config = host_config.copy_and_resolve_references()
   switch_config.depth.dispatch = "switch"
   model, state, host_step = train_lib.build_fresh_training(host_config, mesh)
-  switch_step = train_lib.make_train_step(switch_config, model,
+  # Its own model: where the gradient sits inside lax.switch, conv_filter_grad=auto is the
+  # matrix products (builders.conv_filter_grad); the parameters are the same.
+  switch_step = train_lib.make_train_step(switch_config, builders.build_model(switch_config),
                                           builders.build_diffusion(switch_config),
                                           builders.build_optimizer(switch_config.training), mesh)
   num_levels = model.num_levels
@@ -215,8 +219,8 @@ def make_update_program(config, mesh) -> Callable:
   def update(state, grads):
     return train_lib.apply_gradients(optimizer, ema_decay_at, state, jnp.float32(0.0), grads,
                                      state.loss_history)[0]
-  return jax.jit(update, in_shardings=(replicated, replicated), out_shardings=replicated,
-                 donate_argnums=0)
+  return cpu_kernels.jit(update, in_shardings=(replicated, replicated),
+                         out_shardings=replicated, donate_argnums=0)
 
 
 def _model_with_skip(config, skip_type: str):

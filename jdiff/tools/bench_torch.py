@@ -9,6 +9,9 @@ call finished before the next (jax.block_until_ready; PyTorch on CPU is synchron
 images/s (median over rounds), jdiff / PyTorch per round (median, min..max) and the GFLOP/s both
 reach on XLA's FLOP count of jdiff's programs. CPU only, torch.set_num_threads(--threads).
 
+`--cpu_convolutions=eigen,ynn` times jdiff under both XLA:CPU convolution kernel libraries
+(jdiff/cpu_kernels.py) against the same PyTorch calls.
+
   python -m jdiff.tools.bench_torch --config=configs/cifar10_ddpm.py --workdir=/tmp/bt
 """
 
@@ -19,6 +22,8 @@ import numpy as np
 from absl import app, flags
 
 from jdiff import builders
+from jdiff import cpu_kernels
+from jdiff import errors
 from jdiff import parallel
 from jdiff.drivers import train as train_lib
 from jdiff.tools import cli
@@ -29,6 +34,8 @@ flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Forward batch sizes.")
 flags.DEFINE_integer("train_batch", 32, "Train-step batch size.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds (after one warm-up).")
 flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
+flags.DEFINE_list("cpu_convolutions", [], "jdiff's XLA:CPU convolution kernels to time, each "
+                  "against the same PyTorch calls (default: the config's; eigen,ynn: both).")
 FLAGS = flags.FLAGS
 
 
@@ -78,42 +85,25 @@ def make_torch_train_step(model, config, num_timesteps):
   return step
 
 
-def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, threads: int):
-  import torch  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(threads)
-  torch.manual_seed(0)
-  config = config.copy_and_resolve_references()
-  config.training.batch_size = train_batch
-  mesh = parallel.make_mesh()
+def _jdiff_calls(config, mesh, batch_sizes, train_batch: int, rng, tag: str):
+  """{name: call} of jdiff's forwards and train step, compiled now (under the caller's
+  cpu_kernels setting), with {name: XLA FLOPs} and the parameter count."""
   model, state, train_step = train_lib.build_fresh_training(config, mesh)
   shape = builders.image_shape(config)
-  T = config.diffusion.num_timesteps
-  peer = torch_unet(config)
-  jdiff_params = sum(x.size for x in jax.tree.leaves(state.params))
-  torch_params = sum(p.numel() for p in peer.parameters())
-  rng = np.random.default_rng(0)
-
-  calls, flops, sizes = {}, {}, {}
-  forward = jax.jit(lambda params, x, t: builders.make_model_fn(model, params)(x, t))
+  num_timesteps = config.diffusion.num_timesteps
+  calls, flops, inputs = {}, {}, {}
+  forward = cpu_kernels.jit(lambda params, x, t: builders.make_model_fn(model, params)(x, t))
   for b in batch_sizes:
     x = rng.standard_normal((b,) + shape).astype(np.float32)
-    t = rng.integers(0, T, b)
+    t = rng.integers(0, num_timesteps, b)
     args = (state.params, jax.numpy.asarray(x), jax.numpy.asarray(t, jax.numpy.float32))
     stats, compiled = timing.compile_only(forward, args)
-    flops[f"forward {b}"], sizes[f"forward {b}"] = stats["flops"], b
-    calls[f"jdiff forward {b}"] = lambda compiled=compiled, args=args: compiled(*args)
-    x_torch, t_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(t)
-
-    def torch_forward(x=x_torch, t=t_torch):
-      peer.eval()
-      with torch.no_grad():
-        return peer(x, t).sample
-    calls[f"torch forward {b}"] = torch_forward
-
+    flops[f"forward {b}"] = stats["flops"]
+    calls[f"jdiff{tag} forward {b}"] = lambda compiled=compiled, args=args: compiled(*args)
+    inputs[b] = (x, t)
   images = parallel.global_batch_from_local(
       rng.integers(0, 256, (train_batch,) + shape, dtype=np.uint8), mesh)
   flops["train"] = timing.compile_only(train_step.programs[None], (state, images))[0]["flops"]
-  sizes["train"] = train_batch
   train_step.compile_all(state, images)
   # The train step donates its state: it threads a copy, the forwards keep state.params.
   threaded = {"state": jax.tree.map(jax.numpy.copy, state)}
@@ -121,6 +111,43 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
   def jdiff_train():
     threaded["state"], metrics = train_step.compiled(None)(threaded["state"], images)
     return metrics["loss"]
+  calls[f"jdiff{tag} train"] = jdiff_train
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  return calls, flops, inputs, images, num_params
+
+
+def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, threads: int,
+        kernel_libraries=()):
+  """kernel_libraries: the cpu_convolutions settings jdiff is timed under (default: the
+  config's); with more than one, each is a row of its own against the same PyTorch calls."""
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  config = config.copy_and_resolve_references()
+  config.training.batch_size = train_batch
+  kernel_libraries = tuple(kernel_libraries) or (config.cpu_convolutions,)
+  mesh = parallel.make_mesh()
+  T = config.diffusion.num_timesteps
+  peer = torch_unet(config)
+  torch_params = sum(p.numel() for p in peer.parameters())
+
+  calls, sizes = {}, {f"forward {b}": b for b in batch_sizes}
+  sizes["train"] = train_batch
+  for kernels in kernel_libraries:
+    # Same seed for every library: the same inputs, the same initial parameters.
+    with cpu_kernels.convolutions_set_to(kernels):
+      jdiff_calls, flops, inputs, images, jdiff_params = _jdiff_calls(
+          config, mesh, batch_sizes, train_batch, np.random.default_rng(0), f" [{kernels}]")
+    calls.update(jdiff_calls)
+  for b in batch_sizes:
+    x, t = inputs[b]
+    x_torch, t_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(t)
+
+    def torch_forward(x=x_torch, t=t_torch):
+      peer.eval()
+      with torch.no_grad():
+        return peer(x, t).sample
+    calls[f"torch forward {b}"] = torch_forward
   torch_step = make_torch_train_step(peer, config, T)
   torch_images = torch.from_numpy(
       (np.asarray(images, np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2).copy())
@@ -128,27 +155,32 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
   def torch_train():
     peer.train()
     return torch_step(torch_images)
-  calls["jdiff train"], calls["torch train"] = jdiff_train, torch_train
+  calls["torch train"] = torch_train
 
   times = timing.interleaved_rounds(calls, num_rounds)
   rows = []
   for what in [f"forward {b}" for b in batch_sizes] + ["train"]:
-    j, p = times[f"jdiff {what}"], times[f"torch {what}"]
-    rows.append({
-        "what": what, "batch": sizes[what], "gflop_per_image": flops[what] / sizes[what] / 1e9,
-        "jdiff_images_per_s": sizes[what] / float(np.median(j)),
-        "torch_images_per_s": sizes[what] / float(np.median(p)),
-        "jdiff_gflop_per_s": flops[what] / float(np.median(j)) / 1e9,
-        "torch_gflop_per_s": flops[what] / float(np.median(p)) / 1e9,
-        "speed_ratio": timing.ratio_stats(p, j),  # jdiff speed / torch speed, per round
-        "jdiff_s": j, "torch_s": p})
+    p = times[f"torch {what}"]
+    for kernels in kernel_libraries:
+      j = times[f"jdiff [{kernels}] {what}"]
+      rows.append({
+          "what": what, "cpu_convolutions": kernels, "batch": sizes[what],
+          "gflop_per_image": flops[what] / sizes[what] / 1e9,
+          "jdiff_images_per_s": sizes[what] / float(np.median(j)),
+          "torch_images_per_s": sizes[what] / float(np.median(p)),
+          "jdiff_gflop_per_s": flops[what] / float(np.median(j)) / 1e9,
+          "torch_gflop_per_s": flops[what] / float(np.median(p)) / 1e9,
+          "speed_ratio": timing.ratio_stats(p, j),  # jdiff speed / torch speed, per round
+          "jdiff_s": j, "torch_s": p})
   results = {"device": "cpu", "threads": threads, "torch": torch.__version__,
              "jax": jax.__version__, "num_rounds": num_rounds, "jdiff_params": int(jdiff_params),
-             "torch_params": int(torch_params), "rows": rows}
+             "torch_params": int(torch_params), "cpu_convolutions": list(kernel_libraries),
+             "rows": rows}
   report.write_json(os.path.join(workdir, "bench_torch.json"), results)
   report.print_table(
       rows,
-      [report.Column("what", "what"), report.Column("batch", "batch"),
+      [report.Column("what", "what"), report.Column("jdiff kernels", "cpu_convolutions"),
+       report.Column("batch", "batch"),
        report.Column("GFLOP/img", "gflop_per_image", ".2f"),
        report.Column("jdiff img/s", "jdiff_images_per_s", ".2f"),
        report.Column("torch img/s", "torch_images_per_s", ".2f"),
@@ -160,6 +192,7 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
              f"CPU, {threads} threads; median of {num_rounds} alternated rounds; params "
              f"{jdiff_params} / {torch_params}"),
       notes=["GFLOP/s of both on XLA's count of jdiff's program (the same network)",
+             "jdiff kernels: its cpu_convolutions (XLA:CPU's Eigen or YNNPACK convolutions)",
              "a shared machine: read the per-round ratio, not the absolute numbers"])
   return results
 
@@ -170,8 +203,12 @@ def main(argv):
   config = cli.load_config(FLAGS["config"])
   workdir = FLAGS.workdir or "/tmp/bench_torch"
   os.makedirs(workdir, exist_ok=True)
+  for kernels in FLAGS.cpu_convolutions:
+    if kernels not in cpu_kernels.CPU_CONVOLUTIONS:
+      raise errors.ConfigError(f"--cpu_convolutions={kernels!r}: must be a list from "
+                               f"{list(cpu_kernels.CPU_CONVOLUTIONS)}")
   run(config, workdir, [int(b) for b in FLAGS.batch_sizes], FLAGS.train_batch, FLAGS.rounds,
-      FLAGS.threads)
+      FLAGS.threads, FLAGS.cpu_convolutions)
 
 
 if __name__ == "__main__":

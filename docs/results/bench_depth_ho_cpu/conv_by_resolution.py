@@ -1,7 +1,9 @@
-"""The Ho net's 3x3 convolutions at each of its resolutions, batch 8: forward, input gradient
-and filter gradient (jdiff's matrix products, model.conv_filter_grad=matmul, what the CPU
-train step uses), time and GFLOP/s, interleaved rounds. Why a train step at depth 3 (only the
-32x32 level left) runs at a lower FLOP rate than the full step (README, adaptive depth).
+"""The Ho net's 3x3 convolutions at each of its resolutions, batch 8, on both XLA:CPU kernel
+libraries (`cpu_convolutions`: eigen, jdiff's default, and ynn, XLA's): forward, input gradient,
+XLA's filter gradient and jdiff's matrix-product one (model.conv_filter_grad=matmul); time and
+GFLOP/s, every call blocked on, all variants interleaved round by round. Why the train step's
+32x32 level ran at a lower FLOP rate than the rest (README, adaptive depth) and why jdiff
+compiles convolutions for Eigen (README, CPU kernels).
 
   python docs/results/bench_depth_ho_cpu/conv_by_resolution.py [OUT.json]
 """
@@ -12,6 +14,7 @@ import jax
 from jax import lax
 import numpy as np
 
+from jdiff import cpu_kernels
 from jdiff.models import conv
 from jdiff.tools import report
 from jdiff.tools import timing
@@ -19,7 +22,8 @@ from jdiff.tools import timing
 BATCH = 8
 # (resolution, input channels, output channels) of the Ho et al. CIFAR-10 U-Net's 3x3 convs.
 SHAPES = ((32, 128, 128), (32, 256, 128), (16, 256, 256), (8, 256, 256), (4, 256, 256))
-CALLS_PER_TIMING = 10
+CALLS_PER_TIMING = 5
+ROUNDS = 5
 NUMBERS = ("NHWC", "HWIO", "NHWC")
 
 
@@ -31,26 +35,36 @@ def _programs(size, in_channels, out_channels):
   def forward(x, kernel):
     return lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=NUMBERS)
 
-  def jdiff_conv(x, kernel):
+  def matmul_conv(x, kernel):
     return conv.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=NUMBERS)
+
+  def filter_gradient(conv_fn):
+    return lambda x, kernel, dy: jax.vjp(lambda kernel: conv_fn(x, kernel), kernel)[1](dy)[0]
   return {
-      "forward": (jax.jit(forward), (x, kernel)),
-      "input gradient": (jax.jit(lambda x, kernel, dy: jax.vjp(
-          lambda x: forward(x, kernel), x)[1](dy)[0]), (x, kernel, dy)),
-      "filter gradient": (jax.jit(lambda x, kernel, dy: jax.vjp(
-          lambda kernel: jdiff_conv(x, kernel), kernel)[1](dy)[0]), (x, kernel, dy)),
+      "forward": (forward, (x, kernel)),
+      "input gradient": (lambda x, kernel, dy: jax.vjp(lambda x: forward(x, kernel), x)[1](dy)[0],
+                         (x, kernel, dy)),
+      "filter gradient (XLA)": (filter_gradient(forward), (x, kernel, dy)),
+      "filter gradient (matmul)": (filter_gradient(matmul_conv), (x, kernel, dy)),
   }
+
+
+def _blocked_calls(program, args):
+  for _ in range(CALLS_PER_TIMING):
+    jax.block_until_ready(program(*args))
 
 
 def main():
   calls, flops = {}, {}
   for size, in_channels, out_channels in SHAPES:
-    for part, (program, args) in _programs(size, in_channels, out_channels).items():
-      name = f"{size}x{size} {in_channels}->{out_channels} {part}"
-      calls[name] = (lambda program=program, args=args:
-                     [program(*args) for _ in range(CALLS_PER_TIMING)][-1])
-      flops[name] = 2 * 9 * in_channels * out_channels * BATCH * size * size
-  times = timing.interleaved_rounds(calls, 5)
+    for part, (fn, args) in _programs(size, in_channels, out_channels).items():
+      for kernels in cpu_kernels.CPU_CONVOLUTIONS:
+        with cpu_kernels.convolutions_set_to(kernels):
+          program = cpu_kernels.jit(fn)
+        name = f"{size}x{size} {in_channels}->{out_channels} {part} [{kernels}]"
+        calls[name] = lambda program=program, args=args: _blocked_calls(program, args)
+        flops[name] = 2 * 9 * in_channels * out_channels * BATCH * size * size
+  times = timing.interleaved_rounds(calls, ROUNDS)
   rows = []
   for name, seconds in times.items():
     per_call = float(np.median(seconds)) / CALLS_PER_TIMING
@@ -58,11 +72,14 @@ def main():
                  "ms_min": 1e3 * min(seconds) / CALLS_PER_TIMING,
                  "ms_max": 1e3 * max(seconds) / CALLS_PER_TIMING})
   report.print_table(
-      rows, [report.Column("op", "op"), report.Column("ms (median of 5)", "ms", ".2f"),
+      rows, [report.Column("op [cpu_convolutions]", "op"),
+             report.Column(f"ms (median of {ROUNDS})", "ms", ".2f"),
              report.Column("GFLOP/s", "gflop_per_s", ".1f")],
-      title=f"3x3 convolutions of the Ho net, batch {BATCH}, {jax.devices()[0]}")
+      title=f"3x3 convolutions of the Ho net, batch {BATCH}, {jax.devices()[0]}, each call "
+            "blocked on")
   if len(sys.argv) > 1:
-    report.write_json(sys.argv[1], {"batch": BATCH, "rows": rows})
+    report.write_json(sys.argv[1], {"batch": BATCH, "calls_per_timing": CALLS_PER_TIMING,
+                                    "blocked_per_call": True, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -1,0 +1,84 @@
+"""Which kernels XLA:CPU runs jdiff's convolutions with; `jit` compiles every jdiff program.
+
+jax 0.10's XLA:CPU hands convolutions and matrix products to YNNPACK by default. On the Ho et
+al. U-Net its convolutions are the slower choice: XLA's Eigen convolutions run the forward pass
+1.1-1.3x, the input gradient up to 1.25x and the filter (weight) gradients 1.4-3.4x faster
+(2-core Sapphire Rapids VM, fp32, batch 8, one call at a time; README, "CPU kernels"), and the
+Ho net's forward 1.2-1.3x. `cpu_convolutions`:
+
+  "eigen" (default): convolutions on Eigen, matrix products still on YNNPACK (compiler option
+          xla_cpu_experimental_ynn_fusion_type=individual_dot);
+  "ynn":  XLA:CPU's own default (YNNPACK for both).
+
+It is a process-wide setting (like jax.config): `--mode=...` sets it from the config's
+`cpu_convolutions` before it compiles anything; a notebook gets the default or calls
+`set_convolutions`. A function jitted before a change keeps the kernels it was jitted with. Off
+the CPU backend nothing changes. Should a jaxlib drop the option, programs compile without it
+(logged once) rather than fail.
+"""
+
+import contextlib
+import functools
+from typing import Iterator, Optional
+
+import jax
+from absl import logging
+
+from jdiff import choices
+
+# YNNPACK fusions kept for "eigen": matrix products only (the enum name as the compiler option
+# takes it; XLA_FLAGS spells it individual_dot).
+_EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+CPU_CONVOLUTIONS = choices.CPU_CONVOLUTIONS
+_convolutions = "eigen"
+
+
+def set_convolutions(name: str) -> None:
+  """Sets which kernels the CPU programs compiled from now on use ('eigen' | 'ynn')."""
+  global _convolutions
+  if name not in CPU_CONVOLUTIONS:
+    raise ValueError(f"cpu_convolutions={name!r}: must be one of {CPU_CONVOLUTIONS}")
+  _convolutions = name
+
+
+@contextlib.contextmanager
+def convolutions_set_to(name: str) -> Iterator[None]:
+  """set_convolutions(name) inside the block, the previous setting after it (benches, tests)."""
+  previous = _convolutions
+  set_convolutions(name)
+  try:
+    yield
+  finally:
+    set_convolutions(previous)
+
+
+def convolutions() -> str:
+  """The kernels CPU convolutions compile to: 'eigen' or 'ynn' (off the CPU backend: 'xla')."""
+  if jax.default_backend() != "cpu":
+    return "xla"
+  return _convolutions if _options_supported() else "ynn"
+
+
+@functools.lru_cache(maxsize=None)
+def _options_supported() -> bool:
+  try:
+    jax.jit(lambda x: x + 1, compiler_options=_EIGEN_CONVOLUTIONS).lower(1.0).compile()
+    return True
+  except Exception as e:  # pylint: disable=broad-except  (jaxlib raises its own error types)
+    logging.warning("this jaxlib refuses %s (%s); CPU convolutions stay on XLA's default",
+                    _EIGEN_CONVOLUTIONS, str(e).splitlines()[0])
+    return False
+
+
+def compiler_options() -> Optional[dict]:
+  """The compiler options jdiff's programs compile with now (None: XLA's defaults)."""
+  return dict(_EIGEN_CONVOLUTIONS) if convolutions() == "eigen" else None
+
+
+def jit(fun=None, **kwargs):
+  """jax.jit with `compiler_options()`; a decorator too (`@cpu_kernels.jit`,
+  `functools.partial(cpu_kernels.jit, out_shardings=...)`)."""
+  if fun is None:
+    return functools.partial(jit, **kwargs)
+  return jax.jit(fun, compiler_options=compiler_options(), **kwargs)

@@ -1,0 +1,69 @@
+"""cpu_kernels: which kernels XLA:CPU compiles jdiff's convolutions to, and the setting's checks."""
+
+import re
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jdiff import config_lib
+from jdiff import cpu_kernels
+
+pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's kernels")
+
+
+def _conv_then_dot(x, kernel, weights):
+  h = lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return h.reshape(-1, h.shape[-1]) @ weights
+
+
+def _compiled_entry(name):
+  # Channels enough that XLA hands the convolution to YNNPACK by default (16 are not).
+  x, kernel, weights = jnp.ones((2, 8, 8, 64)), jnp.ones((3, 3, 64, 64)), jnp.ones((64, 64))
+  with cpu_kernels.convolutions_set_to(name):
+    text = cpu_kernels.jit(_conv_then_dot).lower(x, kernel, weights).compile().as_text()
+  return text[text.index("ENTRY"):]
+
+
+def test_eigen_takes_convolutions_off_ynnpack_and_keeps_matrix_products_on_it():
+  eigen, ynn = _compiled_entry("eigen"), _compiled_entry("ynn")
+  # eigen: a plain XLA convolution (Eigen's kernel) and the dot in a YNNPACK fusion.
+  assert re.search(r"= f32\[2,8,8,64\]\S* convolution\(", eigen)
+  assert eigen.count('"__ynn_fusion"') == 1
+  # ynn (XLA's default): both in YNNPACK fusions, no bare convolution.
+  assert not re.search(r"\S+ convolution\(", ynn)
+  assert ynn.count('"__ynn_fusion"') == 2
+
+
+def test_both_kernels_compute_the_same_convolution():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 16)), jnp.float32)
+  kernel = jnp.asarray(rng.standard_normal((3, 3, 16, 16)), jnp.float32)
+  weights = jnp.asarray(rng.standard_normal((16, 16)), jnp.float32)
+  outputs = {}
+  for name in cpu_kernels.CPU_CONVOLUTIONS:
+    with cpu_kernels.convolutions_set_to(name):
+      outputs[name] = np.asarray(cpu_kernels.jit(_conv_then_dot)(x, kernel, weights))
+  np.testing.assert_allclose(outputs["eigen"], outputs["ynn"], rtol=1e-5, atol=1e-4)
+
+
+def test_the_default_and_the_setting():
+  assert cpu_kernels.convolutions() == "eigen"
+  assert cpu_kernels.compiler_options() == {
+      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  with cpu_kernels.convolutions_set_to("ynn"):
+    assert cpu_kernels.convolutions() == "ynn" and cpu_kernels.compiler_options() is None
+  assert cpu_kernels.convolutions() == "eigen"
+  with pytest.raises(ValueError, match=r"cpu_convolutions='mkl': must be one of \('eigen', 'ynn'\)"):
+    cpu_kernels.set_convolutions("mkl")
+  assert cpu_kernels.convolutions() == "eigen"
+
+
+def test_config_refuses_an_unknown_kernel_library():
+  config = config_lib.default_config()
+  config.cpu_convolutions = "mkl"
+  with pytest.raises(config_lib.ConfigError, match="cpu_convolutions"):
+    config_lib.validate(config)
