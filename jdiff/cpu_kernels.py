@@ -4,7 +4,7 @@ jax 0.10's XLA:CPU hands convolutions and matrix products to YNNPACK by default.
 al. U-Net its convolutions are the slower choice: XLA's Eigen convolutions run the forward pass
 1.1-1.3x, the input gradient up to 1.25x and the filter (weight) gradients 1.4-3.4x faster
 (2-core Sapphire Rapids VM, fp32, batch 8, one call at a time; README, "CPU kernels"), and the
-Ho net's forward 1.2-1.3x. `cpu_convolutions`:
+Ho net's forward up to 1.3x (README, "jdiff against PyTorch"). `cpu_convolutions`:
 
   "eigen" (default): convolutions on Eigen, matrix products still on YNNPACK (compiler option
           xla_cpu_experimental_ynn_fusion_type=individual_dot);
