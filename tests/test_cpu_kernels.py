@@ -67,3 +67,13 @@ def test_config_refuses_an_unknown_kernel_library():
   config.cpu_convolutions = "mkl"
   with pytest.raises(config_lib.ConfigError, match="cpu_convolutions"):
     config_lib.validate(config)
+
+
+def test_a_jaxlib_that_refuses_the_option_compiles_on_its_defaults(monkeypatch):
+  monkeypatch.setattr(cpu_kernels, "_EIGEN_CONVOLUTIONS", {"xla_cpu_no_such_option": True})
+  cpu_kernels._options_supported.cache_clear()  # pylint: disable=protected-access
+  try:
+    assert cpu_kernels.convolutions() == "ynn" and cpu_kernels.compiler_options() is None
+    np.testing.assert_array_equal(cpu_kernels.jit(lambda x: x * 2)(jnp.arange(3.0)), [0, 2, 4])
+  finally:
+    cpu_kernels._options_supported.cache_clear()  # pylint: disable=protected-access

@@ -86,8 +86,9 @@ def make_torch_train_step(model, config, num_timesteps):
 
 
 def _jdiff_calls(config, mesh, batch_sizes, train_batch: int, rng, tag: str):
-  """{name: call} of jdiff's forwards and train step, compiled now (under the caller's
-  cpu_kernels setting), with {name: XLA FLOPs} and the parameter count."""
+  """jdiff's forwards and train step, compiled now under the caller's cpu_kernels setting:
+  ({name: call}, {what: XLA FLOPs}, {batch: (x, t)}, train images, parameter count); the inputs
+  depend only on rng, so every library and PyTorch see the same ones."""
   model, state, train_step = train_lib.build_fresh_training(config, mesh)
   shape = builders.image_shape(config)
   num_timesteps = config.diffusion.num_timesteps
