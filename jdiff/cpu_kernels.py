@@ -12,7 +12,9 @@ Ho net's forward up to 1.3x (README, "jdiff against PyTorch"). `cpu_convolutions
 
 It is a process-wide setting (like jax.config): `--mode=...` sets it from the config's
 `cpu_convolutions` before it compiles anything; a notebook gets the default or calls
-`set_convolutions`. A function jitted before a change keeps the kernels it was jitted with. Off
+`set_convolutions`. A function jitted before a change keeps the kernels it was jitted with
+(model.conv_filter_grad=auto is settled when the model is traced, so trace under the same
+setting for the matching weight gradient: models/conv.py). Off
 the CPU backend nothing changes. Should a jaxlib drop the option, programs compile without it
 (logged once) rather than fail.
 """
