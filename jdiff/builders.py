@@ -145,9 +145,18 @@ class TrainState:
 
 
 def init_params(model, config, rng):
+  """The model's initial params (every depth's), traced: call it inside a jitted function, or
+  new_params."""
   dummy_x = jnp.zeros((1,) + image_shape(config), jnp.float32)
   dummy_t = jnp.zeros((1,), jnp.float32)
   return model.init(rng, dummy_x, dummy_t, method=type(model).init_all_depths)["params"]
+
+
+def new_params(model, config, seed: int):
+  """init_params(model, config, key(seed)) as one run-once program (cpu_kernels: a fraction of
+  the compile, the same values; op by op it takes longer still)."""
+  return cpu_kernels.jit(lambda: init_params(model, config, jax.random.key(seed)),
+                         run_once=True)()
 
 
 def init_loss_history(config):
@@ -158,7 +167,7 @@ def init_loss_history(config):
 
 def build_state(config, model, optimizer, mesh) -> TrainState:
   """A new train state (step 0), replicated on the mesh."""
-  @functools.partial(cpu_kernels.jit, out_shardings=parallel.replicated(mesh))
+  @functools.partial(cpu_kernels.jit, out_shardings=parallel.replicated(mesh), run_once=True)
   def init():
     params = init_params(model, config, jax.random.key(config.seed))
     return TrainState(step=jnp.int32(0), params=params, ema_params=params,

@@ -202,7 +202,7 @@ def test_cpu_vocoder_config_runs_on_its_clip_length():
   mel = builders.conditioning_mel(config, waves)
   assert mel.shape == (1, 64, 80)
   np.testing.assert_allclose(mel, audio.mel_spectrogram(waves, 4000, 256, 64, 80), atol=1e-6)
-  params = builders.init_params(model, config, jax.random.key(0))
+  params = builders.new_params(model, config, 0)
   out = model.apply({"params": params}, waves, jnp.array([7.0]), mel=mel)
   assert out.shape == (1, 4096, 1) and out.dtype == jnp.float32
 

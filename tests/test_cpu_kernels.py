@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jdiff import builders
 from jdiff import config_lib
 from jdiff import cpu_kernels
 
@@ -77,3 +78,24 @@ def test_a_jaxlib_that_refuses_the_option_compiles_on_its_defaults(monkeypatch):
     np.testing.assert_array_equal(cpu_kernels.jit(lambda x: x * 2)(jnp.arange(3.0)), [0, 2, 4])
   finally:
     cpu_kernels._options_supported.cache_clear()  # pylint: disable=protected-access
+
+
+def test_run_once_turns_llvm_optimisation_off_and_keeps_the_parameters():
+  eigen = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  assert cpu_kernels.compiler_options(run_once=True) == dict(
+      eigen, xla_backend_optimization_level=0)
+  with cpu_kernels.convolutions_set_to("ynn"):
+    assert cpu_kernels.compiler_options(run_once=True) == {"xla_backend_optimization_level": 0}
+  # An option XLA does not know fails the compile: proof that run_once's options reach it.
+  with pytest.raises(Exception, match="xla_cpu_no_such_option"):
+    with pytest.MonkeyPatch.context() as patch:
+      patch.setattr(cpu_kernels, "_UNOPTIMISED", {"xla_cpu_no_such_option": 0})
+      cpu_kernels.jit(lambda x: x + 1, run_once=True)(1.0)
+  # The U-Net's initial parameters: bitwise those of the optimised program.
+  config = config_lib.load_config("configs/quickstart.py:tiny")
+  model = builders.build_model(config)
+  optimised = cpu_kernels.jit(lambda: builders.init_params(model, config, jax.random.key(3)))()
+  once = builders.new_params(model, config, 3)
+  assert jax.tree.structure(once) == jax.tree.structure(optimised)
+  for a, b in zip(jax.tree.leaves(once), jax.tree.leaves(optimised)):
+    np.testing.assert_array_equal(a, b)

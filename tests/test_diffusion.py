@@ -96,7 +96,6 @@ def test_l_simple_is_zero_for_the_true_noise_and_mse_otherwise(diffusion):
   x_start = jnp.zeros((2, 3, 3, 1))
   noise = jax.random.normal(jax.random.key(1), x_start.shape)
   t = jnp.array([3, 700])
-  x_t = diffusion_lib.q_sample(diffusion, x_start, t, noise)
   # With x_0 = 0, eps = x_t / sqrt(1 - abar_t) exactly.
   exact = lambda x, t: x / diffusion_lib.extract(diffusion.sqrt_one_minus_alphas_cumprod, t, x.shape)
   np.testing.assert_allclose(objectives.l_simple(diffusion, exact, x_start, t, noise), 0.0, atol=1e-10)

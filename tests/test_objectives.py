@@ -38,7 +38,7 @@ def _diffusion(num_timesteps=20):
 def _tiny_model_and_params(config):
   config_lib.validate(config)
   model = builders.build_model(config)
-  return model, jax.jit(lambda: builders.init_params(model, config, jax.random.key(0)))()
+  return model, builders.new_params(model, config, 0)
 
 
 def _batch(config, seed=0):

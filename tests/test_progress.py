@@ -60,7 +60,7 @@ def test_progress_inside_a_batch_leaves_the_samples_bitwise_equal(name):
   config = tiny_config()  # T = 20; ddim: 10 steps
   config.sampling.name = name
   model = builders.build_model(config)
-  params = builders.init_params(model, config, jax.random.key(0))
+  params = builders.new_params(model, config, 0)
   sampler, evaluations = builders.build_sampler(config, builders.build_diffusion(config))
   ticks = []
   sample_fns = [builders.make_sample_fn(sampler, model, parallel.make_mesh(),

@@ -106,7 +106,7 @@ def train(config, workdir: str, from_scratch: bool = False):
         if restored is None:
           init = cpu_kernels.jit(functools.partial(builders.init_gan_state, config, generator,
                                                    discriminator, optimizer),
-                                 out_shardings=parallel.replicated(mesh))
+                                 out_shardings=parallel.replicated(mesh), run_once=True)
           state = init(jax.random.key(config.seed))
         else:
           state = restored[1][checkpoint_lib.STATE]

@@ -30,7 +30,7 @@ gradients are faster.
 
 import functools
 import itertools
-from typing import Callable, Sequence, Tuple
+from typing import Callable, Sequence
 
 import jax
 from jax import lax

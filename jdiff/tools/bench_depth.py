@@ -228,8 +228,7 @@ def _model_with_skip(config, skip_type: str):
   skip_config = config.copy_and_resolve_references()
   skip_config.model.skip_type = skip_type
   model = builders.build_model(skip_config)
-  return skip_config, model, builders.init_params(model, skip_config,
-                                                  jax.random.key(config.seed))
+  return skip_config, model, builders.new_params(model, skip_config, config.seed)
 
 
 def bench_sampling(config, skip_types, num_rounds: int) -> dict:

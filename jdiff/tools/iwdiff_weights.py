@@ -22,7 +22,6 @@ from absl import app, flags
 from jdiff import builders
 from jdiff import cpu_kernels
 from jdiff import data as data_lib
-from jdiff import diffusion as diffusion_lib
 from jdiff import objectives
 from jdiff import parallel
 from jdiff.tools import cli
