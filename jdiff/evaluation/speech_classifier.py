@@ -16,6 +16,7 @@ TRAINING_SETTINGS *and* the same training clips (the cache file name holds both 
 Held-out split: per digit, the last HELD_OUT_PER_WORD clips in file order (never trained on).
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -107,20 +108,19 @@ def _train(settings, waves: np.ndarray, labels: np.ndarray) -> dict:
     _, logits = model.apply({"params": params}, batch)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels[index]).mean()
 
-  def step(carry, row):
-    params, opt_state = carry
-    grads = jax.grad(loss_fn)(params, *row)
-    updates, opt_state = optimizer.update(grads, opt_state)
-    return (optax.apply_updates(params, updates), opt_state), None
-
   # One compiled step called from a host loop, not a lax.scan over the steps: XLA:CPU's
   # convolution gradients inside a loop body run ~18x slower (128 ms against 7 ms a step here;
   # the same as models/conv.py's docstring says of the U-Net).
-  train_step = cpu_kernels.jit(lambda carry, row: step(carry, row)[0], donate_argnums=0)
-  carry = (params, optimizer.init(params))
+  @functools.partial(cpu_kernels.jit, donate_argnums=(0, 1))
+  def train_step(params, opt_state, index, shift):
+    grads = jax.grad(loss_fn)(params, index, shift)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state
+
+  opt_state = optimizer.init(params)
   for index, shift in zip(batches, shifts):
-    carry = train_step(carry, (jnp.asarray(index), jnp.asarray(shift)))
-  return {"params": carry[0]}
+    params, opt_state = train_step(params, opt_state, jnp.asarray(index), jnp.asarray(shift))
+  return {"params": params}
 
 
 def _digest(value) -> str:

@@ -15,6 +15,7 @@ import collections
 import glob
 import json
 import re
+import shutil
 import tempfile
 import time
 
@@ -75,6 +76,7 @@ def main(argv):
   space = xplane_pb2.XSpace()
   with open(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0], "rb") as f:
     space.ParseFromString(f.read())
+  shutil.rmtree(trace_dir)  # tens of MB of trace, read
   total_ms, count = collections.Counter(), collections.Counter()
   for plane in space.planes:
     names = {key: meta.name for key, meta in plane.event_metadata.items()}
