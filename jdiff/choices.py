@@ -7,6 +7,9 @@ importing jax: a bad flag is reported before anything heavy loads.
 
 import math
 
+# host_memory.py: keep freed memory in the process (mallopt) | glibc's defaults
+HOST_MEMORY = ("keep", "release")
+
 # schedules.py
 BETA_SCHEDULES = ("linear", "cosine")
 RESPACINGS = ("even", "ddim")             # respaced: K evenly spaced | one stride; or "10,10,10"

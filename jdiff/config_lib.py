@@ -63,6 +63,7 @@ INTS = ((lambda value: isinstance(value, (tuple, list)) and all(positive_int(v) 
 RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("seed", NON_NEGATIVE_INT),
     ("cpu_convolutions", one_of(*choices.CPU_CONVOLUTIONS)),
+    ("host_memory", one_of(*choices.HOST_MEMORY)),
     ("data.source", one_of(*choices.DATA_SOURCES)),
     ("data.image_size", POSITIVE_INT),
     ("data.num_channels", one_of(1, 3)),
@@ -416,6 +417,8 @@ def default_config() -> ml_collections.ConfigDict:
   config.distributed = False  # jax.distributed.initialize() (multi-host launches set it)
   config.cpu_convolutions = "eigen"  # eigen | ynn: XLA:CPU's kernels for convolutions (eigen:
                                      # faster here; ynn: XLA's default; jdiff/cpu_kernels.py)
+  config.host_memory = "keep"  # keep | release: glibc keeps the memory XLA:CPU frees for the
+                               # next step (no page faults; jdiff/host_memory.py) | its defaults
 
   config.data = ml_collections.ConfigDict(dict(
       source="cifar10",   # a TFDS name, "digits" (sklearn), or a local "folder" / "npz" / "idx"

@@ -6,9 +6,9 @@ al. U-Net its convolutions are the slower choice: XLA's Eigen convolutions run t
 (2-core Sapphire Rapids VM, fp32, batch 8, one call at a time; README, "CPU kernels"), and the
 Ho net's forward up to 1.3x (README, "jdiff against PyTorch"). `cpu_convolutions`:
 
-  "eigen" (default): convolutions on Eigen, matrix products still on YNNPACK (compiler option
-          xla_cpu_experimental_ynn_fusion_type=individual_dot);
-  "ynn":  XLA:CPU's own default (YNNPACK for both).
+  "eigen" (default): convolutions on Eigen, matrix products and reductions still on YNNPACK
+          (compiler option xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce);
+  "ynn":  XLA:CPU's own default (YNNPACK for all three).
 
 It is a process-wide setting (like jax.config): `--mode=...` sets it from the config's
 `cpu_convolutions` before it compiles anything; a notebook gets the default or calls
@@ -35,9 +35,13 @@ from absl import logging
 
 from jdiff import choices
 
-# YNNPACK fusions kept for "eigen": matrix products only (the enum name as the compiler option
-# takes it; XLA_FLAGS spells it individual_dot).
-_EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+# YNNPACK fusions kept for "eigen": XLA's default set less convolutions, i.e. matrix products and
+# reductions (the enum names as the compiler option takes them; XLA_FLAGS spells them
+# individual_dot,reduce). Without REDUCE the reductions (GroupNorm statistics and gradients,
+# bias gradients) fall back to XLA's own loop fusions: the Ho net's gradient took ~10% longer
+# (session 15, README "CPU kernels").
+_EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                       "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 # LLVM's optimisation off: for programs that run once (parameter init), where it costs more than
 # it saves.
 _UNOPTIMISED = {"xla_backend_optimization_level": 0}

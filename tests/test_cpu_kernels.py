@@ -21,22 +21,27 @@ def _conv_then_dot(x, kernel, weights):
   return h.reshape(-1, h.shape[-1]) @ weights
 
 
+def _conv_dot_and_sum(x, kernel, weights):
+  return _conv_then_dot(x, kernel, weights), jnp.sum(jnp.square(x), axis=(1, 2))
+
+
 def _compiled_entry(name):
   # Channels enough that XLA hands the convolution to YNNPACK by default (16 are not).
   x, kernel, weights = jnp.ones((2, 8, 8, 64)), jnp.ones((3, 3, 64, 64)), jnp.ones((64, 64))
   with cpu_kernels.convolutions_set_to(name):
-    text = cpu_kernels.jit(_conv_then_dot).lower(x, kernel, weights).compile().as_text()
+    text = cpu_kernels.jit(_conv_dot_and_sum).lower(x, kernel, weights).compile().as_text()
   return text[text.index("ENTRY"):]
 
 
-def test_eigen_takes_convolutions_off_ynnpack_and_keeps_matrix_products_on_it():
+def test_eigen_takes_convolutions_off_ynnpack_and_keeps_products_and_reductions_on_it():
   eigen, ynn = _compiled_entry("eigen"), _compiled_entry("ynn")
-  # eigen: a plain XLA convolution (Eigen's kernel) and the dot in a YNNPACK fusion.
+  # eigen: a plain XLA convolution (Eigen's kernel); the dot and the sum in YNNPACK fusions.
   assert re.search(r"= f32\[2,8,8,64\]\S* convolution\(", eigen)
-  assert eigen.count('"__ynn_fusion"') == 1
-  # ynn (XLA's default): both in YNNPACK fusions, no bare convolution.
+  assert eigen.count('"__ynn_fusion"') == 2
+  assert not re.search(r"= f32\[2,64\]\S* fusion\(.*kind=kLoop", eigen)  # not XLA's own loop
+  # ynn (XLA's default): all three in YNNPACK fusions, no bare convolution.
   assert not re.search(r"\S+ convolution\(", ynn)
-  assert ynn.count('"__ynn_fusion"') == 2
+  assert ynn.count('"__ynn_fusion"') == 3
 
 
 def test_both_kernels_compute_the_same_convolution():
@@ -54,7 +59,8 @@ def test_both_kernels_compute_the_same_convolution():
 def test_the_default_and_the_setting():
   assert cpu_kernels.convolutions() == "eigen"
   assert cpu_kernels.compiler_options() == {
-      "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+      "xla_cpu_experimental_ynn_fusion_type":
+          "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
   with cpu_kernels.convolutions_set_to("ynn"):
     assert cpu_kernels.convolutions() == "ynn" and cpu_kernels.compiler_options() is None
   assert cpu_kernels.convolutions() == "eigen"
@@ -81,7 +87,8 @@ def test_a_jaxlib_that_refuses_the_option_compiles_on_its_defaults(monkeypatch):
 
 
 def test_run_once_turns_llvm_optimisation_off_and_keeps_the_parameters():
-  eigen = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+  eigen = {"xla_cpu_experimental_ynn_fusion_type":
+           "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
   assert cpu_kernels.compiler_options(run_once=True) == dict(
       eigen, xla_backend_optimization_level=0)
   with cpu_kernels.convolutions_set_to("ynn"):

@@ -12,7 +12,8 @@ from conftest import REPO
 
 # Layer of each module (a prefix ending in "." covers a package), and the layers it may import.
 LAYERS = {
-    "base": ("jdiff", "jdiff.choices", "jdiff.errors", "jdiff.console", "jdiff.cpu_kernels"),
+    "base": ("jdiff", "jdiff.choices", "jdiff.errors", "jdiff.console", "jdiff.cpu_kernels",
+             "jdiff.host_memory"),
     "config": ("jdiff.config_lib", "jdiff.models.presets"),
     "core": ("jdiff.schedules", "jdiff.diffusion", "jdiff.objectives", "jdiff.sampling",
              "jdiff.depth"),

@@ -106,11 +106,12 @@ def test_non_finite_loss_keeps_the_state_and_stops_the_run(tmp_path, monkeypatch
   poisoned = poisoned.replace(params=jax.device_put(params, parallel.replicated(mesh)))
   step = train_lib.make_train_step(config, model, diffusion, optimizer, mesh)
   images = np.zeros((8, 8, 8, 1), np.uint8)
-  before = jax.device_get(poisoned.params)
+  before = jax.device_get(poisoned)  # (the step donates poisoned)
   new_state, metrics = step(poisoned, jax.device_put(images, parallel.batch_sharding(mesh)))
   assert not bool(metrics["finite"])
   assert int(new_state.step) == 0
-  jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), before, jax.device_get(new_state.params))
+  # Every part of the state, optimizer moments and EMA included, is what it was.
+  jax.tree.map(np.testing.assert_array_equal, before, jax.device_get(new_state))
 
   # In the loop: a NaN loss stops the run with the error, and no checkpoint holds non-finite params.
   from jdiff import objectives  # pylint: disable=g-import-not-at-top

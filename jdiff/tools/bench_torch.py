@@ -24,6 +24,7 @@ from absl import app, flags
 from jdiff import builders
 from jdiff import cpu_kernels
 from jdiff import errors
+from jdiff import host_memory
 from jdiff import parallel
 from jdiff.drivers import train as train_lib
 from jdiff.tools import cli
@@ -202,6 +203,7 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
 def main(argv):
   del argv
   config = cli.load_config(FLAGS["config"])
+  host_memory.apply(config.host_memory)  # as --mode runs do (PyTorch's allocations share it)
   workdir = FLAGS.workdir or "/tmp/bench_torch"
   os.makedirs(workdir, exist_ok=True)
   for kernels in FLAGS.cpu_convolutions:

@@ -1,14 +1,17 @@
 """Where the Ho net's gradient spends its time on XLA:CPU: per-kind totals of XLA's profile.
 
   XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true \
-      python docs/results/bench_torch_cpu/profile_gradient.py OUT.json [--batch=8] [--steps=2]
+      python docs/results/bench_torch_cpu/profile_gradient.py OUT.json [--batch=8] [--steps=2] \
+      [--program=gradient|train_step]
 
-The gradient of a plain loss (no dropout) of configs/cifar10_ddpm.py's U-Net, jitted as jdiff
-jits it, run under jax.profiler; the trace's events (one per XLA thunk: fusions, YNNPACK
-dots, copies) are summed per kind and per step over both worker threads, so the totals are
-thread time, not wall time, and they overlap. Eigen's convolutions run asynchronously and
-mostly do not show up as events: the wall time per step minus what is listed is not their
-time. Needs TensorFlow's copy of the xplane protobuf (installed with jdiff).
+`gradient` (default): the gradient of a plain loss (no dropout) of configs/cifar10_ddpm.py's
+U-Net, jitted as jdiff jits it. `train_step`: jdiff's whole train step on that config (dropout,
+Adam, clipping, EMA; as `--mode=train` compiles it) on random uint8 images. Run under
+jax.profiler; the trace's events (one per XLA thunk: fusions, YNNPACK dots and reductions,
+copies) are summed per kind and per step over both worker threads, so the totals are thread
+time, not wall time, and they overlap. Eigen's convolutions run asynchronously and mostly do not
+show up as events: the wall time per step minus what is listed is not their time. Needs
+TensorFlow's copy of the xplane protobuf (installed with jdiff).
 """
 
 import collections
@@ -28,9 +31,13 @@ import numpy as np
 from jdiff import builders
 from jdiff import config_lib
 from jdiff import cpu_kernels
+from jdiff import host_memory
+from jdiff import parallel
+from jdiff.drivers import train as train_lib
 
-flags.DEFINE_integer("batch", 8, "images per gradient")
-flags.DEFINE_integer("steps", 2, "gradients profiled (after one warm-up)")
+flags.DEFINE_integer("batch", 8, "images per gradient or train step")
+flags.DEFINE_integer("steps", 2, "calls profiled (after one warm-up)")
+flags.DEFINE_enum("program", "gradient", ["gradient", "train_step"], "what is profiled")
 FLAGS = flags.FLAGS
 
 
@@ -38,7 +45,7 @@ def _kind(name: str) -> str:
   """The kind of a thunk from its HLO name (fusion names say what they end in)."""
   base = re.sub(r"\.\d+$", "", name)
   if base.startswith("ynn"):
-    return "YNNPACK dot fusions"
+    return "YNNPACK fusions (dots, reductions)"
   if "reduce" in base:
     return "reduction fusions"
   if "copy" in base or "transpose" in base:
@@ -52,10 +59,8 @@ def _kind(name: str) -> str:
   return base
 
 
-def main(argv):
-  if len(argv) != 2:
-    raise app.UsageError("usage: profile_gradient.py OUT.json [--batch=N] [--steps=N]")
-  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+def _gradient():
+  """A call running one gradient of the plain loss, blocked on."""
   config = config_lib.load_config("configs/cifar10_ddpm.py")
   config.model.dropout = 0.0
   model = builders.build_model(config)
@@ -65,12 +70,39 @@ def main(argv):
   t = jnp.asarray(rng.integers(0, 1000, FLAGS.batch), jnp.float32)
   gradient = cpu_kernels.jit(jax.grad(
       lambda p: jnp.mean((model.apply({"params": p}, x, t) - x) ** 2)))
-  jax.block_until_ready(gradient(params))
+  return lambda: jax.block_until_ready(gradient(params))
+
+
+def _train_step():
+  """A call running one of jdiff's train steps (state threaded through), blocked on."""
+  config = config_lib.load_config("configs/cifar10_ddpm.py")
+  config.training.batch_size = FLAGS.batch
+  mesh = parallel.make_mesh()
+  _, state, train_step = train_lib.build_fresh_training(config, mesh)
+  images = parallel.global_batch_from_local(np.random.default_rng(0).integers(
+      0, 256, (FLAGS.batch,) + builders.image_shape(config), dtype=np.uint8), mesh)
+  train_step.compile_all(state, images)
+  threaded = {"state": state}
+
+  def step():
+    threaded["state"], metrics = train_step.compiled(None)(threaded["state"], images)
+    jax.block_until_ready(metrics)
+  return step
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("usage: profile_gradient.py OUT.json [--batch=N] [--steps=N] "
+                         "[--program=gradient|train_step]")
+  host_memory.keep()  # as jdiff's --mode runs do (before anything starts threads)
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+  step = _train_step() if FLAGS.program == "train_step" else _gradient()
+  step()  # compiles, and a warm-up
   trace_dir = tempfile.mkdtemp(prefix="jdiff-profile-")
   jax.profiler.start_trace(trace_dir)
   start = time.perf_counter()
   for _ in range(FLAGS.steps):
-    jax.block_until_ready(gradient(params))
+    step()
   wall_s = (time.perf_counter() - start) / FLAGS.steps
   jax.profiler.stop_trace()
   space = xplane_pb2.XSpace()
@@ -91,11 +123,12 @@ def main(argv):
         count[_kind(name)] += 1 / FLAGS.steps
   if not total_ms:
     raise SystemExit("no XLA thunk events: run with XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true")
-  result = {"batch": FLAGS.batch, "steps": FLAGS.steps, "wall_s_per_gradient": wall_s,
+  result = {"program": FLAGS.program, "batch": FLAGS.batch, "steps": FLAGS.steps,
+            f"wall_s_per_{FLAGS.program}": wall_s,
             "convolutions": cpu_kernels.convolutions(), "jax": jax.__version__,
-            "thread_ms_per_gradient": {k: round(v, 1) for k, v in total_ms.most_common()},
-            "events_per_gradient": {k: round(count[k]) for k, _ in total_ms.most_common()}}
-  print(f"wall {wall_s:.3f} s per gradient (profiled), batch {FLAGS.batch}")
+            f"thread_ms_per_{FLAGS.program}": {k: round(v, 1) for k, v in total_ms.most_common()},
+            f"events_per_{FLAGS.program}": {k: round(count[k]) for k, _ in total_ms.most_common()}}
+  print(f"wall {wall_s:.3f} s per {FLAGS.program} (profiled), batch {FLAGS.batch}")
   for kind, ms in total_ms.most_common():
     print(f"{ms:9.1f} ms  {count[kind]:6.0f} events  {kind}")
   with open(argv[1], "w") as f:
