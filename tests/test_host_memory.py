@@ -10,8 +10,8 @@ import pytest
 from jdiff import config_lib
 from jdiff import host_memory
 
-# The quickstart config's train step (batch 64): the minor page faults of one step, averaged
-# over 3 steps after 3 warm-ups, in a fresh process (the setting must precede jax's backend).
+# The quickstart config's train step (batch 64): the minor page faults of each of 5 steps after 3
+# warm-ups, in a fresh process (the setting must precede jax's backend).
 _FAULTS_PER_STEP = """
 import resource, sys
 from jdiff import host_memory
@@ -27,29 +27,31 @@ images = parallel.global_batch_from_local(
 for _ in range(3):
   state, metrics = train_step(state, images)
   jax.block_until_ready(metrics)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+faults = []
+for _ in range(5):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   state, metrics = train_step(state, images)
   jax.block_until_ready(metrics)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 3)
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(*faults)
 """
 
 
-def _faults_per_step(setting: str) -> float:
+def _faults_per_step(setting: str):
   out = subprocess.run([sys.executable, "-c", _FAULTS_PER_STEP, setting], check=True,
                        capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"),
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  return float(out.stdout.strip().splitlines()[-1])
+  return [int(faults) for faults in out.stdout.strip().splitlines()[-1].split()]
 
 
 @pytest.mark.skipif(host_memory._glibc() is None,  # pylint: disable=protected-access
                     reason="mallopt is glibc's")
 def test_keep_stops_the_page_faults_of_every_train_step():
   release, keep = _faults_per_step("release"), _faults_per_step("keep")
-  # glibc's defaults: ~11k pages (44 MiB) faulted in again at every step; kept: none, or a few
-  # dozen while the heap settles.
-  assert release > 4000, release
-  assert keep < 500, keep
+  # glibc's defaults: ~11k pages (44 MiB) faulted in again at every step. Kept: none once the heap
+  # has settled (now and then a step still grows it by a few MB, so not every step is at 0).
+  assert min(release) > 4000, release
+  assert sorted(keep)[2] < 100, keep  # the median step
 
 
 def test_a_bad_setting_is_refused_in_one_line():
