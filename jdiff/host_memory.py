@@ -16,8 +16,8 @@ process:
 Without M_ARENA_MAX, or without M_MMAP_MAX, the faults stayed as they were; and all must be set
 before jax starts its backend: the worker threads take their arenas when they first allocate,
 and a later M_ARENA_MAX does not move them. jdiff's `--mode` runs call `keep()` first
-(config.host_memory='keep', the default); a notebook calls `host_memory.keep()` before its
-first jax computation. Measured on that train step: 0 page faults, 0.90-0.93 of the time a
+(config.host_memory='keep', the default); the notebooks call `host_memory.keep()` before
+their first jax computation. Measured on that train step: 0 page faults, 0.90-0.93 of the time a
 step, peak RSS 2.8 GB instead of 2.2 GB (README, "Host memory kept between steps"). That is the
 price: the process keeps its peak heap until it exits, which a training or sampling process
 needs again at its next step anyway. 'release' leaves glibc's
