@@ -7,8 +7,9 @@ importing jax: a bad flag is reported before anything heavy loads.
 
 import math
 
-# host_memory.py: keep freed memory in the process (mallopt) | glibc's defaults
-HOST_MEMORY = ("keep", "release")
+# host_memory.py: keep freed memory in the process (mallopt) unless an accelerator plugin is
+# installed | always | never (glibc's defaults)
+HOST_MEMORY = ("auto", "keep", "release")
 
 # schedules.py
 BETA_SCHEDULES = ("linear", "cosine")

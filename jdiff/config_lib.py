@@ -417,8 +417,9 @@ def default_config() -> ml_collections.ConfigDict:
   config.distributed = False  # jax.distributed.initialize() (multi-host launches set it)
   config.cpu_convolutions = "eigen"  # eigen | ynn: XLA:CPU's kernels for convolutions (eigen:
                                      # faster here; ynn: XLA's default; jdiff/cpu_kernels.py)
-  config.host_memory = "keep"  # keep | release: glibc keeps the memory XLA:CPU frees for the
-                               # next step (no page faults; jdiff/host_memory.py) | its defaults
+  config.host_memory = "auto"  # auto | keep | release: glibc keeps the memory XLA:CPU frees for
+                               # the next step (no page faults; auto: unless a GPU/TPU plugin is
+                               # installed; jdiff/host_memory.py) | glibc's defaults
 
   config.data = ml_collections.ConfigDict(dict(
       source="cifar10",   # a TFDS name, "digits" (sklearn), or a local "folder" / "npz" / "idx"

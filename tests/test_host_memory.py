@@ -54,11 +54,26 @@ def test_keep_stops_the_page_faults_of_every_train_step():
   assert sorted(keep)[2] < 100, keep  # the median step
 
 
+def test_auto_keeps_unless_an_accelerator_plugin_is_installed(monkeypatch):
+  calls = []
+  monkeypatch.setattr(host_memory, "keep", lambda: calls.append("keep") or True)
+  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
+  monkeypatch.setattr(host_memory, "accelerator_plugin", lambda: None)
+  assert host_memory.apply("auto") and calls == ["keep"]
+  monkeypatch.setattr(host_memory, "accelerator_plugin", lambda: "jax_cuda12_plugin")
+  assert not host_memory.apply("auto") and calls == ["keep"]
+  assert host_memory.apply("keep") and calls == ["keep", "keep"]
+  assert not host_memory.apply("release") and calls == ["keep", "keep"]
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # the CPU first: kept, plugin or not
+  assert host_memory.apply("auto") and calls == ["keep", "keep", "keep"]
+
+
 def test_a_bad_setting_is_refused_in_one_line():
-  with pytest.raises(ValueError, match=r"host_memory='lots': must be one of \('keep', 'release'\)"):
+  with pytest.raises(ValueError, match=r"host_memory='lots': must be one of \('auto', 'keep', "
+                     r"'release'\)"):
     host_memory.apply("lots")
   config = config_lib.default_config()
-  assert config.host_memory == "keep"
+  assert config.host_memory == "auto"
   config.host_memory = "lots"
   with pytest.raises(config_lib.ConfigError, match="host_memory='lots'"):
     config_lib.validate(config)
