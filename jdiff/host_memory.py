@@ -14,13 +14,13 @@ process:
   M_MMAP_MAX = 0            large chunks come from the heap too, not from mmap
 
 Without M_ARENA_MAX, or without M_MMAP_MAX, the faults stayed as they were; and all must be set
-before jax starts its backend: the worker threads take their arenas when they first allocate,
-and a later M_ARENA_MAX does not move them. jdiff's `--mode` runs call `keep()` first
-(config.host_memory='auto', the default); the notebooks call `host_memory.keep()` before
-their first jax computation. Measured on that train step: no page faults in most steps,
-0.90-0.93 of the time a step, peak RSS 2.8 GB instead of 2.2 GB (README, "Host memory kept
-between steps"). That is the price: the process keeps its peak heap until it exits, which a
-training or sampling process needs again at its next step anyway.
+before jax starts its backend: the worker threads take their arenas when they first allocate, and
+a later M_ARENA_MAX does not move them. jdiff's `--mode` runs call `keep()` first
+(config.host_memory='auto', the default); the notebooks call `host_memory.apply("auto")` before
+their first jax computation. Called later it changes nothing, silently. Measured on that train
+step: no page faults in most steps, 0.90-0.93 of the time a step, peak RSS 2.8 GB instead of 2.2
+GB (README, "Host memory kept between steps"). That is the price: the process keeps its peak heap
+until it exits, which a training or sampling process needs again at its next step anyway.
 
 config.host_memory: 'auto' keeps it unless a jax accelerator plugin (CUDA, ROCm, TPU) is
 installed and JAX_PLATFORMS does not put the CPU first: there the programs' buffers live on the
