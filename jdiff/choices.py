@@ -54,7 +54,7 @@ PRECISIONS = ("float32", "bfloat16")
 # How convolutions compute their filter gradient (jdiff/models/conv.py).
 FILTER_GRADS = ("auto", "matmul", "xla")
 # Which kernels XLA:CPU runs convolutions with (jdiff/cpu_kernels.py).
-CPU_CONVOLUTIONS = ("eigen", "ynn")
+CPU_CONVOLUTIONS = ("winograd", "eigen", "ynn")
 
 # data.py
 TFDS_SOURCES = ("cifar10", "mnist", "fashion_mnist", "celeb_a")

@@ -415,8 +415,10 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.distributed = False  # jax.distributed.initialize() (multi-host launches set it)
-  config.cpu_convolutions = "eigen"  # eigen | ynn: XLA:CPU's kernels for convolutions (eigen:
-                                     # faster here; ynn: XLA's default; jdiff/cpu_kernels.py)
+  config.cpu_convolutions = "winograd"  # winograd | eigen | ynn: XLA:CPU's kernels for
+                                        # convolutions (winograd: large 3x3 ones as Winograd
+                                        # F(2x2,3x3), the rest on Eigen; eigen: all on Eigen;
+                                        # ynn: XLA's default; jdiff/cpu_kernels.py)
   config.host_memory = "auto"  # auto | keep | release: glibc keeps the memory XLA:CPU frees for
                                # the next step (no page faults; auto: unless a GPU/TPU plugin is
                                # installed; jdiff/host_memory.py) | glibc's defaults

@@ -6,9 +6,17 @@ al. U-Net its convolutions are the slower choice: XLA's Eigen convolutions run t
 (2-core Sapphire Rapids VM, fp32, batch 8, one call at a time; README, "CPU kernels"), and the
 Ho net's forward up to 1.3x (README, "jdiff against PyTorch"). `cpu_convolutions`:
 
-  "eigen" (default): convolutions on Eigen, matrix products and reductions still on YNNPACK
+  "winograd" (default): as "eigen", and the large 3x3 stride-1 convolutions (those
+          models/conv.winograd_applies to) computed as Winograd F(2x2, 3x3): transforms and
+          matrix products on YNNPACK, 2.25x fewer multiply-adds (models/conv.py; the Ho net's
+          train step 0.79-0.82 of eigen's time, session 16). Small convolutions stay on Eigen.
+  "eigen": convolutions on Eigen, matrix products and reductions still on YNNPACK
           (compiler option xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce);
   "ynn":  XLA:CPU's own default (YNNPACK for all three).
+
+Winograd changes the program, not the network: XLA's FLOP count of a program with Winograd
+convolutions is that of the program run (fewer multiply-adds); benches that report GFLOP/s of the
+network count them under "eigen" (tools/bench_torch.py).
 
 It is a process-wide setting (like jax.config): `--mode=...` sets it from the config's
 `cpu_convolutions` before it compiles anything; a notebook gets the default or calls
@@ -47,11 +55,11 @@ _EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type":
 _UNOPTIMISED = {"xla_backend_optimization_level": 0}
 
 CPU_CONVOLUTIONS = choices.CPU_CONVOLUTIONS
-_convolutions = "eigen"
+_convolutions = "winograd"
 
 
 def set_convolutions(name: str) -> None:
-  """Sets which kernels the CPU programs compiled from now on use ('eigen' | 'ynn')."""
+  """Sets which kernels the CPU programs compiled from now on use (CPU_CONVOLUTIONS)."""
   global _convolutions
   if name not in CPU_CONVOLUTIONS:
     raise ValueError(f"cpu_convolutions={name!r}: must be one of {CPU_CONVOLUTIONS}")
@@ -70,7 +78,8 @@ def convolutions_set_to(name: str) -> Iterator[None]:
 
 
 def convolutions() -> str:
-  """The kernels CPU convolutions compile to: 'eigen' or 'ynn' (off the CPU backend: 'xla')."""
+  """The kernels CPU convolutions compile to: 'winograd', 'eigen' or 'ynn' (off the CPU backend:
+  'xla')."""
   if jax.default_backend() != "cpu":
     return "xla"
   return _convolutions if _options_supported() else "ynn"
@@ -90,7 +99,7 @@ def _options_supported() -> bool:
 def compiler_options(run_once: bool = False) -> Optional[dict]:
   """The compiler options jdiff's programs compile with now (None: XLA's defaults); run_once:
   those of a program that runs once (module docstring)."""
-  options = dict(_EIGEN_CONVOLUTIONS) if convolutions() == "eigen" else {}
+  options = dict(_EIGEN_CONVOLUTIONS) if convolutions() in ("winograd", "eigen") else {}
   if run_once and jax.default_backend() == "cpu":
     options.update(_UNOPTIMISED)
   return options or None

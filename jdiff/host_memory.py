@@ -10,7 +10,9 @@ kernel time per ~2 s step. `keep()` sets glibc's mallopt so that freed memory st
 process:
 
   M_ARENA_MAX = 1           one arena (the heap) for every thread
-  M_TRIM_THRESHOLD = 2**31-1  the heap's free top is not handed back
+  M_TRIM_THRESHOLD = -1     the heap's free top is never handed back (mallopt(3): -1 disables
+                            trimming; session 15's 2**31-1 still trimmed once more than 2 GiB
+                            were free, as after each batch-32 Ho train step: 626k faults a step)
   M_MMAP_MAX = 0            large chunks come from the heap too, not from mmap
 
 Without M_ARENA_MAX, or without M_MMAP_MAX, the faults stayed as they were; and all must be set
@@ -45,7 +47,7 @@ HOST_MEMORY = choices.HOST_MEMORY
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_SETTINGS = ((_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_MMAP_MAX, 0))
+_SETTINGS = ((_M_ARENA_MAX, 1), (_M_TRIM_THRESHOLD, -1), (_M_MMAP_MAX, 0))
 
 
 def _glibc() -> Optional[ctypes.CDLL]:

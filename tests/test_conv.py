@@ -92,15 +92,100 @@ def test_grouped_convolutions_fall_back_to_lax():
 
 @pytest.mark.parametrize("cpu_convolutions", cpu_kernels.CPU_CONVOLUTIONS)
 def test_filter_grad_choice(cpu_convolutions):
-  assert conv.filter_grad_fn("xla") is lax.conv_general_dilated
-  assert conv.filter_grad_fn("matmul") is conv.conv_general_dilated
-  # auto: the matrix products only where XLA:CPU's convolutions are YNNPACK's.
+  on_cpu = jax.default_backend() == "cpu"
   with cpu_kernels.convolutions_set_to(cpu_convolutions):
-    on_ynn = jax.default_backend() == "cpu" and cpu_convolutions == "ynn"
-    assert conv.filter_grad_fn("auto") is (conv.conv_general_dilated if on_ynn
-                                           else lax.conv_general_dilated)
+    winograd = on_cpu and cpu_convolutions == "winograd"
+    xla = conv.winograd_or_xla if winograd else lax.conv_general_dilated
+    matmul = conv.winograd_or_matmul if winograd else conv.conv_general_dilated
+    assert conv.filter_grad_fn("xla") is xla
+    assert conv.filter_grad_fn("matmul") is matmul
+    # auto: the matrix products only where XLA:CPU's convolutions are YNNPACK's.
+    on_ynn = on_cpu and cpu_convolutions == "ynn"
+    assert conv.filter_grad_fn("auto") is (matmul if on_ynn else xla)
   with pytest.raises(ValueError, match="conv_filter_grad='fast'"):
     conv.filter_grad_fn("fast")
+
+
+def _direct_correlation(x, kernel):
+  """An oracle without lax: y[b, h, w] = sum over i, j of x_pad[b, h + i, w + j] @ kernel[i, j]."""
+  _, height, width, _ = x.shape
+  padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return sum(np.einsum("bhwc,cd->bhwd", padded[:, i:i + height, j:j + width], kernel[i, j])
+             for i in range(3) for j in range(3))
+
+
+@pytest.mark.parametrize("x_shape,channels_out", [((2, 6, 4, 5), 7), ((1, 2, 2, 3), 2),
+                                                  ((3, 8, 10, 4), 4)])
+def test_winograd_is_the_direct_convolution(x_shape, channels_out):
+  """Output, input gradient and filter gradient of Winograd F(2x2, 3x3) against a numpy
+  correlation and lax's convolution: a changed transform coefficient fails all three."""
+  rng = np.random.default_rng(2)
+  x = rng.standard_normal(x_shape)
+  kernel = rng.standard_normal((3, 3, x_shape[-1], channels_out))
+  np.testing.assert_allclose(conv.winograd_conv3x3(jnp.asarray(x, jnp.float32),
+                                                   jnp.asarray(kernel, jnp.float32)),
+                             _direct_correlation(x, kernel), rtol=1e-5, atol=1e-5)
+  x, kernel = jnp.asarray(x, jnp.float32), jnp.asarray(kernel, jnp.float32)
+  kwargs = dict(window_strides=(1, 1), padding="SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  dy = jnp.asarray(rng.standard_normal(x_shape[:-1] + (channels_out,)), jnp.float32)
+  expected = _gradients(lax.conv_general_dilated, x, kernel, dy, **kwargs)
+  got = _gradients(lambda x, kernel, **_: conv.winograd_conv3x3(x, kernel), x, kernel, dy)
+  for name, want, have in zip(("y", "dx", "dkernel"), expected, got):
+    assert have.shape == want.shape and have.dtype == want.dtype, name
+    np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+def test_winograd_is_sixteen_products_of_tiles():
+  """What makes it cheaper: no convolution, one batched product of 16 transformed [tiles, C_in]
+  blocks (2x2 outputs per tile) with the 16 transformed [C_in, C_out] filters."""
+  x, kernel = jnp.ones((2, 8, 6, 5)), jnp.ones((3, 3, 5, 7))
+  jaxpr = jax.make_jaxpr(conv.winograd_conv3x3)(x, kernel).jaxpr
+  assert "conv_general_dilated" not in str(jaxpr)
+  dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
+  assert len(dots) == 1
+  assert dots[0].invars[0].aval.shape == (16, 2 * 4 * 3, 5)
+  assert dots[0].invars[1].aval.shape == (16, 5, 7)
+
+
+def test_winograd_applies_only_to_the_large_3x3_stride_1_same_convolutions():
+  numbers = ("NHWC", "HWIO", "NHWC")
+  x, kernel = jnp.zeros((8, 16, 16, 128)), jnp.zeros((3, 3, 128, 128))  # 512 tiles
+  assert conv.winograd_applies(x, kernel, (1, 1), "SAME", dimension_numbers=numbers)
+  assert conv.winograd_applies(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=numbers)
+  refused = {
+      "stride 2": (x, kernel, (2, 2), "SAME", {}),
+      "VALID": (x, kernel, (1, 1), "VALID", {}),
+      "dilated": (x, kernel, (1, 1), "SAME", {"rhs_dilation": (2, 2)}),
+      "grouped": (x, jnp.zeros((3, 3, 64, 128)), (1, 1), "SAME", {"feature_group_count": 2}),
+      "odd height": (jnp.zeros((8, 15, 16, 128)), kernel, (1, 1), "SAME", {}),
+      "127 channels in": (jnp.zeros((8, 16, 16, 127)), jnp.zeros((3, 3, 127, 128)), (1, 1),
+                          "SAME", {}),
+      "64 channels out": (x, jnp.zeros((3, 3, 128, 64)), (1, 1), "SAME", {}),
+      "448 tiles": (jnp.zeros((7, 16, 16, 128)), kernel, (1, 1), "SAME", {}),
+      "bfloat16": (x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1), "SAME", {}),
+      "5x5": (x, jnp.zeros((5, 5, 128, 128)), (1, 1), "SAME", {}),
+  }
+  for why, (lhs, rhs, strides, padding, kwargs) in refused.items():
+    assert not conv.winograd_applies(lhs, rhs, strides, padding, dimension_numbers=numbers,
+                                     **kwargs), why
+  assert not conv.winograd_applies(x, kernel, (1, 1), "SAME",
+                                   dimension_numbers=("NCHW", "OIHW", "NCHW"))
+  # Where it does not apply the wrapper is the other convolution, bit for bit.
+  rng = np.random.default_rng(3)
+  small = jnp.asarray(rng.standard_normal((2, 8, 8, 16)), jnp.float32)
+  small_kernel = jnp.asarray(rng.standard_normal((3, 3, 16, 16)), jnp.float32)
+  args = (small, small_kernel, (1, 1), "SAME")
+  np.testing.assert_array_equal(conv.winograd_or_xla(*args, dimension_numbers=numbers),
+                                lax.conv_general_dilated(*args, dimension_numbers=numbers))
+  big = jnp.asarray(rng.standard_normal((8, 16, 16, 128)), jnp.float32)
+  big_kernel = jnp.asarray(rng.standard_normal((3, 3, 128, 128)) / 30, jnp.float32)
+  jaxpr = str(jax.make_jaxpr(lambda a, b: conv.winograd_or_xla(
+      a, b, (1, 1), "SAME", dimension_numbers=numbers))(big, big_kernel))
+  assert "conv_general_dilated" not in jaxpr
+  np.testing.assert_allclose(
+      conv.winograd_or_xla(big, big_kernel, (1, 1), "SAME", dimension_numbers=numbers),
+      lax.conv_general_dilated(big, big_kernel, (1, 1), "SAME", dimension_numbers=numbers),
+      rtol=1e-4, atol=1e-4)
 
 
 def test_unet_gradients_do_not_depend_on_the_filter_grad_choice():
@@ -137,6 +222,41 @@ def test_unet_gradients_do_not_depend_on_the_filter_grad_choice():
   assert conv_kernels >= 10
   identity = config_lib.checkpoint_identity(config, "train")
   assert "model.conv_filter_grad" not in identity
+
+
+def test_unet_under_winograd_computes_the_same_loss_and_gradients():
+  """cpu_convolutions=winograd on a U-Net whose first level qualifies (128 channels, 8x8, batch
+  32: 512 tiles): its 3x3 convolutions leave the program, the loss and gradients stay."""
+  config = config_lib.load_config("configs/quickstart.py:tiny")
+  config.model.ch, config.model.ch_mult, config.model.num_res_blocks = 128, (1, 1), 1
+  config.model.attn_resolutions = ()
+  model = builders.build_model(config)
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((32,) + builders.image_shape(config)), jnp.float32)
+  t = jnp.asarray(rng.integers(0, config.diffusion.num_timesteps, 32), jnp.float32)
+  leaves, treedef = jax.tree.flatten(jax.eval_shape(
+      lambda: model.init(jax.random.key(0), x, t, method=model.init_all_depths)["params"]))
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(treedef, [0.05 * jax.random.normal(k, leaf.shape)
+                                        for k, leaf in zip(keys, leaves)])
+  results, convolutions = {}, {}
+  for setting in ("eigen", "winograd"):
+    # A new function per setting: jax caches a function's trace, and the setting is read while
+    # tracing (cpu_kernels).
+    loss = lambda p: jnp.mean(model.apply({"params": p}, x, t) ** 2)  # pylint: disable=cell-var-from-loop
+    with cpu_kernels.convolutions_set_to(setting):
+      convolutions[setting] = str(jax.make_jaxpr(loss)(params)).count("conv_general_dilated")
+      results[setting] = cpu_kernels.jit(jax.value_and_grad(loss))(params)
+  if jax.default_backend() == "cpu":
+    # Level 0's 3x3 convolutions with 128+ channels in and out: the down res block's 2, the
+    # two up res blocks' 4, the upsampling's 1. conv_in (1 channel in), conv_out (1 out), the
+    # strided downsampling and level 1 (4x4: 128 tiles) stay convolutions.
+    assert convolutions["winograd"] == convolutions["eigen"] - 7
+  (loss_eigen, grads_eigen), (loss_winograd, grads_winograd) = results["eigen"], results["winograd"]
+  np.testing.assert_allclose(loss_winograd, loss_eigen, rtol=1e-5)
+  scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(grads_eigen))
+  for want, have in zip(jax.tree.leaves(grads_eigen), jax.tree.leaves(grads_winograd)):
+    np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("depth_training,dispatch,loss,accumulate,expected", [

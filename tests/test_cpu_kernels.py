@@ -57,16 +57,20 @@ def test_both_kernels_compute_the_same_convolution():
 
 
 def test_the_default_and_the_setting():
-  assert cpu_kernels.convolutions() == "eigen"
-  assert cpu_kernels.compiler_options() == {
-      "xla_cpu_experimental_ynn_fusion_type":
-          "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+  eigen_options = {"xla_cpu_experimental_ynn_fusion_type":
+                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
+  assert cpu_kernels.convolutions() == "winograd"  # Eigen's options, Winograd in the model
+  assert cpu_kernels.compiler_options() == eigen_options
+  with cpu_kernels.convolutions_set_to("eigen"):
+    assert cpu_kernels.convolutions() == "eigen"
+    assert cpu_kernels.compiler_options() == eigen_options
   with cpu_kernels.convolutions_set_to("ynn"):
     assert cpu_kernels.convolutions() == "ynn" and cpu_kernels.compiler_options() is None
-  assert cpu_kernels.convolutions() == "eigen"
-  with pytest.raises(ValueError, match=r"cpu_convolutions='mkl': must be one of \('eigen', 'ynn'\)"):
+  assert cpu_kernels.convolutions() == "winograd"
+  with pytest.raises(ValueError, match=r"cpu_convolutions='mkl': must be one of "
+                                       r"\('winograd', 'eigen', 'ynn'\)"):
     cpu_kernels.set_convolutions("mkl")
-  assert cpu_kernels.convolutions() == "eigen"
+  assert cpu_kernels.convolutions() == "winograd"
 
 
 def test_config_refuses_an_unknown_kernel_library():

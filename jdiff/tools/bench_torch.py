@@ -7,10 +7,12 @@ round by round, it runs the U-Net forward at each batch size and the train step 
 Adam 2e-4, gradient clipping at 1, dropout 0.1, EMA 0.9999) of jdiff, then of PyTorch, each
 call finished before the next (jax.block_until_ready; PyTorch on CPU is synchronous). Reports
 images/s (median over rounds), jdiff / PyTorch per round (median, min..max) and the GFLOP/s both
-reach on XLA's FLOP count of jdiff's programs. CPU only, torch.set_num_threads(--threads).
+reach on XLA's FLOP count of jdiff's programs with direct convolutions (under
+cpu_convolutions=eigen; a Winograd program's own, smaller count is in the JSON as
+program_gflop_per_image). CPU only, torch.set_num_threads(--threads).
 
-`--cpu_convolutions=eigen,ynn` times jdiff under both XLA:CPU convolution kernel libraries
-(jdiff/cpu_kernels.py) against the same PyTorch calls.
+`--cpu_convolutions=winograd,eigen,ynn` times jdiff under each setting of jdiff/cpu_kernels.py
+against the same PyTorch calls.
 
   python -m jdiff.tools.bench_torch --config=configs/cifar10_ddpm.py --workdir=/tmp/bt
 """
@@ -135,12 +137,20 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
 
   calls, sizes = {}, {f"forward {b}": b for b in batch_sizes}
   sizes["train"] = train_batch
+  program_flops = {}
   for kernels in kernel_libraries:
     # Same seed for every library: the same inputs, the same initial parameters.
     with cpu_kernels.convolutions_set_to(kernels):
-      jdiff_calls, flops, inputs, images, jdiff_params = _jdiff_calls(
+      jdiff_calls, program_flops[kernels], inputs, images, jdiff_params = _jdiff_calls(
           config, mesh, batch_sizes, train_batch, np.random.default_rng(0), f" [{kernels}]")
     calls.update(jdiff_calls)
+  # The network's FLOPs: XLA's count of its direct convolutions (Winograd's program does fewer
+  # multiply-adds for the same network; cpu_kernels).
+  if "eigen" not in program_flops:
+    with cpu_kernels.convolutions_set_to("eigen"):
+      program_flops["eigen"] = _jdiff_calls(config, mesh, batch_sizes, train_batch,
+                                            np.random.default_rng(0), "")[1]
+  flops = program_flops["eigen"]
   for b in batch_sizes:
     x, t = inputs[b]
     x_torch, t_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(t)
@@ -168,6 +178,7 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
       rows.append({
           "what": what, "cpu_convolutions": kernels, "batch": sizes[what],
           "gflop_per_image": flops[what] / sizes[what] / 1e9,
+          "program_gflop_per_image": program_flops[kernels][what] / sizes[what] / 1e9,
           "jdiff_images_per_s": sizes[what] / float(np.median(j)),
           "torch_images_per_s": sizes[what] / float(np.median(p)),
           "jdiff_gflop_per_s": flops[what] / float(np.median(j)) / 1e9,
@@ -193,8 +204,10 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
       title=(f"jdiff (jax {jax.__version__}) vs PyTorch {torch.__version__} diffusers UNet2DModel, "
              f"CPU, {threads} threads; median of {num_rounds} alternated rounds; params "
              f"{jdiff_params} / {torch_params}"),
-      notes=["GFLOP/s of both on XLA's count of jdiff's program (the same network)",
-             "jdiff kernels: its cpu_convolutions (XLA:CPU's Eigen or YNNPACK convolutions)",
+      notes=["GFLOP/img: XLA's count of the network's program with direct convolutions "
+             "(cpu_convolutions=eigen); GFLOP/s of both on it",
+             "jdiff kernels: its cpu_convolutions (Winograd F(2x2,3x3) for the large 3x3 "
+             "convolutions, or XLA:CPU's Eigen or YNNPACK convolutions)",
              "a shared machine: read the per-round ratio, not the absolute numbers"])
   return results
 
