@@ -9,14 +9,14 @@ Ho net's forward up to 1.3x (README, "jdiff against PyTorch"). `cpu_convolutions
   "winograd" (default): as "eigen", and the large 3x3 stride-1 convolutions (those
           models/conv.winograd_applies to) computed as Winograd F(2x2, 3x3): transforms and
           matrix products on YNNPACK, 2.25x fewer multiply-adds (models/conv.py; the Ho net's
-          train step 0.79-0.82 of eigen's time, session 16). Small convolutions stay on Eigen.
+          train step 0.79-0.86 of eigen's time, session 16). Small convolutions stay on Eigen.
   "eigen": convolutions on Eigen, matrix products and reductions still on YNNPACK
           (compiler option xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce);
   "ynn":  XLA:CPU's own default (YNNPACK for all three).
 
 Winograd changes the program, not the network: XLA's FLOP count of a program with Winograd
 convolutions is that of the program run (fewer multiply-adds); benches that report GFLOP/s of the
-network count them under "eigen" (tools/bench_torch.py).
+network count them under "eigen" (tools/bench_torch.py, tools/bench_depth.py).
 
 It is a process-wide setting (like jax.config): `--mode=...` sets it from the config's
 `cpu_convolutions` before it compiles anything; a notebook gets the default or calls

@@ -243,7 +243,8 @@ def test_unet_under_winograd_computes_the_same_loss_and_gradients():
   for setting in ("eigen", "winograd"):
     # A new function per setting: jax caches a function's trace, and the setting is read while
     # tracing (cpu_kernels).
-    loss = lambda p: jnp.mean(model.apply({"params": p}, x, t) ** 2)  # pylint: disable=cell-var-from-loop
+    def loss(p):
+      return jnp.mean(model.apply({"params": p}, x, t) ** 2)
     with cpu_kernels.convolutions_set_to(setting):
       convolutions[setting] = str(jax.make_jaxpr(loss)(params)).count("conv_general_dilated")
       results[setting] = cpu_kernels.jit(jax.value_and_grad(loss))(params)

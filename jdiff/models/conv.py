@@ -35,11 +35,13 @@ it, i.e. 16 matrix products [tiles, C_in] x [C_in, C_out] (YNNPACK's) and cheap 
 fewer multiply-adds than the direct convolution. Its gradients are jax's autodiff of the same
 program (transforms and products again). Float32 results agree with XLA's convolution to ~1e-6
 relative. Measured one convolution at a time against XLA's Eigen convolution (Ho et al.'s
-shapes, batch 32, 2-core AMD EPYC, session 16): forward 1.2-1.55x faster, forward + gradient
-0.95-1.27x; the Ho net's train step takes 0.79-0.82 of the time at batch 8 and 32 (README, "CPU
-kernels"). Small problems lose (the transforms dominate): `winograd_applies` keeps it to float32
-convolutions with >= WINOGRAD_MIN_CHANNELS input and output channels and >= WINOGRAD_MIN_TILES
-output tiles (batch x H x W / 4), the rest go to the convolution `filter_grad_fn` would give.
+shapes where it applies, batch 8 and 32, 2-core AMD EPYC, session 16;
+docs/results/bench_torch_cpu/winograd_by_shape.py): forward 1.19-1.58x faster, forward and both
+gradients 1.15-1.50x; the Ho net's train step takes 0.79-0.86 of Eigen's time at batch 8 and 32
+(README, "CPU kernels"). Small problems lose (the transforms dominate: 32-64 channels 0.69-0.85x,
+4x4 at batch 8 0.88x): `winograd_applies` keeps it to float32 convolutions with >=
+WINOGRAD_MIN_CHANNELS input and output channels and >= WINOGRAD_MIN_TILES output tiles (batch x
+H x W / 4), the rest go to the convolution `filter_grad_fn` would give.
 """
 
 import functools

@@ -4,9 +4,11 @@ Training (the config's skip type): the train step compiled at each static depth 
 dispatch, as --mode=train runs it with depth.dispatch=host) and the one lax.switch step
 (depth.dispatch=switch, its state's step set so that its in-graph draw picks k), all
 interleaved round by round, each call blocked on. Per depth: XLA's FLOPs of the step (cost
-analysis of the static-depth program) and the median over rounds of time(k) / time(0) with its
-min..max; per scheme (full, random, bucketed at c = depth.power or 2) the expected step time
-sum_k p(k) time(k) against full depth, beside the FLOP ratio sum_k p(k) flops(k) / flops(0).
+analysis of the static-depth program compiled with direct convolutions, cpu_convolutions=eigen:
+the network's FLOPs, where a Winograd program counts fewer) and the median over rounds of
+time(k) / time(0) with its min..max; per scheme (full, random, bucketed at c = depth.power or
+2) the expected step time sum_k p(k) time(k) against full depth, beside the FLOP ratio
+sum_k p(k) flops(k) / flops(0).
 The optimizer and EMA updates (train.apply_gradients) are timed alone in the same rounds: their
 cost is the same at every depth (all parameters are updated), so time k / 0 net of it is shown
 too, the part of a step that can shrink with depth. Timed as a program of its own, the update
@@ -64,13 +66,15 @@ PAPER_TABLE_2 = {
 
 
 def forward_flops_per_depth(model, params, x, t) -> list:
-  """XLA's FLOP count of one U-Net forward at each static depth k."""
+  """XLA's FLOP count of one U-Net forward at each static depth k, with direct convolutions
+  (cpu_convolutions=eigen: the network's FLOPs; a Winograd program counts fewer)."""
   flops = []
-  for k in range(model.num_levels):
-    forward = cpu_kernels.jit(
-        lambda params, x, t, k=k: builders.make_model_fn(model, params)(x, t, depth=k))
-    stats, _ = timing.compile_only(forward, (params, x, t))
-    flops.append(stats["flops"])
+  with cpu_kernels.convolutions_set_to("eigen"):
+    for k in range(model.num_levels):
+      forward = cpu_kernels.jit(
+          lambda params, x, t, k=k: builders.make_model_fn(model, params)(x, t, depth=k))
+      stats, _ = timing.compile_only(forward, (params, x, t))
+      flops.append(stats["flops"])
   return flops
 
 
@@ -139,8 +143,14 @@ def bench_training(config, num_rounds: int) -> dict:
   images = parallel.global_batch_from_local(
       np.random.default_rng(0).integers(0, 256, (batch_size // jax.process_count(),)
                                         + builders.image_shape(config), dtype=np.uint8), mesh)
-  flops = [timing.compile_only(host_step.programs[k], (state, images))[0]["flops"]
-           for k in range(num_levels)]
+  # The network's FLOPs per depth: programs of their own with direct convolutions (a Winograd
+  # program counts fewer multiply-adds: cpu_kernels), compiled for the count only.
+  with cpu_kernels.convolutions_set_to("eigen"):
+    counting_step = train_lib.make_train_step(
+        host_config, builders.build_model(host_config), builders.build_diffusion(host_config),
+        builders.build_optimizer(host_config.training), mesh)
+    flops = [timing.compile_only(counting_step.programs[k], (state, images))[0]["flops"]
+             for k in range(num_levels)]
   compile_s = {"host (all depths)": host_step.compile_all(state, images),
                "switch": switch_step.compile_all(state, images)}
   # A step whose in-graph draw picks k, for each k: the switch program then runs depth k.

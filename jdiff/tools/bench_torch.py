@@ -35,7 +35,11 @@ from jdiff.tools import timing
 
 flags.DEFINE_list("batch_sizes", ["1", "8", "32"], "Forward batch sizes.")
 flags.DEFINE_integer("train_batch", 32, "Train-step batch size.")
-flags.DEFINE_integer("rounds", 3, "Interleaved rounds (after one warm-up).")
+flags.DEFINE_integer("rounds", 3, "Interleaved rounds (after the warm-up rounds).")
+# In this process (one glibc heap shared with PyTorch) jdiff's batch-32 train step faulted its
+# memory in over its first three calls: 955k, 366k, 125k page faults, up to 4.3 s of kernel time,
+# then none (session 16).
+flags.DEFINE_integer("warmup_rounds", 3, "Untimed rounds first.")
 flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
 flags.DEFINE_list("cpu_convolutions", [], "jdiff's XLA:CPU convolution kernels to time, each "
                   "against the same PyTorch calls (default: the config's; eigen,ynn: both).")
@@ -121,7 +125,7 @@ def _jdiff_calls(config, mesh, batch_sizes, train_batch: int, rng, tag: str):
 
 
 def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, threads: int,
-        kernel_libraries=()):
+        kernel_libraries=(), warmup_rounds: int = 3):
   """kernel_libraries: the cpu_convolutions settings jdiff is timed under (default: the
   config's); with more than one, each is a row of its own against the same PyTorch calls."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -169,7 +173,7 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
     return torch_step(torch_images)
   calls["torch train"] = torch_train
 
-  times = timing.interleaved_rounds(calls, num_rounds)
+  times = timing.interleaved_rounds(calls, num_rounds, warmup_rounds)
   rows = []
   for what in [f"forward {b}" for b in batch_sizes] + ["train"]:
     p = times[f"torch {what}"]
@@ -186,7 +190,8 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
           "speed_ratio": timing.ratio_stats(p, j),  # jdiff speed / torch speed, per round
           "jdiff_s": j, "torch_s": p})
   results = {"device": "cpu", "threads": threads, "torch": torch.__version__,
-             "jax": jax.__version__, "num_rounds": num_rounds, "jdiff_params": int(jdiff_params),
+             "jax": jax.__version__, "num_rounds": num_rounds, "warmup_rounds": warmup_rounds,
+             "jdiff_params": int(jdiff_params),
              "torch_params": int(torch_params), "cpu_convolutions": list(kernel_libraries),
              "rows": rows}
   report.write_json(os.path.join(workdir, "bench_torch.json"), results)
@@ -224,7 +229,7 @@ def main(argv):
       raise errors.ConfigError(f"--cpu_convolutions={kernels!r}: must be a list from "
                                f"{list(cpu_kernels.CPU_CONVOLUTIONS)}")
   run(config, workdir, [int(b) for b in FLAGS.batch_sizes], FLAGS.train_batch, FLAGS.rounds,
-      FLAGS.threads, FLAGS.cpu_convolutions)
+      FLAGS.threads, FLAGS.cpu_convolutions, FLAGS.warmup_rounds)
 
 
 if __name__ == "__main__":

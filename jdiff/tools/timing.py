@@ -109,11 +109,12 @@ def run_threaded(step_fn: Callable, state, args_at: Callable[[int], Sequence], n
 
 
 def interleaved_rounds(calls: Mapping[str, Callable[[], Any]], num_rounds: int,
-                       warmup: bool = True) -> Dict[str, list]:
+                       warmup_rounds: int = 1) -> Dict[str, list]:
   """{name: [seconds of each round]}: every call run once per round, in turn, each blocked on
   (jax.block_until_ready), so that load from other processes on a shared machine falls on all
-  of them alike and a ratio of two calls can be taken round by round (ratio_stats)."""
-  if warmup:
+  of them alike and a ratio of two calls can be taken round by round (ratio_stats). The first
+  warmup_rounds rounds (compiles, first allocations) are not timed."""
+  for _ in range(warmup_rounds):
     for call in calls.values():
       jax.block_until_ready(call())
   times = {name: [] for name in calls}

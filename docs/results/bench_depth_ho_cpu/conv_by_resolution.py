@@ -58,7 +58,7 @@ def main():
   calls, flops = {}, {}
   for size, in_channels, out_channels in SHAPES:
     for part, (fn, args) in _programs(size, in_channels, out_channels).items():
-      for kernels in cpu_kernels.CPU_CONVOLUTIONS:
+      for kernels in ("eigen", "ynn"):  # the kernel libraries; Winograd: winograd_by_shape.py
         with cpu_kernels.convolutions_set_to(kernels):
           program = cpu_kernels.jit(fn)
         name = f"{size}x{size} {in_channels}->{out_channels} {part} [{kernels}]"
