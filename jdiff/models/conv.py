@@ -29,7 +29,7 @@ gradients are faster.
 
 Winograd (`cpu_convolutions=winograd`, jdiff's default on CPU). A 3x3, stride-1, SAME
 convolution computed as Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016, "Fast
-Algorithms for Convolutional Neural Networks", eq. 8 with their F(2x2, 3x3) matrices B^T, G,
+Algorithms for Convolutional Neural Networks", section 4.1, with its F(2x2, 3x3) matrices B^T, G,
 A^T): each 2x2 output tile is Y = A^T [(G g G^T) * (B^T d B)] A for the 4x4 input tile d around
 it, i.e. 16 matrix products [tiles, C_in] x [C_in, C_out] (YNNPACK's) and cheap transforms, 2.25x
 fewer multiply-adds than the direct convolution. Its gradients are jax's autodiff of the same
