@@ -224,6 +224,9 @@ def main(argv):
   host_memory.apply(config.host_memory)  # as --mode runs do (PyTorch's allocations share it)
   workdir = FLAGS.workdir or "/tmp/bench_torch"
   os.makedirs(workdir, exist_ok=True)
+  if FLAGS.warmup_rounds < 0 or FLAGS.rounds < 1:
+    raise errors.ConfigError(f"--rounds={FLAGS.rounds}, --warmup_rounds={FLAGS.warmup_rounds}: "
+                             "need rounds >= 1 and warmup_rounds >= 0")
   for kernels in FLAGS.cpu_convolutions:
     if kernels not in cpu_kernels.CPU_CONVOLUTIONS:
       raise errors.ConfigError(f"--cpu_convolutions={kernels!r}: must be a list from "
