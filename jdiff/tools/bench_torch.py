@@ -148,13 +148,16 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
       jdiff_calls, program_flops[kernels], inputs, images, jdiff_params = _jdiff_calls(
           config, mesh, batch_sizes, train_batch, np.random.default_rng(0), f" [{kernels}]")
     calls.update(jdiff_calls)
-  # The network's FLOPs: XLA's count of its direct convolutions (Winograd's program does fewer
-  # multiply-adds for the same network; cpu_kernels).
-  if "eigen" not in program_flops:
+  # The network's FLOPs: XLA's count of a program with direct convolutions (Winograd's does
+  # fewer multiply-adds for the same network; cpu_kernels). Built for the count where only
+  # Winograd is timed.
+  direct = [kernels for kernels in ("eigen", "ynn") if kernels in program_flops]
+  if direct:
+    flops = program_flops[direct[0]]
+  else:
     with cpu_kernels.convolutions_set_to("eigen"):
-      program_flops["eigen"] = _jdiff_calls(config, mesh, batch_sizes, train_batch,
-                                            np.random.default_rng(0), "")[1]
-  flops = program_flops["eigen"]
+      flops = _jdiff_calls(config, mesh, batch_sizes, train_batch, np.random.default_rng(0),
+                           "")[1]
   for b in batch_sizes:
     x, t = inputs[b]
     x_torch, t_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(t)
