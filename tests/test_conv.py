@@ -135,16 +135,35 @@ def test_winograd_is_the_direct_convolution(x_shape, channels_out):
     np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
+def _dots(jaxpr):
+  """(lhs shape, rhs shape) of every dot_general in jaxpr and the jaxprs nested in it."""
+  shapes = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      shapes.append((eqn.invars[0].aval.shape, eqn.invars[1].aval.shape))
+    for param in eqn.params.values():
+      for inner in param if isinstance(param, (list, tuple)) else (param,):
+        if isinstance(inner, jax.extend.core.ClosedJaxpr):
+          shapes += _dots(inner.jaxpr)
+        elif isinstance(inner, jax.extend.core.Jaxpr):
+          shapes += _dots(inner)
+  return shapes
+
+
 def test_winograd_is_sixteen_products_of_tiles():
-  """What makes it cheaper: no convolution, one batched product of 16 transformed [tiles, C_in]
-  blocks (2x2 outputs per tile) with the 16 transformed [C_in, C_out] filters."""
+  """What makes it cheaper: no convolution, 16 products of transformed [tiles, C_in] blocks (2x2
+  outputs per tile) with the 16 transformed [C_in, C_out] filters: 16 separate ones when not
+  differentiated, one batched product under autodiff (and only there: its gradients)."""
   x, kernel = jnp.ones((2, 8, 6, 5)), jnp.ones((3, 3, 5, 7))
-  jaxpr = jax.make_jaxpr(conv.winograd_conv3x3)(x, kernel).jaxpr
-  assert "conv_general_dilated" not in str(jaxpr)
-  dots = [e for e in jaxpr.eqns if e.primitive.name == "dot_general"]
-  assert len(dots) == 1
-  assert dots[0].invars[0].aval.shape == (16, 2 * 4 * 3, 5)
-  assert dots[0].invars[1].aval.shape == (16, 5, 7)
+  forward = jax.make_jaxpr(conv.winograd_conv3x3)(x, kernel).jaxpr
+  assert "conv_general_dilated" not in str(forward)
+  assert _dots(forward) == [((2, 4, 3, 5), (5, 7))] * 16
+  gradient = jax.make_jaxpr(jax.grad(lambda x, kernel: conv.winograd_conv3x3(x, kernel).sum(),
+                                     argnums=(0, 1)))(x, kernel).jaxpr
+  assert "conv_general_dilated" not in str(gradient)
+  dots = _dots(gradient)
+  assert ((16, 2 * 4 * 3, 5), (16, 5, 7)) in dots
+  assert all(lhs[0] == 16 for lhs, _ in dots), dots
 
 
 def test_winograd_applies_only_to_the_large_3x3_stride_1_same_convolutions():

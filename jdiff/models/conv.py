@@ -32,16 +32,21 @@ convolution computed as Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2
 Algorithms for Convolutional Neural Networks", section 4.1, with its F(2x2, 3x3) matrices B^T, G,
 A^T): each 2x2 output tile is Y = A^T [(G g G^T) * (B^T d B)] A for the 4x4 input tile d around
 it, i.e. 16 matrix products [tiles, C_in] x [C_in, C_out] (YNNPACK's) and cheap transforms, 2.25x
-fewer multiply-adds than the direct convolution. Its gradients are jax's autodiff of the same
-program (transforms and products again). Float32 results agree with XLA's convolution to ~1e-6
-relative. Measured one convolution at a time against XLA's Eigen convolution (Ho et al.'s
-shapes where it applies, batch 8 and 32, 2-core AMD EPYC, session 16;
-docs/results/bench_torch_cpu/winograd_by_shape.py): forward 1.19-1.58x faster, forward and both
-gradients 1.15-1.50x; the Ho net's train step takes 0.79-0.86 of Eigen's time at batch 8 and 32
-(README, "CPU kernels"). Small problems lose (the transforms dominate: 32-64 channels 0.69-0.85x,
-4x4 at batch 8 0.88x): `winograd_applies` keeps it to float32 convolutions with >=
-WINOGRAD_MIN_CHANNELS input and output channels and >= WINOGRAD_MIN_TILES output tiles (batch x
-H x W / 4), the rest go to the convolution `filter_grad_fn` would give.
+fewer multiply-adds than the direct convolution. Not differentiated (sampling, evaluation), the
+16 products are separate dot_generals on the 16 transformed blocks; differentiated, one batched
+dot_general on them stacked, and the gradients are jax's autodiff of that program (transforms and
+products again): XLA copies the stacked blocks into place (a concatenate 4x the input's size, a
+quarter of the forward's time at 32x32), but the batched form's gradients are the faster ones
+(winograd_conv3x3). Float32 results agree with XLA's convolution to ~1e-6 relative. Measured one
+convolution at a time against XLA's Eigen convolution (Ho et al.'s shapes where it applies,
+2-core AMD EPYC; docs/results/bench_torch_cpu/winograd_by_shape.py): forward 1.42-1.65x faster
+at batch 8 and 1.40-1.81x at batch 32 (session 17; 1.19-1.58x with the batched product, session
+16), forward and both gradients 1.15-1.50x (session 16); the Ho net's train step takes 0.79-0.86
+of Eigen's time at batch 8 and 32 (README, "CPU kernels"). Small problems lose (the transforms
+dominate: 32-64 channels 0.69-0.85x, 4x4 at batch 8 0.88x): `winograd_applies` keeps it to
+float32 convolutions with >= WINOGRAD_MIN_CHANNELS input and output channels and >=
+WINOGRAD_MIN_TILES output tiles (batch x H x W / 4), the rest go to the convolution
+`filter_grad_fn` would give.
 """
 
 import functools
@@ -160,18 +165,18 @@ def _combinations(matrix, parts):
   return rows
 
 
-def _winograd_input_transform(x):
-  """V = B^T d B of every 4x4 input tile d (stride 2) of NHWC x: [16, tiles, C_in]."""
-  batch, height, width, channels = x.shape
+def _winograd_input_parts(x):
+  """The 16 entries (u, v) of V = B^T d B over every 4x4 input tile d (stride 2) of NHWC x, each
+  [B, H / 2, W / 2, C_in], in row-major (u, v) order."""
+  _, height, width, _ = x.shape
   tile_rows, tile_cols = height // 2, width // 2
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
   # d's rows r are the strided slices padded[:, r::2].
   rows = _combinations(_WINOGRAD_BT, [padded[:, r:r + 2 * tile_rows:2] for r in range(4)])
-  transformed = []
+  parts = []
   for row in rows:
-    transformed += _combinations(_WINOGRAD_BT,
-                                 [row[:, :, c:c + 2 * tile_cols:2] for c in range(4)])
-  return jnp.stack(transformed).reshape(16, batch * tile_rows * tile_cols, channels)
+    parts += _combinations(_WINOGRAD_BT, [row[:, :, c:c + 2 * tile_cols:2] for c in range(4)])
+  return parts
 
 
 def _winograd_kernel_transform(kernel):
@@ -183,23 +188,53 @@ def _winograd_kernel_transform(kernel):
 
 
 def _winograd_output_transform(products, shape):
-  """Y = A^T M A of every tile's [4, 4] products, the 2x2 outputs interleaved into `shape`."""
-  batch, height, width, channels = shape
-  products = products.reshape(4, 4, batch, height // 2, width // 2, channels)
-  rows = _combinations(_WINOGRAD_AT, [products[i] for i in range(4)])
-  tiles = [_combinations(_WINOGRAD_AT, [row[j] for j in range(4)]) for row in rows]
+  """Y = A^T M A of every tile, the 2x2 outputs interleaved into `shape`; products[i][j] is
+  entry (i, j) of M, [B, H / 2, W / 2, C_out]."""
+  columns = [_combinations(_WINOGRAD_AT, [products[i][j] for i in range(4)]) for j in range(4)]
+  tiles = [_combinations(_WINOGRAD_AT, [column[p] for column in columns]) for p in range(2)]
   y = jnp.stack([jnp.stack(pair, axis=3) for pair in tiles], axis=2)  # [B, th, 2, tw, 2, C]
   return y.reshape(shape)
 
 
+def _winograd_batched(x, kernel, precision):
+  """Winograd with V stacked into [16, tiles, C_in] and one batched product: the form whose
+  autodiff gradients are fastest (winograd_conv3x3)."""
+  batch, height, width, channels = x.shape
+  inputs = jnp.stack(_winograd_input_parts(x)).reshape(16, -1, channels)
+  products = lax.dot_general(inputs, _winograd_kernel_transform(kernel),
+                             (((2,), (1,)), ((0,), (0,))), precision=precision)
+  products = products.reshape(4, 4, batch, height // 2, width // 2, kernel.shape[-1])
+  return _winograd_output_transform(products, x.shape[:-1] + kernel.shape[-1:])
+
+
+def _winograd_separate(x, kernel, precision):
+  """Winograd with 16 separate products [B, H / 2, W / 2, C_in] x [C_in, C_out]: XLA copies the
+  stacked V of _winograd_batched into place (a concatenate of 4x the input's size), which this
+  form never builds."""
+  kernels = _winograd_kernel_transform(kernel)
+  products = [lax.dot_general(part, kernels[i], (((3,), (0,)), ((), ())), precision=precision)
+              for i, part in enumerate(_winograd_input_parts(x))]
+  return _winograd_output_transform([products[4 * i:4 * i + 4] for i in range(4)],
+                                    x.shape[:-1] + kernel.shape[-1:])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
 def winograd_conv3x3(x, kernel, precision=None):
   """The 3x3 stride-1 SAME convolution of NHWC x [B, H, W, C_in] (H, W even) with HWIO kernel
-  [3, 3, C_in, C_out] as Winograd F(2x2, 3x3) (module docstring). Its gradients are autodiff's
-  (a custom VJP computing the input gradient as Winograd of dy with the flipped kernel was no
-  faster: 1.0-1.1x the time, session 16)."""
-  products = lax.dot_general(_winograd_input_transform(x), _winograd_kernel_transform(kernel),
-                             (((2,), (1,)), ((0,), (0,))), precision=precision)
-  return _winograd_output_transform(products, x.shape[:-1] + kernel.shape[-1:])
+  [3, 3, C_in, C_out] as Winograd F(2x2, 3x3) (module docstring).
+
+  Undifferentiated (sampling, evaluation) it runs 16 separate products; differentiated, the
+  forward and its autodiff gradients are those of one batched product over the stacked V. Each
+  is the faster of the two there (one convolution at a time, module docstring): the separate
+  products skip the copy that stacks V, but their transposes run slower in the gradients. (A
+  custom VJP computing the input gradient as Winograd of dy with the flipped kernel was no
+  faster: 1.0-1.1x the time, session 16.)"""
+  return _winograd_separate(x, kernel, precision)
+
+
+@winograd_conv3x3.defjvp
+def _winograd_conv3x3_jvp(precision, primals, tangents):
+  return jax.jvp(lambda x, kernel: _winograd_batched(x, kernel, precision), primals, tangents)
 
 
 def winograd_applies(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
