@@ -153,7 +153,7 @@ def _dots(jaxpr):
 def test_winograd_is_sixteen_products_of_tiles():
   """What makes it cheaper: no convolution, 16 products of transformed [tiles, C_in] blocks (2x2
   outputs per tile) with the 16 transformed [C_in, C_out] filters: 16 separate ones when not
-  differentiated, one batched product under autodiff (and only there: its gradients)."""
+  differentiated, one batched product and its two transposes (the gradients) under autodiff."""
   x, kernel = jnp.ones((2, 8, 6, 5)), jnp.ones((3, 3, 5, 7))
   forward = jax.make_jaxpr(conv.winograd_conv3x3)(x, kernel).jaxpr
   assert "conv_general_dilated" not in str(forward)
@@ -162,8 +162,9 @@ def test_winograd_is_sixteen_products_of_tiles():
                                      argnums=(0, 1)))(x, kernel).jaxpr
   assert "conv_general_dilated" not in str(gradient)
   dots = _dots(gradient)
-  assert ((16, 2 * 4 * 3, 5), (16, 5, 7)) in dots
-  assert all(lhs[0] == 16 for lhs, _ in dots), dots
+  assert sorted(dots) == sorted([((16, 2 * 4 * 3, 5), (16, 5, 7)),     # forward
+                                 ((16, 2 * 4 * 3, 5), (16, 2 * 4 * 3, 7)),  # filter gradient
+                                 ((16, 2 * 4 * 3, 7), (16, 5, 7))])  # input gradient
 
 
 def test_winograd_applies_only_to_the_large_3x3_stride_1_same_convolutions():

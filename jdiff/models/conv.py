@@ -34,10 +34,12 @@ A^T): each 2x2 output tile is Y = A^T [(G g G^T) * (B^T d B)] A for the 4x4 inpu
 it, i.e. 16 matrix products [tiles, C_in] x [C_in, C_out] (YNNPACK's) and cheap transforms, 2.25x
 fewer multiply-adds than the direct convolution. Not differentiated (sampling, evaluation), the
 16 products are separate dot_generals on the 16 transformed blocks; differentiated, one batched
-dot_general on them stacked, and the gradients are jax's autodiff of that program (transforms and
-products again): XLA copies the stacked blocks into place (a concatenate 4x the input's size, a
-quarter of the forward's time at 32x32), but the batched form's gradients are the faster ones
-(winograd_conv3x3). Float32 results agree with XLA's convolution to ~1e-6 relative. Measured one
+dot_general on them stacked, which the backward pass reuses: XLA copies the stacked blocks into
+place (a concatenate 4x the input's size, a quarter of the forward's time at 32x32), but the
+gradients of the batched form are the faster ones (winograd_conv3x3). The backward pass is the
+transposes of the products and transforms, written out so that the input gradient is one fused
+loop over the input (autodiff's transpose of the 16 strided tile slices pads and sums 16 arrays
+of the input's size). Float32 results agree with XLA's convolution to ~1e-6 relative. Measured one
 convolution at a time against XLA's Eigen convolution (Ho et al.'s shapes where it applies,
 2-core AMD EPYC; docs/results/bench_torch_cpu/winograd_by_shape.py): forward 1.42-1.65x faster
 at batch 8 and 1.40-1.81x at batch 32 (session 17; 1.19-1.58x with the batched product, session
@@ -196,20 +198,69 @@ def _winograd_output_transform(products, shape):
   return y.reshape(shape)
 
 
-def _winograd_batched(x, kernel, precision):
-  """Winograd with V stacked into [16, tiles, C_in] and one batched product: the form whose
-  autodiff gradients are fastest (winograd_conv3x3)."""
+def _transposed(matrix):
+  return tuple(zip(*matrix))
+
+
+def _winograd_input_transform_transposed(d_inputs, shape):
+  """dx from dV [16, tiles, C_in]: the transpose of V = B^T d B over the overlapping 4x4 tiles of
+  the padded input. Each padded pixel (2I + p, 2J + q), p, q in {0, 1}, lies in at most four
+  tiles, at offset (p or p + 2, q or q + 2) of tile (I or I - 1, J or J - 1), so dx is four
+  shifted sums of E = B dV B^T interleaved, which XLA fuses into one loop (autodiff of the
+  strided slices pads and adds 16 full-size arrays instead)."""
+  batch, height, width, channels = shape
+  tile_rows, tile_cols = height // 2, width // 2
+  d_parts = d_inputs.reshape(16, batch, tile_rows, tile_cols, channels)
+  b = _transposed(_WINOGRAD_BT)
+  columns = [_combinations(b, [d_parts[4 * u + v] for u in range(4)]) for v in range(4)]
+  e = [_combinations(b, [column[r] for column in columns]) for r in range(4)]  # e[r][s]
+
+  def shifted(part, row_shift, col_shift):  # tile (I - row_shift, J - col_shift) at block (I, J)
+    return jnp.pad(part, ((0, 0), (row_shift, 1 - row_shift), (col_shift, 1 - col_shift), (0, 0)))
+
+  blocks = [[shifted(e[p][q], 0, 0) + shifted(e[p + 2][q], 1, 0) + shifted(e[p][q + 2], 0, 1)
+             + shifted(e[p + 2][q + 2], 1, 1) for q in range(2)] for p in range(2)]
+  padded = jnp.stack([jnp.stack(row, axis=3) for row in blocks], axis=2)  # [B, th+1, 2, tw+1, 2, C]
+  padded = padded.reshape(batch, height + 2, width + 2, channels)
+  return padded[:, 1:-1, 1:-1]
+
+
+def _winograd_batched_forward(x, kernel, precision):
+  """Winograd with V stacked into [16, tiles, C_in] and one batched product; (y, (V, U))."""
   batch, height, width, channels = x.shape
   inputs = jnp.stack(_winograd_input_parts(x)).reshape(16, -1, channels)
-  products = lax.dot_general(inputs, _winograd_kernel_transform(kernel),
-                             (((2,), (1,)), ((0,), (0,))), precision=precision)
+  kernels = _winograd_kernel_transform(kernel)
+  products = lax.dot_general(inputs, kernels, (((2,), (1,)), ((0,), (0,))), precision=precision)
   products = products.reshape(4, 4, batch, height // 2, width // 2, kernel.shape[-1])
-  return _winograd_output_transform(products, x.shape[:-1] + kernel.shape[-1:])
+  return _winograd_output_transform(products, x.shape[:-1] + kernel.shape[-1:]), (inputs, kernels)
+
+
+def _winograd_batched_backward(precision, residuals, dy):
+  """dx and dkernel: the two batched products' transposes, the transforms' transposes (jax's
+  linear_transpose for the output and kernel transforms, _winograd_input_transform_transposed
+  for the input)."""
+  inputs, kernels = residuals
+  batch, height, width, out_channels = dy.shape
+  in_channels = inputs.shape[-1]
+  tiles = inputs.shape[1]
+  output_transform = lambda products: _winograd_output_transform(
+      products.reshape(4, 4, batch, height // 2, width // 2, out_channels), dy.shape)
+  (d_products,) = jax.linear_transpose(
+      output_transform, jax.ShapeDtypeStruct((16, tiles, out_channels), dy.dtype))(dy)
+  d_kernels = lax.dot_general(inputs, d_products, (((1,), (1,)), ((0,), (0,))),
+                              precision=precision)
+  (d_kernel,) = jax.linear_transpose(
+      _winograd_kernel_transform,
+      jax.ShapeDtypeStruct((3, 3, in_channels, out_channels), dy.dtype))(d_kernels)
+  d_inputs = lax.dot_general(d_products, kernels, (((2,), (2,)), ((0,), (0,))),
+                             precision=precision)
+  dx = _winograd_input_transform_transposed(d_inputs, (batch, height, width, in_channels))
+  return dx, d_kernel
 
 
 def _winograd_separate(x, kernel, precision):
   """Winograd with 16 separate products [B, H / 2, W / 2, C_in] x [C_in, C_out]: XLA copies the
-  stacked V of _winograd_batched into place (a concatenate of 4x the input's size), which this
+  stacked V of the batched form into place (a concatenate of 4x the input's size), which this
   form never builds."""
   kernels = _winograd_kernel_transform(kernel)
   products = [lax.dot_general(part, kernels[i], (((3,), (0,)), ((), ())), precision=precision)
@@ -218,23 +269,22 @@ def _winograd_separate(x, kernel, precision):
                                     x.shape[:-1] + kernel.shape[-1:])
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def winograd_conv3x3(x, kernel, precision=None):
   """The 3x3 stride-1 SAME convolution of NHWC x [B, H, W, C_in] (H, W even) with HWIO kernel
   [3, 3, C_in, C_out] as Winograd F(2x2, 3x3) (module docstring).
 
-  Undifferentiated (sampling, evaluation) it runs 16 separate products; differentiated, the
-  forward and its autodiff gradients are those of one batched product over the stacked V. Each
-  is the faster of the two there (one convolution at a time, module docstring): the separate
-  products skip the copy that stacks V, but their transposes run slower in the gradients. (A
-  custom VJP computing the input gradient as Winograd of dy with the flipped kernel was no
-  faster: 1.0-1.1x the time, session 16.)"""
+  Undifferentiated (sampling, evaluation) it runs 16 separate products; differentiated, one
+  batched product over the stacked V, which the backward pass reuses. Each is the faster of the
+  two there (one convolution at a time, module docstring): the separate products skip the copy
+  that stacks V, but their transposes run slower in the gradients. The backward is written out
+  (_winograd_batched_backward); a custom VJP computing the input gradient as Winograd of dy with
+  the flipped kernel was no faster than autodiff (1.0-1.1x the time, session 16). Reverse mode
+  only, as conv_general_dilated."""
   return _winograd_separate(x, kernel, precision)
 
 
-@winograd_conv3x3.defjvp
-def _winograd_conv3x3_jvp(precision, primals, tangents):
-  return jax.jvp(lambda x, kernel: _winograd_batched(x, kernel, precision), primals, tangents)
+winograd_conv3x3.defvjp(_winograd_batched_forward, _winograd_batched_backward)
 
 
 def winograd_applies(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
