@@ -104,14 +104,32 @@ def build_diffusion(config) -> diffusion_lib.GaussianDiffusion:
       schedules.get_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end))
 
 
-def build_optimizer(training_config) -> optax.GradientTransformation:
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+  """optax.clip_by_global_norm, the same arithmetic and the same (empty) state, that takes the
+  gradients' global norm as `grad_norm=` when the caller has it: the train step computes it
+  anyway (for its non-finite guard and its metrics), and computing it again streams every
+  gradient through memory once more (the Ho net's optimizer and EMA update: 67 ms instead of 75
+  ms on 2 CPU cores, median of 60 interleaved rounds, same results bitwise; session 17)."""
+
+  def update_fn(updates, state, params=None, *, grad_norm=None, **extra_args):
+    del params, extra_args
+    if grad_norm is None:
+      grad_norm = optax.tree.norm(updates)
+    keep = jnp.squeeze(grad_norm < max_norm)
+    updates = jax.tree.map(
+        lambda t: jax.lax.select(keep, t, (t / grad_norm.astype(t.dtype)) * max_norm), updates)
+    return updates, state
+
+  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
+
+
+def build_optimizer(training_config) -> optax.GradientTransformationExtraArgs:
   """Adam with linear warmup (lr (step + 1) / warmup for the first warmup steps) and
-  global-norm clipping (Ho et al.)."""
+  global-norm clipping (Ho et al.); update(..., grad_norm=norm) skips recomputing the norm."""
   warmup = max(training_config.warmup_steps, 1)
   lr = training_config.learning_rate
   learning_rate = optax.linear_schedule(lr / warmup, lr, warmup - 1) if warmup > 1 else lr
-  return optax.chain(optax.clip_by_global_norm(training_config.grad_clip),
-                     optax.adam(learning_rate))
+  return optax.chain(clip_by_global_norm(training_config.grad_clip), optax.adam(learning_rate))
 
 
 def parameter_count(config) -> int:

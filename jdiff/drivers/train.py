@@ -100,12 +100,13 @@ def apply_gradients(optimizer, ema_decay_at: Callable, state: TrainState, loss, 
                     loss_history):
   """(state after the optimizer and EMA updates, {loss, grad_norm, finite}): the part of a train
   step that costs the same at every depth (bench_depth times it alone)."""
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   # A non-finite loss leaves the state untouched, so non-finite params are never written.
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
   def updated(state):
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params,
+                                          grad_norm=grad_norm)
     params = optax.apply_updates(state.params, updates)
     ema_params = optax.incremental_update(params, state.ema_params,
                                           step_size=1.0 - ema_decay_at(state.step))

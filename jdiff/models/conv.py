@@ -27,28 +27,28 @@ Grouped and input-dilated convolutions and non-channels-last layouts fall back t
 CPU backend under `cpu_convolutions=ynn` only: Eigen's and the GPU/TPU compilers' own filter
 gradients are faster.
 
-Winograd (`cpu_convolutions=winograd`, jdiff's default on CPU). A 3x3, stride-1, SAME
-convolution computed as Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016, "Fast
-Algorithms for Convolutional Neural Networks", section 4.1, with its F(2x2, 3x3) matrices B^T, G,
-A^T): each 2x2 output tile is Y = A^T [(G g G^T) * (B^T d B)] A for the 4x4 input tile d around
-it, i.e. 16 matrix products [tiles, C_in] x [C_in, C_out] (YNNPACK's) and cheap transforms, 2.25x
-fewer multiply-adds than the direct convolution. Not differentiated (sampling, evaluation), the
-16 products are separate dot_generals on the 16 transformed blocks; differentiated, one batched
-dot_general on them stacked, which the backward pass reuses: XLA copies the stacked blocks into
-place (a concatenate 4x the input's size, a quarter of the forward's time at 32x32), but the
-gradients of the batched form are the faster ones (winograd_conv3x3). The backward pass is the
-transposes of the products and transforms, written out so that the input gradient is one fused
-loop over the input (autodiff's transpose of the 16 strided tile slices pads and sums 16 arrays
-of the input's size). Float32 results agree with XLA's convolution to ~1e-6 relative. Measured one
-convolution at a time against XLA's Eigen convolution (Ho et al.'s shapes where it applies,
-2-core AMD EPYC; docs/results/bench_torch_cpu/winograd_by_shape.py): forward 1.42-1.65x faster
-at batch 8 and 1.40-1.81x at batch 32 (session 17; 1.19-1.58x with the batched product, session
-16), forward and both gradients 1.15-1.50x (session 16); the Ho net's train step takes 0.79-0.86
-of Eigen's time at batch 8 and 32 (README, "CPU kernels"). Small problems lose (the transforms
-dominate: 32-64 channels 0.69-0.85x, 4x4 at batch 8 0.88x): `winograd_applies` keeps it to
-float32 convolutions with >= WINOGRAD_MIN_CHANNELS input and output channels and >=
-WINOGRAD_MIN_TILES output tiles (batch x H x W / 4), the rest go to the convolution
-`filter_grad_fn` would give.
+Winograd (`cpu_convolutions=winograd`, jdiff's default on CPU). A 3x3, stride-1, SAME convolution
+computed as Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016, "Fast Algorithms for
+Convolutional Neural Networks", section 4.1, with its F(2x2, 3x3) matrices B^T, G, A^T): each 2x2
+output tile is Y = A^T [(G g G^T) * (B^T d B)] A for the 4x4 input tile d around it, i.e. 16 matrix
+products [tiles, C_in] x [C_in, C_out] (YNNPACK's) and cheap transforms, 2.25x fewer multiply-adds
+than the direct convolution. Not differentiated (sampling, evaluation), the 16 products are separate
+dot_generals on the 16 transformed blocks; differentiated, one batched dot_general on them stacked,
+which the backward pass reuses: XLA copies the stacked blocks into place (a concatenate 4x the
+input's size, a quarter of the forward's time at 32x32), but the gradients of the batched form are
+the faster ones (winograd_conv3x3). The backward pass is the transposes of the products and
+transforms, written out so that the input gradient is four shifted sums interleaved (autodiff's
+transpose of the 16 strided tile slices pads and sums 16 arrays of the input's size): 1.02-1.04x
+faster with both gradients (session 17). Float32 results agree with XLA's convolution to ~1e-6
+relative. Measured one convolution at a time against XLA's Eigen convolution (Ho et al.'s shapes
+where it applies, 2-core AMD EPYC; docs/results/bench_torch_cpu/winograd_by_shape.py): forward
+1.42-1.65x faster at batch 8 and 1.40-1.81x at batch 32 (session 17; 1.19-1.58x with the batched
+product, session 16), forward and both gradients 1.15-1.50x (session 16); the Ho net's train step
+takes 0.79-0.86 of Eigen's time at batch 8 and 32 (README, "CPU kernels"). Small problems lose (the
+transforms dominate: 32-64 channels 0.69-0.85x, 4x4 at batch 8 0.88x): `winograd_applies` keeps it
+to float32 convolutions with >= WINOGRAD_MIN_CHANNELS input and output channels and >=
+WINOGRAD_MIN_TILES output tiles (batch x H x W / 4), the rest go to the convolution `filter_grad_fn`
+would give.
 """
 
 import functools
@@ -206,8 +206,8 @@ def _winograd_input_transform_transposed(d_inputs, shape):
   """dx from dV [16, tiles, C_in]: the transpose of V = B^T d B over the overlapping 4x4 tiles of
   the padded input. Each padded pixel (2I + p, 2J + q), p, q in {0, 1}, lies in at most four
   tiles, at offset (p or p + 2, q or q + 2) of tile (I or I - 1, J or J - 1), so dx is four
-  shifted sums of E = B dV B^T interleaved, which XLA fuses into one loop (autodiff of the
-  strided slices pads and adds 16 full-size arrays instead)."""
+  shifted sums of E = B dV B^T interleaved, which XLA fuses into one loop, with its consumer
+  where it has one (autodiff of the strided slices pads and adds 16 full-size arrays instead)."""
   batch, height, width, channels = shape
   tile_rows, tile_cols = height // 2, width // 2
   d_parts = d_inputs.reshape(16, batch, tile_rows, tile_cols, channels)
@@ -243,8 +243,11 @@ def _winograd_batched_backward(precision, residuals, dy):
   batch, height, width, out_channels = dy.shape
   in_channels = inputs.shape[-1]
   tiles = inputs.shape[1]
-  output_transform = lambda products: _winograd_output_transform(
-      products.reshape(4, 4, batch, height // 2, width // 2, out_channels), dy.shape)
+
+  def output_transform(products):
+    return _winograd_output_transform(
+        products.reshape(4, 4, batch, height // 2, width // 2, out_channels), dy.shape)
+
   (d_products,) = jax.linear_transpose(
       output_transform, jax.ShapeDtypeStruct((16, tiles, out_channels), dy.dtype))(dy)
   d_kernels = lax.dot_general(inputs, d_products, (((1,), (1,)), ((0,), (0,))),
