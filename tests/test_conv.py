@@ -171,6 +171,8 @@ def test_winograd_applies_only_to_the_large_3x3_stride_1_same_convolutions():
   numbers = ("NHWC", "HWIO", "NHWC")
   x, kernel = jnp.zeros((8, 16, 16, 128)), jnp.zeros((3, 3, 128, 128))  # 512 tiles
   assert conv.winograd_applies(x, kernel, (1, 1), "SAME", dimension_numbers=numbers)
+  assert conv.winograd_applies(jnp.zeros((4, 16, 16, 128)), kernel, (1, 1), "SAME",  # 256 tiles
+                               dimension_numbers=numbers)
   assert conv.winograd_applies(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=numbers)
   refused = {
       "stride 2": (x, kernel, (2, 2), "SAME", {}),
@@ -181,7 +183,7 @@ def test_winograd_applies_only_to_the_large_3x3_stride_1_same_convolutions():
       "127 channels in": (jnp.zeros((8, 16, 16, 127)), jnp.zeros((3, 3, 127, 128)), (1, 1),
                           "SAME", {}),
       "64 channels out": (x, jnp.zeros((3, 3, 128, 64)), (1, 1), "SAME", {}),
-      "448 tiles": (jnp.zeros((7, 16, 16, 128)), kernel, (1, 1), "SAME", {}),
+      "192 tiles": (jnp.zeros((3, 16, 16, 128)), kernel, (1, 1), "SAME", {}),
       "bfloat16": (x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), (1, 1), "SAME", {}),
       "5x5": (x, jnp.zeros((5, 5, 128, 128)), (1, 1), "SAME", {}),
   }

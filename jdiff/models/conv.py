@@ -47,8 +47,9 @@ product, session 16), forward and both gradients 1.15-1.50x (session 16); the Ho
 takes 0.79-0.86 of Eigen's time at batch 8 and 32 (README, "CPU kernels"). Small problems lose (the
 transforms dominate: 32-64 channels 0.69-0.85x, 4x4 at batch 8 0.88x): `winograd_applies` keeps it
 to float32 convolutions with >= WINOGRAD_MIN_CHANNELS input and output channels and >=
-WINOGRAD_MIN_TILES output tiles (batch x H x W / 4), the rest go to the convolution `filter_grad_fn`
-would give.
+WINOGRAD_MIN_TILES output tiles (batch x H x W / 4; 256, the 32x32 level at batch 1: the Ho net's
+batch-1 forward and train step 1.07-1.08x faster than at 512, session 17), the rest go to the
+convolution `filter_grad_fn` would give.
 """
 
 import functools
@@ -150,7 +151,7 @@ _WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 _WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 # Below these the transforms cost more than the products save (measured, module docstring).
 WINOGRAD_MIN_CHANNELS = 128
-WINOGRAD_MIN_TILES = 512
+WINOGRAD_MIN_TILES = 256
 
 
 def _combinations(matrix, parts):
