@@ -1,4 +1,4 @@
-"""Convolution whose filter gradient is computed as matrix products.
+"""Convolutions for XLA:CPU: the filter gradient as matrix products, and Winograd F(2x2, 3x3).
 
 Measured when XLA:CPU ran convolutions on YNNPACK (`cpu_convolutions=ynn`, XLA's default in
 jax 0.10), its filter (weight) gradient convolution is 3.5x slower than the forward
@@ -9,7 +9,8 @@ forward). Written as one matrix product per kernel tap,
     dW[tap] = sum over batch and output positions of x_padded[at tap, strided]^T @ dy,
 
 the same gradient takes 43.0 ms there. On XLA's Eigen convolutions (`cpu_convolutions=eigen`,
-jdiff's default) XLA's own filter gradient is faster than both (16.8 ms;
+and under jdiff's default `winograd` for the convolutions Winograd leaves to Eigen) XLA's own
+filter gradient is faster than both (16.8 ms;
 docs/results/bench_depth_ho_cpu/conv_by_resolution.py), so `auto` uses these matrix products
 only under `ynn`. `conv_general_dilated` is a drop-in for
 `lax.conv_general_dilated` (flax `nn.Conv` takes it as `conv_general_dilated=`): the forward

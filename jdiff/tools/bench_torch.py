@@ -42,7 +42,7 @@ flags.DEFINE_integer("rounds", 3, "Interleaved rounds (after the warm-up rounds)
 flags.DEFINE_integer("warmup_rounds", 3, "Untimed rounds first.")
 flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
 flags.DEFINE_list("cpu_convolutions", [], "jdiff's XLA:CPU convolution kernels to time, each "
-                  "against the same PyTorch calls (default: the config's; eigen,ynn: both).")
+                  "against the same PyTorch calls (default: the config's; e.g. winograd,eigen).")
 FLAGS = flags.FLAGS
 
 
