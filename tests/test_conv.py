@@ -167,6 +167,20 @@ def test_winograd_is_sixteen_products_of_tiles():
                                  ((16, 2 * 4 * 3, 7), (16, 5, 7))])  # input gradient
 
 
+def test_winograd_input_gradient_is_computed_apart_whatever_its_first_value():
+  """The input gradient sits behind a lax.cond whose two branches are the same function (a
+  fusion boundary, conv._computed_apart): the NaN first element that flips its predicate gives
+  what a finite one gives, fn(operand)."""
+  def fn(operand):
+    return jnp.cumsum(operand) * 2.0
+  for first in (1.5, np.nan):
+    operand = jnp.asarray([[first, 2.0], [-3.0, 0.25]], jnp.float32)
+    np.testing.assert_array_equal(conv._computed_apart(fn, operand), fn(operand))
+  gradient = jax.make_jaxpr(jax.grad(
+      lambda x: conv.winograd_conv3x3(x, jnp.ones((3, 3, 5, 7))).sum()))(jnp.ones((2, 8, 6, 5)))
+  assert [eqn.primitive.name for eqn in gradient.jaxpr.eqns].count("cond") == 1
+
+
 def test_winograd_applies_only_to_the_large_3x3_stride_1_same_convolutions():
   numbers = ("NHWC", "HWIO", "NHWC")
   x, kernel = jnp.zeros((8, 16, 16, 128)), jnp.zeros((3, 3, 128, 128))  # 512 tiles
