@@ -18,6 +18,7 @@ against the same PyTorch calls.
 """
 
 import os
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -41,6 +42,10 @@ flags.DEFINE_integer("rounds", 3, "Interleaved rounds (after the warm-up rounds)
 # then none (session 16).
 flags.DEFINE_integer("warmup_rounds", 3, "Untimed rounds first.")
 flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
+# One batch-1 forward (~0.1 s) varied 0.82-1.35x against PyTorch's from round to round (session
+# 18): a timed sample of a small batch runs it several times.
+flags.DEFINE_integer("min_images_per_sample", 8, "Each timed sample of a forward of batch b "
+                     "runs it ceil(this / b) times and reports the time per call.")
 flags.DEFINE_list("cpu_convolutions", [], "jdiff's XLA:CPU convolution kernels to time, each "
                   "against the same PyTorch calls (default: the config's; e.g. winograd,eigen).")
 FLAGS = flags.FLAGS
@@ -124,10 +129,20 @@ def _jdiff_calls(config, mesh, batch_sizes, train_batch: int, rng, tag: str):
   return calls, flops, inputs, images, num_params
 
 
+def _repeated(call: Callable[[], Any], times: int) -> Callable[[], Any]:
+  """call, `times` times in a row, each blocked on."""
+  def repeated():
+    for _ in range(times):
+      output = jax.block_until_ready(call())
+    return output
+  return repeated
+
+
 def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, threads: int,
-        kernel_libraries=(), warmup_rounds: int = 3):
+        kernel_libraries=(), warmup_rounds: int = 3, min_images_per_sample: int = 8):
   """kernel_libraries: the cpu_convolutions settings jdiff is timed under (default: the
-  config's); with more than one, each is a row of its own against the same PyTorch calls."""
+  config's); with more than one, each is a row of its own against the same PyTorch calls.
+  A timed sample of a forward of batch b is ceil(min_images_per_sample / b) calls."""
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(threads)
   torch.manual_seed(0)
@@ -176,7 +191,12 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
     return torch_step(torch_images)
   calls["torch train"] = torch_train
 
-  times = timing.interleaved_rounds(calls, num_rounds, warmup_rounds)
+  calls_per_sample = {name: -(-min_images_per_sample // sizes[what]) if what != "train" else 1
+                      for name in calls for what in sizes if name.endswith(" " + what)}
+  times = timing.interleaved_rounds(
+      {name: _repeated(call, calls_per_sample[name]) for name, call in calls.items()},
+      num_rounds, warmup_rounds)
+  times = {name: [t / calls_per_sample[name] for t in samples] for name, samples in times.items()}
   rows = []
   for what in [f"forward {b}" for b in batch_sizes] + ["train"]:
     p = times[f"torch {what}"]
@@ -191,6 +211,7 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
           "jdiff_gflop_per_s": flops[what] / float(np.median(j)) / 1e9,
           "torch_gflop_per_s": flops[what] / float(np.median(p)) / 1e9,
           "speed_ratio": timing.ratio_stats(p, j),  # jdiff speed / torch speed, per round
+          "calls_per_sample": calls_per_sample[f"torch {what}"],
           "jdiff_s": j, "torch_s": p})
   results = {"device": "cpu", "threads": threads, "torch": torch.__version__,
              "jax": jax.__version__, "num_rounds": num_rounds, "warmup_rounds": warmup_rounds,
@@ -216,6 +237,8 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
              "(cpu_convolutions=eigen); GFLOP/s of both on it",
              "jdiff kernels: its cpu_convolutions (Winograd F(2x2,3x3) for the large 3x3 "
              "convolutions, or XLA:CPU's Eigen or YNNPACK convolutions)",
+             f"a forward of batch b: ceil({min_images_per_sample} / b) calls per timed sample, "
+             "time per call",
              "a shared machine: read the per-round ratio, not the absolute numbers"])
   return results
 
@@ -230,12 +253,14 @@ def main(argv):
   if FLAGS.warmup_rounds < 0 or FLAGS.rounds < 1:
     raise errors.ConfigError(f"--rounds={FLAGS.rounds}, --warmup_rounds={FLAGS.warmup_rounds}: "
                              "need rounds >= 1 and warmup_rounds >= 0")
+  if FLAGS.min_images_per_sample < 1:
+    raise errors.ConfigError(f"--min_images_per_sample={FLAGS.min_images_per_sample}: need >= 1")
   for kernels in FLAGS.cpu_convolutions:
     if kernels not in cpu_kernels.CPU_CONVOLUTIONS:
       raise errors.ConfigError(f"--cpu_convolutions={kernels!r}: must be a list from "
                                f"{list(cpu_kernels.CPU_CONVOLUTIONS)}")
   run(config, workdir, [int(b) for b in FLAGS.batch_sizes], FLAGS.train_batch, FLAGS.rounds,
-      FLAGS.threads, FLAGS.cpu_convolutions, FLAGS.warmup_rounds)
+      FLAGS.threads, FLAGS.cpu_convolutions, FLAGS.warmup_rounds, FLAGS.min_images_per_sample)
 
 
 if __name__ == "__main__":
