@@ -40,7 +40,9 @@ input's size, a quarter of the forward's time at 32x32), but the gradients of th
 the faster ones (winograd_conv3x3). The backward pass is the transposes of the products and
 transforms, written out so that the input gradient is four shifted sums interleaved (autodiff's
 transpose of the 16 strided tile slices pads and sums 16 arrays of the input's size): 1.02-1.04x
-faster with both gradients (session 17). Float32 results agree with XLA's convolution to ~1e-6
+faster with both gradients (session 17); with the output transform's transpose written out too
+and the input gradient kept out of its consumer's loop (_computed_apart), the Ho net's gradient
+is 1.06-1.12x faster again (session 18). Float32 results agree with XLA's convolution to ~1e-6
 relative. Measured one convolution at a time against XLA's Eigen convolution (Ho et al.'s shapes
 where it applies, 2-core AMD EPYC; docs/results/bench_torch_cpu/winograd_by_shape.py): forward
 1.42-1.65x faster at batch 8 and 1.40-1.81x at batch 32 (session 17; 1.19-1.58x with the batched
