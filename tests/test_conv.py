@@ -167,15 +167,18 @@ def test_winograd_is_sixteen_products_of_tiles():
                                  ((16, 2 * 4 * 3, 7), (16, 5, 7))])  # input gradient
 
 
-def test_winograd_input_gradient_is_computed_apart_whatever_its_first_value():
+def test_winograd_input_gradient_is_computed_apart_whatever_the_probe():
   """The input gradient sits behind a lax.cond whose two branches are the same function (a
-  fusion boundary, conv._computed_apart): the NaN first element that flips its predicate gives
-  what a finite one gives, fn(operand)."""
+  fusion boundary, conv._computed_apart): the NaN probe that flips its predicate gives what a
+  finite one gives, fn(operand); under vmap over the operand it stays a cond (one branch run)."""
   def fn(operand):
     return jnp.cumsum(operand) * 2.0
+  operand = jnp.asarray([[1.5, 2.0], [-3.0, 0.25]], jnp.float32)
   for first in (1.5, np.nan):
-    operand = jnp.asarray([[first, 2.0], [-3.0, 0.25]], jnp.float32)
-    np.testing.assert_array_equal(conv._computed_apart(fn, operand), fn(operand))
+    probe = jnp.asarray([first, 1.0], jnp.float32)
+    np.testing.assert_array_equal(conv._computed_apart(fn, operand, probe), fn(operand))
+  vmapped = jax.make_jaxpr(jax.vmap(lambda d: conv._computed_apart(fn, d, jnp.ones(2))))(operand)
+  assert [eqn.primitive.name for eqn in vmapped.jaxpr.eqns].count("cond") == 1
   gradient = jax.make_jaxpr(jax.grad(
       lambda x: conv.winograd_conv3x3(x, jnp.ones((3, 3, 5, 7))).sum()))(jnp.ones((2, 8, 6, 5)))
   assert [eqn.primitive.name for eqn in gradient.jaxpr.eqns].count("cond") == 1

@@ -253,14 +253,16 @@ def _winograd_output_transform_transposed(dy):
   return jnp.stack(d_products).reshape(16, -1, dy.shape[-1])
 
 
-def _computed_apart(fn, operand):
+def _computed_apart(fn, operand, probe):
   """fn(operand) written to memory by a loop of its own. XLA:CPU fuses the Winograd input
   gradient into its consumer (the swish and GroupNorm backward), and that fused loop runs 2-3x
   slower than the two apart (its pads and slices keep the exp of the swish from vectorising);
   lax.optimization_barrier is dropped before fusion, but a conditional's result is always
-  materialised. Both branches are fn, so the predicate (false only for a NaN) never changes the
-  result."""
-  first = operand.reshape(-1)[0]
+  materialised. Both branches are fn, so the predicate (probe's first element equals itself:
+  false only for a NaN) never changes the result. It reads probe (the transformed kernel), not
+  operand, so that under jax.vmap over the data it stays one scalar and the cond a cond (a
+  batched predicate makes it a select that computes fn twice)."""
+  first = probe.reshape(-1)[0]
   return lax.cond(first == first, fn, fn, operand)
 
 
@@ -282,7 +284,7 @@ def _winograd_batched_backward(precision, residuals, dy):
                              precision=precision)
   dx = _computed_apart(
       lambda d: _winograd_input_transform_transposed(d, (batch, height, width, in_channels)),
-      d_inputs)
+      d_inputs, kernels)
   return dx, d_kernel
 
 
