@@ -1,5 +1,6 @@
-"""Adaptive-depth DDPM on CIFAR-10 (Giladi et al., papers/adaptive_unet.txt), the paper's choice:
-zero skip, c = 2, bucketed training, on Ho et al.'s U-Net (4 levels: k(t) in 0..3).
+"""Adaptive-depth DDPM on CIFAR-10 (Giladi et al., "Accelerating Diffusion Models using Adaptive
+Neural Network Architecture"), the paper's choice: zero skip, c = 2, bucketed training, on Ho et
+al.'s U-Net (4 levels: k(t) in 0..3).
 
   python -m jdiff.main --config=configs/cifar10_adaptive.py --workdir=workdirs/cifar10_adaptive \
       --mode=train        # then --mode=sample; --mode=bench --config.bench.kind=depth

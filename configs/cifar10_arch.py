@@ -1,4 +1,5 @@
-"""The architectures of Table 4.3 (papers/hse_coursework.txt section 4.4) on CIFAR-10.
+"""The architectures of Table 4.3 (the HSE coursework "Diffusion Generative Models", A.
+Baryshnikov, section 4.4) on CIFAR-10.
 
   python -m jdiff.main --config=configs/cifar10_arch.py:ShallowRes2 --workdir=workdirs/shallowres2
   python -m jdiff.main --config=configs/cifar10_arch.py:MBConv64 --mode=summary

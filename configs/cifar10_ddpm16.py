@@ -1,5 +1,6 @@
-"""DDPM-16 (papers/hse_coursework.txt, section 4.6, Table 4.5): a DDPM on CIFAR-10 downscaled to
-16x16 (area averaging), the low-resolution surrogate for surrogate diffusion on 32x32 CIFAR-10.
+"""DDPM-16 (the HSE coursework "Diffusion Generative Models", A. Baryshnikov, section 4.6, Table
+4.5): a DDPM on CIFAR-10 downscaled to 16x16 (area averaging), the low-resolution surrogate for
+surrogate diffusion on 32x32 CIFAR-10.
 
   python -m jdiff.main --config=configs/cifar10_ddpm16.py --workdir=workdirs/cifar10_ddpm16 --mode=train
   python -m jdiff.main --config=configs/cifar10_surrogate.py:ddpm16 --workdir=workdirs/cifar10 --mode=bench

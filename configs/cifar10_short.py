@@ -1,4 +1,5 @@
-"""Short diffusion (papers/hse_coursework.txt section 4.3): T = 100, linear betas 4e-4 .. 0.18.
+"""Short diffusion (the HSE coursework "Diffusion Generative Models", A. Baryshnikov, section
+4.3): T = 100, linear betas 4e-4 .. 0.18.
 
   python -m jdiff.main --config=configs/cifar10_short.py --workdir=workdirs/cifar10_short --mode=train
 

@@ -1,5 +1,6 @@
 """SNGAN-ResNet for CIFAR-10 (Miyato et al. 2018, its CIFAR-10 ResNet and training setting): the
-GAN surrogate of surrogate diffusion (papers/hse_coursework.txt, Table 4.5, "SNGAN-ResNet-32").
+GAN surrogate of surrogate diffusion (the HSE coursework "Diffusion Generative Models",
+A. Baryshnikov, Table 4.5, "SNGAN-ResNet-32").
 
   python -m jdiff.main --config=configs/cifar10_sngan.py --workdir=workdirs/cifar10_sngan --mode=train
   python -m jdiff.main --config=configs/cifar10_surrogate.py --workdir=workdirs/cifar10 --mode=bench

@@ -1,4 +1,4 @@
-"""A CPU-sized DiffWave on the 100 SC09 clips beside the repository (or any folder of WAVs).
+"""A CPU-sized DiffWave on SC09 clips (Speech Commands' digits, or any folder of WAVs).
 
   python -m jdiff.main --config=configs/sc09_cpu.py --workdir=workdirs/sc09_cpu --mode=train
   python -m jdiff.main --config=configs/sc09_cpu.py --workdir=workdirs/sc09_cpu --mode=sample
@@ -7,10 +7,12 @@ The full model's layout (gated residual layers, dilation cycle, skips, weight no
 linear betas 1e-4 .. 0.02) at 10 layers of 32 channels (dilations 1..512, receptive field 2047
 samples = 0.5 s), on 1 s clips resampled to 4 kHz (telephone-narrow: nothing above 2 kHz) and
 each scaled to a peak of 0.9 (data.peak_normalize: SC09's quiet clips otherwise let the model
-predict eps ~ x_t and learn nothing), batch 8, lr 2e-3, on the 100 clips in ../shared (an
-overfitting-sized set: a demo, not SC09 generation). Data: ../shared/data/sc09/sc09_sample.tar.gz
-when it exists (100 clips, 10 per digit), else set --config.data.path to a folder or .tar.gz of
-WAVs, or use --config.data.source=sc09 (downloads Speech Commands v0.01).
+predict eps ~ x_t and learn nothing), batch 8, lr 2e-3.
+Data: by default SC09 itself (data.source=sc09: the digits of Speech Commands v0.01, downloaded
+once); a local folder or .tar.gz of WAVs in word folders (zero/, one/, ...) instead with
+  --config.data.source=folder --config.data.path=<your folder or .tar.gz>
+The measured runs below trained on 100 clips, 10 per digit (an overfitting-sized set: a demo,
+not SC09 generation).
 
 Measured (2 CPU cores shared with other jobs, contended): 1.25-1.4 steps/s once compiled, loss
 1.0 -> 0.07 by step 850 (stopped there, ~11 min of stepping); what its samples look and sound like
@@ -24,16 +26,12 @@ import os
 from jdiff import config_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# The 100 real SC09 clips shipped beside the repository for tests (absent on a user's machine).
-SHARED_SC09 = os.path.join(HERE, "..", "..", "shared", "data", "sc09", "sc09_sample.tar.gz")
 
 
 def get_config(variant: str = ""):
   # The tiny variant is sc09_diffwave.py's (2 layers of 8 channels, 1024 samples, T = 20).
   base = os.path.join(HERE, "sc09_diffwave.py")
   config = config_lib.load_config(f"{base}:{variant}" if variant else base)
-  if os.path.exists(SHARED_SC09):
-    config.data.update(dict(source="folder", path=os.path.abspath(SHARED_SC09)))
   if variant:
     return config
   config.data.update(dict(sample_rate=4000, audio_length=4000, peak_normalize=0.9))

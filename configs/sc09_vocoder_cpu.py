@@ -1,4 +1,4 @@
-"""A CPU-sized mel-conditioned DiffWave (a vocoder) on the 100 SC09 clips beside the repository.
+"""A CPU-sized mel-conditioned DiffWave (a vocoder) on SC09 clips (data as configs/sc09_cpu.py).
 
   python -m jdiff.main --config=configs/sc09_vocoder_cpu.py --workdir=workdirs/sc09_vocoder_cpu --mode=train
   python -m jdiff.main --config=configs/sc09_vocoder_cpu.py --workdir=workdirs/sc09_vocoder_cpu --mode=sample
@@ -12,10 +12,10 @@ the reference vocoder's scaled in time to 4 kHz (deliberately not its sample cou
 make a frame 256 ms / 64 ms long; --config.diffwave.mel_n_fft=1024 --config.diffwave.mel_hop=256
 restores the sample counts.
 
-`--mode=sample` conditions sample i on the mel of clip i of sampling.mel_split (the shared
-archive has no split lists, so these are clips it trained on: a reconstruction demo, like the
-FastDPM review's LJSpeech vocoder, not generation). The unconditional CPU config has to invent a
-word's shape; the vocoder is given it.
+`--mode=sample` conditions sample i on the mel of clip i of sampling.mel_split (in the measured
+run, a 100-clip archive without split lists: clips it trained on, so a reconstruction demo,
+like the FastDPM review's LJSpeech vocoder, not generation). The unconditional CPU config has to
+invent a word's shape; the vocoder is given it.
 
 Measured (2 CPU cores, ~1.5 steps/s; docs/results/audio_cpu/README.md has the commands, samples,
 pictures and scores): this config's 1,500 steps (lr 2e-3, whole clips, ~17 min) give samples

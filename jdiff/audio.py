@@ -21,6 +21,7 @@ import math
 import os
 import socket
 import tarfile
+import warnings
 from typing import Iterable, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,6 +29,7 @@ import scipy.io.wavfile
 import scipy.signal
 from absl import logging
 
+from jdiff import files
 from jdiff.errors import DataError
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -60,25 +62,48 @@ def read_wav(file, where: str = "") -> Tuple[int, np.ndarray]:
   """
   where = where or str(file)
   try:
-    rate, data = scipy.io.wavfile.read(file)
-  except (ValueError, OSError, EOFError) as e:
+    with warnings.catch_warnings():
+      # A truncated or oddly chunked file is an error here, not a warning in the training log.
+      warnings.simplefilter("error", scipy.io.wavfile.WavFileWarning)
+      rate, data = scipy.io.wavfile.read(file)
+      bits = _bits_per_sample(file)
+  except (ValueError, OSError, EOFError, scipy.io.wavfile.WavFileWarning) as e:
     reason = str(e).splitlines()[0] if str(e) else repr(e)
-    raise DataError(f"{where}: unreadable as WAV ({reason})") from e
+    raise DataError(f"{where}: unreadable as WAV ({reason}); the file may be truncated: remove or "
+                    "replace it") from None
   if data.dtype != np.int16:
-    raise DataError(f"{where}: sample format {data.dtype}; expected 16-bit PCM (int16); convert "
-                    "it, e.g. sox in.wav -b 16 out.wav")
+    what = f"{bits}-bit PCM" if data.dtype.kind in "iu" and bits else f"{data.dtype} samples"
+    if data.dtype.kind == "f":
+      what = f"{bits}-bit floating point" if bits else "floating point"
+    raise DataError(f"{where}: {what}; expected 16-bit PCM; convert it, e.g. "
+                    "sox in.wav -b 16 out.wav")
   if data.ndim == 2:
     data = np.round(data.astype(np.float64).mean(axis=1)).astype(np.int16)
   return int(rate), data
 
 
+def _bits_per_sample(file) -> Optional[int]:
+  """The fmt chunk's bits per sample (scipy reports 24-bit PCM as int32), or None."""
+  if isinstance(file, (str, os.PathLike)):
+    with open(file, "rb") as f:
+      header = f.read(4096)
+  else:
+    position = file.tell()
+    file.seek(0)
+    header = file.read(4096)
+    file.seek(position)
+  start = header.find(b"fmt ")
+  if start < 0 or len(header) < start + 24:
+    return None
+  return int.from_bytes(header[start + 22:start + 24], "little")
+
+
 def write_wav(path: str, rate: int, wave) -> str:
-  """Writes int16 PCM mono (a float wave in [-1, 1] is converted with to_int16)."""
+  """Writes int16 PCM mono (a float wave in [-1, 1] is converted with to_int16), atomically."""
   wave = np.asarray(wave).reshape(-1)
   if wave.dtype != np.int16:
     wave = to_int16(wave)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  scipy.io.wavfile.write(path, rate, wave)
+  files.write_with(path, lambda f: scipy.io.wavfile.write(f, rate, wave), sync=False)
   return path
 
 
@@ -199,7 +224,8 @@ def _cache_path(data_dir: str, name: str, split: str, sample_rate: int, length: 
 
 def _cached(cache: str, make) -> np.ndarray:
   """np.load(cache) (memory-mapped), making it first with make() -> int16 array if absent."""
-  if not os.path.exists(cache):
+  cached = files.load_npy_cache(cache)
+  if cached is None:
     waves = make()
     os.makedirs(os.path.dirname(cache), exist_ok=True)
     partial = f"{cache}.partial-{socket.gethostname()}-{os.getpid()}.npy"
@@ -263,6 +289,13 @@ def normalize_peaks(waves: np.ndarray, peak: float) -> np.ndarray:
 
 def _load(d) -> np.ndarray:
   common = dict(split=d.split, sample_rate=d.sample_rate, length=d.audio_length)
+  if d.source == "sc09" and d.path:
+    # A local copy (folder or .tar.gz of Speech Commands): its digit folders, no download.
+    if not os.path.exists(d.path):
+      raise DataError(f"config.data.path={d.path!r}: does not exist (data.source='sc09' reads the "
+                      "digit folders of this local copy; leave data.path empty to download)")
+    return read_folder(d.path, words=tuple(d.words) or DIGITS, allow_resample=d.resample,
+                       **common)[0]
   if d.source == "sc09":
     return load_sc09(data_dir=d.data_dir, **common)
   if d.source == "ljspeech":
@@ -393,6 +426,5 @@ def save_waveforms_png(waves: Iterable[np.ndarray], sample_rate: int, path: str,
   axes[-1, 0].set_xlabel("seconds")
   axes[-1, 1].set_xlabel("seconds (spectrogram, Hz)")
   fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=80)
+  files.write_with(path, lambda f: fig.savefig(f, dpi=80, format="png"))
   return path

@@ -55,7 +55,7 @@ def conv_filter_grad(config) -> str:
   under depth.dispatch=switch; IWDiff's accumulating scan over draws) 'auto' means the matrix
   products (models/conv.py). So does it for DiffWave's dilated 1-D convolutions, whose train
   step is faster with them on either library (configs/sc09_cpu.py on Eigen: 0.39 s against
-  0.49 s a step, docs/results/audio_cpu/bench_train_step.py). Elsewhere models/conv.py's
+  0.49 s a step, docs/results/audio_cpu/bench_train_step.json). Elsewhere models/conv.py's
   filter_grad_fn settles 'auto'."""
   filter_grad = model_config(config).conv_filter_grad
   matmul_wins = (
@@ -109,14 +109,14 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArg
   norm as `grad_norm=` when the caller has it: the train step computes it anyway (for its
   non-finite guard and its metrics), and computing it again streams every gradient through
   memory once more (the Ho net's optimizer and EMA update: 67 ms instead of 75 ms on 2 CPU
-  cores, session 17).
+  cores, measured 2026-12-07).
 
   Clipping multiplies by one scalar, min(1, max_norm / norm), where optax selects between t and
   t / norm * max_norm per element: XLA:CPU fuses a multiply by a scalar into each of Adam's
   loops, where optax's division made it write a divided copy of every gradient first (one more
-  pass over 35.7M floats: the update 59.7 ms against 51.6, median of 40 interleaved rounds;
-  session 18). The result is optax's bit for bit where it does not clip and within an ulp or two
-  where it does."""
+  pass over 35.7M floats: the update 59.7 ms against 51.6, median of 40 interleaved rounds,
+  measured 2026-12-07). The result is optax's bit for bit where it does not clip and within an
+  ulp or two where it does."""
 
   def update_fn(updates, state, params=None, *, grad_norm=None, **extra_args):
     del params, extra_args

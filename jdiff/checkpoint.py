@@ -79,6 +79,31 @@ def _quiet_failed_restore_aftermath() -> None:
   std_logging.getLogger("asyncio").addFilter(keep)
 
 
+# Errors that say nothing about a checkpoint's own files: never a reason to call a step damaged.
+NOT_DAMAGE_MARKERS = ("PERMISSION_DENIED", "Permission denied", "RESOURCE_EXHAUSTED",
+                      "Out of memory", "UNAVAILABLE", "DEADLINE_EXCEEDED", "UNAUTHENTICATED")
+
+
+def is_damage(error: BaseException) -> bool:
+  """Whether a failed restore means the step's files are unreadable (damage), rather than that
+  this process could not read them now (permission, memory, network): those fail the run."""
+  if isinstance(error, (PermissionError, MemoryError, ConnectionError, TimeoutError)):
+    return False
+  text = str(error)[:4000]
+  return not any(marker in text for marker in NOT_DAMAGE_MARKERS)
+
+
+def _why_unreadable(error: BaseException) -> str:
+  """A short reason for a failed read that is not damage."""
+  text = str(error)
+  if isinstance(error, PermissionError) or "Permission denied" in text or "PERMISSION_DENIED" in text:
+    filename = getattr(error, "filename", None)
+    return "permission denied" + (f": {filename}" if filename else "")
+  if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "Out of memory" in text:
+    return "out of memory"
+  return _short(error)
+
+
 def _is_remote(path: str) -> bool:
   return "://" in path
 
@@ -242,8 +267,11 @@ class Checkpointer:
     assert not self.read_only
     if step in self._saved_here:
       return
-    self.manager.reload()
-    if step in self.manager.all_steps():
+    # A finished step folder that this run did not write is an earlier run's. (No reload of the
+    # manager on every save: that re-lists steps under an asynchronous save and makes orbax
+    # delete, or fail to find, the wrong ones.)
+    if self._step_dir(step).exists():
+      self.manager.wait_until_finished()
       self._set_aside(step, "an earlier run's; this run saves its own", REPLACED_PREFIX)
       _barrier("jdiff checkpoints: replaced step set aside")
       self.manager.reload()
@@ -337,6 +365,16 @@ class Checkpointer:
       except (CheckpointMismatchError, AttributeError, NameError, AssertionError, ImportError):
         raise  # another model, or a bug here: never a reason to move a checkpoint aside
       except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+        if not self._step_dir(step).exists():
+          # A trainer's rotation deleted it while we read it: the next newest is as good.
+          logging.warning("checkpoint step %d in %s was deleted while being read (a trainer "
+                          "rotates checkpoints there); trying the previous one", step,
+                          self.directory)
+          continue
+        if not is_damage(e):
+          raise WorkdirError(f"cannot read checkpoint step {step} in {self.directory} "
+                             f"({_why_unreadable(e)}); nothing was moved: fix the cause and run "
+                             "again") from None
         damaged.append(step)
         if self.read_only:
           logging.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one",
@@ -461,9 +499,15 @@ def close_or_fail(checkpointer: Checkpointer) -> None:
 class Interruption:
   """SIGTERM (preemption) and SIGINT (Ctrl-C) ask the train loop to save and stop.
 
-  The loop polls `requested()` once a step, saves a checkpoint and returns; the command line
-  then exits with 143 (SIGTERM) or 130 (SIGINT). A second Ctrl-C stops at once (KeyboardInterrupt)
-  without saving.
+  The loop asks `requested(at_boundary)` once a step, saves a checkpoint and returns; the command
+  line then exits with 143 (SIGTERM) or 130 (SIGINT). A second Ctrl-C stops at once
+  (KeyboardInterrupt) without saving.
+
+  With one process the answer is the local flag, every step. With several, the processes must
+  agree on the step they stop at, which takes a collective: it is made only at boundaries (the
+  loop's log and checkpoint steps, where the host waits for the device anyway), so between them
+  the host dispatches steps without waiting. A signal is acted on at the next boundary
+  (training.log_every steps at most).
   """
 
   SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -489,10 +533,13 @@ class Interruption:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
 
-  def requested(self) -> bool:
-    """True on every process as soon as any process was signalled."""
+  def requested(self, at_boundary: bool = True) -> bool:
+    """Whether to save and stop now: with one process as soon as a signal came; with several,
+    True on every process at the first boundary after any process was signalled."""
     if jax.process_count() == 1:
       return self.signal_name is not None
+    if not at_boundary:
+      return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     asked = multihost_utils.process_allgather(np.array(self.signal_name is not None))
     if np.any(asked) and self.signal_name is None:

@@ -3,13 +3,15 @@
 jax 0.10's XLA:CPU hands convolutions and matrix products to YNNPACK by default. On the Ho et
 al. U-Net its convolutions are the slower choice: XLA's Eigen convolutions run the forward pass
 1.1-1.3x, the input gradient up to 1.25x and the filter (weight) gradients 1.4-3.4x faster
-(2-core Sapphire Rapids VM, fp32, batch 8, one call at a time; README, "CPU kernels"), and the
-Ho net's forward up to 1.3x (README, "jdiff against PyTorch"). `cpu_convolutions`:
+(fp32, batch 8, one call at a time on 2 CPU cores;
+docs/results/bench_depth_ho_cpu/conv_by_resolution.json, 2026-12-02; docs/performance.md), and
+the Ho net's forward up to 1.3x (measured 2026-12-02). `cpu_convolutions`:
 
   "winograd" (default): as "eigen", and the large 3x3 stride-1 convolutions (those
           models/conv.winograd_applies to) computed as Winograd F(2x2, 3x3): transforms and
           matrix products on YNNPACK, 2.25x fewer multiply-adds (models/conv.py; the Ho net's
-          train step 0.79-0.86 of eigen's time, session 16). Small convolutions stay on Eigen.
+          train step 0.79-0.86 of eigen's time, measured 2026-12-07). Small convolutions stay
+          on Eigen.
   "eigen": convolutions on Eigen, matrix products and reductions still on YNNPACK
           (compiler option xla_cpu_experimental_ynn_fusion_type=individual_dot,reduce);
   "ynn":  XLA:CPU's own default (YNNPACK for all three).
@@ -31,7 +33,7 @@ XLA:CPU's LLVM optimisation is turned off (xla_backend_optimization_level=0). Fl
 initialisers are a threefry draw per parameter, and optimising that code is most of the
 compile: jitted U-Net inits compile in 2.4-3.2 s instead of 7.6-9.1 s (quickstart and its tiny
 variant) and 7.0 s instead of 9.4 s (Ho net, whose init then runs 1.8 s instead of 0.2 s), with
-bitwise the same parameters (measured on the 2-core VM, session 14).
+bitwise the same parameters (measured on 2 CPU cores, 2026-12-06).
 """
 
 import contextlib
@@ -47,7 +49,7 @@ from jdiff import choices
 # reductions (the enum names as the compiler option takes them; XLA_FLAGS spells them
 # individual_dot,reduce). Without REDUCE the reductions (GroupNorm statistics and gradients,
 # bias gradients) fall back to XLA's own loop fusions: the Ho net's gradient took ~10% longer
-# (session 15, README "CPU kernels").
+# (measured 2026-12-07).
 _EIGEN_CONVOLUTIONS = {"xla_cpu_experimental_ynn_fusion_type":
                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 # LLVM's optimisation off: for programs that run once (parameter init), where it costs more than

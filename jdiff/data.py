@@ -21,6 +21,7 @@ from PIL import Image
 
 from jdiff import audio
 from jdiff import choices
+from jdiff import files
 from jdiff.errors import DataError
 
 TFDS_SOURCES = choices.TFDS_SOURCES
@@ -275,16 +276,30 @@ def _read_folder(path: str, split: str, image_size: int, num_channels: int) -> n
   if not files:
     raise DataError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) found; "
                     "set config.data.path to a folder of images")
-  mode = "L" if num_channels == 1 else "RGB"
   images = np.empty((len(files), image_size, image_size, num_channels), np.uint8)
   for i, file in enumerate(files):
     try:
       with Image.open(file) as image:
-        array = np.asarray(image.convert(mode)).reshape(image.height, image.width, num_channels)
+        array = _image_as_uint8(image, num_channels, file)
     except OSError as e:
       raise DataError(f"{file}: unreadable image ({e}); remove it or fix the folder") from e
     images[i] = center_crop_resize(array, image_size)
   return images
+
+
+def _image_as_uint8(image: Image.Image, num_channels: int, file: str) -> np.ndarray:
+  """uint8 [H, W, num_channels] of a PIL image. 16-bit grayscale (PNG's I;16) is scaled to 8 bits
+  (x / 257, rounded), where Pillow's convert("L") would clip it to 255; 32-bit integer or float
+  images have no known range and are refused."""
+  if image.mode.startswith("I;16"):
+    wide = np.asarray(image).astype(np.float64)
+    image = Image.fromarray(np.round(wide / 257.0).astype(np.uint8), "L")
+  elif image.mode in ("I", "F"):
+    raise DataError(f"{file}: {'32-bit integer' if image.mode == 'I' else 'floating-point'} pixels "
+                    "(PIL mode " + image.mode + ") have no known range; convert the image to 8- or "
+                    "16-bit PNG/JPEG")
+  mode = "L" if num_channels == 1 else "RGB"
+  return np.asarray(image.convert(mode)).reshape(image.height, image.width, num_channels)
 
 
 def _tfds_cache_path(name: str, split: str, image_size: int, data_dir: str) -> str:
@@ -295,8 +310,9 @@ def _tfds_cache_path(name: str, split: str, image_size: int, data_dir: str) -> s
 def _load_tfds(name: str, split: str, image_size: int, num_channels: int, data_dir: str) -> np.ndarray:
   """Decodes a TFDS split once into a uint8 .npy cache (memory-mapped afterwards)."""
   cache = _tfds_cache_path(name, split, image_size, data_dir)
-  if os.path.exists(cache):
-    return np.load(cache, mmap_mode="r")
+  cached = files.load_npy_cache(cache)
+  if cached is not None:
+    return cached
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)

@@ -1,4 +1,4 @@
-"""Adaptive depth (Giladi et al., papers/adaptive_unet.txt): k(t) schedule, buckets, dispatch.
+"""Adaptive depth (Giladi et al., the adaptive-depth U-Net): k(t) schedule, buckets, dispatch.
 
 k(t) = min(N - 1, floor(N - N (1 - t/T)^c)); c = 0 is the full network at every step.
 Sampling: one compiled function serves every depth: the U-Net is traced once per k and
@@ -115,8 +115,9 @@ def sample_depth_and_timesteps(rng, scheme: str, batch_size: int, num_levels: in
 
 
 class HostDepths:
-  """depth_at(step): the depth the traced draw (draw_depth) picks at a step, computed on the
-  host's CPU backend from (seed, step) alone.
+  """depth_at(step): the depth the traced draw (draw_depth) picks at a step, computed from
+  (seed, step) alone on this process's first local device, whatever the backend, 256 steps per
+  call (one small transfer to the host per call).
 
   depth_rng_of_step(base_key, step) must be the traced train step's own derivation of its
   depth rng, so host and traced picks are the same bits (threefry is exact on every backend).
@@ -126,8 +127,9 @@ class HostDepths:
 
   def __init__(self, seed: int, depth_rng_of_step: Callable, scheme: str, num_levels: int,
                power: float, num_timesteps: int, chunk: int = 256):
-    cpu = jax.local_devices(backend="cpu")[0]
-    self._base_key = jax.device_put(jax.random.key(seed), cpu)
+    # Not a named backend: a user's JAX_PLATFORMS (cuda, tpu) may leave no CPU backend at all.
+    device = jax.local_devices()[0]
+    self._base_key = jax.device_put(jax.random.key(seed), device)
     self._chunk = chunk
     self._cache_start, self._cache = None, None
 
@@ -135,16 +137,16 @@ class HostDepths:
       steps = first_step + jnp.arange(chunk, dtype=jnp.int32)
       return jax.vmap(lambda step: draw_depth(depth_rng_of_step(base_key, step), scheme,
                                               num_levels, power, num_timesteps))(steps)
-    self._cpu = cpu
+    self._device = device
     # Compiled now, so that no compile happens once training runs.
-    self._depths = cpu_kernels.jit(depths).lower(self._base_key, self._on_cpu(0)).compile()
+    self._depths = cpu_kernels.jit(depths).lower(self._base_key, self._on_device(0)).compile()
 
-  def _on_cpu(self, step: int):
-    return jax.device_put(np.int32(step), self._cpu)
+  def _on_device(self, step: int):
+    return jax.device_put(np.int32(step), self._device)
 
   def __call__(self, step: int) -> int:
     start = step - step % self._chunk
-    if start != self._cache_start:  # one CPU call per `chunk` steps
-      self._cache = np.asarray(jax.device_get(self._depths(self._base_key, self._on_cpu(start))))
+    if start != self._cache_start:  # one call per `chunk` steps
+      self._cache = np.asarray(jax.device_get(self._depths(self._base_key, self._on_device(start))))
       self._cache_start = start
     return int(self._cache[step - start])

@@ -11,11 +11,26 @@ Exit codes (also in the README):
   2    bad input: a config value, a data file, a workdir that holds another model, a workdir
        that another trainer holds
   3    training stopped on a non-finite loss (the last checkpoint is good)
-  130  stopped by SIGINT (Ctrl-C) after saving a checkpoint
-  143  stopped by SIGTERM (preemption) after saving a checkpoint
+  130  stopped by SIGINT (Ctrl-C): training saved a checkpoint first; sample / evaluate /
+       reference_stats say what they kept (finished evaluation batches; never a half file)
+  143  stopped by SIGTERM (preemption): the same
 """
 
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report it
+
+
+class StopRequested(BaseException):
+  """Raised by the SIGTERM handler of the modes that do not train (Ctrl-C raises
+  KeyboardInterrupt): unwinds the run so that it can say what it kept."""
+
+  def __init__(self, signal_name: str = "SIGTERM"):
+    super().__init__(signal_name)
+    self.signal_name = signal_name
+
+
+def signal_name(stop: BaseException) -> str:
+  """"SIGINT" for a KeyboardInterrupt, the signal of a StopRequested."""
+  return getattr(stop, "signal_name", "SIGINT")
 
 
 class JdiffError(Exception):
@@ -66,3 +81,16 @@ class NonFiniteLossError(JdiffError):
 class EvaluationError(JdiffError):
   """An evaluation input (weights, reference statistics, stored samples) is unusable."""
   exit_code = 1
+
+
+class OutOfMemoryError(JdiffError):
+  """The device ran out of memory; the message names the batch size to lower."""
+  exit_code = 1
+
+
+class Interrupted(JdiffError):
+  """SIGINT or SIGTERM stopped a run that does not train; the message says what was kept."""
+
+  def __init__(self, signal: str, message: str):
+    super().__init__(message)
+    self.exit_code = EXIT_INTERRUPTED[signal]

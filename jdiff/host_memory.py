@@ -5,13 +5,13 @@ malloc on every call and frees them at its end. With glibc's defaults that memor
 the kernel: chunks above the mmap threshold are unmapped, and the worker threads' arenas are
 unmapped or trimmed once empty. So every call touches hundreds of MB of fresh pages again, and
 each first touch is a page fault the kernel serves by zeroing a page. On the Ho et al. CIFAR-10
-net's train step (batch 8, 2-core VM, session 15) that is 176k page faults and 0.33-0.41 s of
-kernel time per ~2 s step. `keep()` sets glibc's mallopt so that freed memory stays in the
+net's train step (batch 8, 2 CPU cores, 2026-12-07) that is 176k page faults and 0.33-0.41 s
+of kernel time per ~2 s step. `keep()` sets glibc's mallopt so that freed memory stays in the
 process:
 
   M_ARENA_MAX = 1           one arena (the heap) for every thread
   M_TRIM_THRESHOLD = -1     the heap's free top is never handed back (mallopt(3): -1 disables
-                            trimming; session 15's 2**31-1 still trimmed once more than 2 GiB
+                            trimming; a threshold of 2**31-1 still trimmed once more than 2 GiB
                             were free, as after each batch-32 Ho train step: 626k faults a step)
   M_MMAP_MAX = 0            large chunks come from the heap too, not from mmap
 
@@ -20,9 +20,10 @@ before jax starts its backend: the worker threads take their arenas when they fi
 a later M_ARENA_MAX does not move them. jdiff's `--mode` runs call `keep()` first
 (config.host_memory='auto', the default); the notebooks call `host_memory.apply("auto")` before
 their first jax computation. Called later it changes nothing, silently. Measured on that train
-step: no page faults in most steps, 0.90-0.93 of the time a step, peak RSS 2.8 GB instead of 2.2
-GB (README, "Host memory kept between steps"). That is the price: the process keeps its peak heap
-until it exits, which a training or sampling process needs again at its next step anyway.
+step (2026-12-07): no page faults in most steps, 0.90-0.93 of the time a step, peak RSS 2.8 GB
+instead of 2.2 GB. That is the price: the process keeps its peak heap until it exits, which a
+training or sampling process needs again at its next step anyway (docs/performance.md, "Host
+memory kept between steps"; tests/test_host_memory.py counts the faults).
 
 config.host_memory: 'auto' keeps it unless a jax accelerator plugin (CUDA, ROCm, TPU) is
 installed and JAX_PLATFORMS does not put the CPU first: there the programs' buffers live on the

@@ -1,10 +1,11 @@
 """Pictures a person looks at: PNG grids of uint8 images."""
 
 import math
-import os
 
 import numpy as np
 from PIL import Image
+
+from jdiff import files
 
 
 def make_grid(images: np.ndarray, num_columns: int = 0, padding: int = 1, min_cell: int = 32) -> np.ndarray:
@@ -28,7 +29,8 @@ def make_grid(images: np.ndarray, num_columns: int = 0, padding: int = 1, min_ce
 
 
 def save_grid(images: np.ndarray, path: str, **kwargs) -> str:
+  """make_grid(images) as a PNG at path (written to a temporary name, then renamed)."""
   grid = make_grid(images, **kwargs)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+  picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+  files.write_with(path, lambda f: picture.save(f, format="PNG"))
   return path

@@ -12,6 +12,7 @@ Any config value can be overridden: --config.training.batch_size=64.
 
 import json
 import re
+import signal
 import sys
 
 from jdiff import console
@@ -129,8 +130,8 @@ def _run(config, mode: str, workdir: str) -> int:
     return result.exit_code
   if mode == "sample":
     from jdiff.drivers import sample  # pylint: disable=g-import-not-at-top
-    grid = sample.sample(config, workdir)
-    print(f"samples: {workdir}/samples/samples.npz\ngrid: {grid}")
+    grid, step = sample.sample_with_step(config, workdir)
+    print(f"samples of checkpoint step {step}: {workdir}/samples/samples.npz\ngrid: {grid}")
   elif mode == "evaluate":
     from jdiff.drivers import evaluate  # pylint: disable=g-import-not-at-top
     results = evaluate.evaluate(config, workdir)
@@ -163,8 +164,52 @@ def _summary(config) -> None:
   print(f"parameters: {parameter_overview.count_parameters(params)}")
 
 
+# What a stopped run that does not train kept (training says so itself, after saving).
+_KEPT_WHEN_STOPPED = {
+    "sample": "nothing written; the previous samples are as they were",
+    "evaluate": "finished sample batches are kept; run the same command to continue from them",
+    "reference_stats": "nothing written; the previous statistics are as they were",
+    "bench": "nothing written",
+    "summary": "nothing written",
+}
+
+
+def _raise_stop(signum, frame):
+  del signum, frame
+  raise errors.StopRequested("SIGTERM")
+
+
+def _batch_size_field(config, mode: str) -> str:
+  """The config field whose batch decides memory in this mode."""
+  if mode == "train":
+    return "training.batch_size"
+  if mode == "reference_stats":
+    return "evaluation.feature_batch_size"
+  return "sampling.batch_size"
+
+
+def _out_of_memory(error: BaseException, config, mode: str) -> errors.OutOfMemoryError:
+  field = _batch_size_field(config, mode)
+  value = config
+  for part in field.split("."):
+    value = value[part]
+  first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+  return errors.OutOfMemoryError(
+      f"out of memory with --config.{field}={value} ({first[:160]}): lower it, e.g. "
+      f"--config.{field}={max(1, int(value) // 4)}" +
+      (", or set --config.model.remat=True" if mode == "train" else ""))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+  """XLA's RESOURCE_EXHAUSTED (any backend) or the host's MemoryError."""
+  return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)[:2000]
+
+
 def main(argv):
-  del argv
+  if len(argv) > 1:
+    extra = argv[1]
+    hint = f" (did you mean --{extra}?)" if extra.startswith("config.") else ""
+    _fail(f"unexpected argument {extra!r}: every option is a flag that starts with --{hint}", 2)
   try:
     config = _CONFIG.value
     "seed" in config  # pylint: disable=pointless-statement  (a missing file surfaces at first use)
@@ -182,14 +227,32 @@ def main(argv):
           "config.surrogate of one")
     if _FROM_SCRATCH.value and mode != "train":
       raise errors.ConfigError(f"--from_scratch is for --mode=train, not --mode={mode}")
+    if workdir:
+      from jdiff import files  # pylint: disable=g-import-not-at-top
+      files.check_workdir(workdir)
+    if mode != "train":  # training saves a checkpoint on SIGTERM itself (checkpoint.Interruption)
+      signal.signal(signal.SIGTERM, _raise_stop)
     code = _run(config, mode, workdir)
   except errors.JdiffError as e:
     if isinstance(e, errors.NonFiniteLossError):
       logging.error("%s", e)
     _fail(str(e), e.exit_code)
-  except KeyboardInterrupt:
-    _fail("interrupted twice: stopped without saving; the last checkpoint in the workdir is intact",
-          errors.EXIT_INTERRUPTED["SIGINT"])
+  except (KeyboardInterrupt, errors.StopRequested) as e:
+    name = errors.signal_name(e)
+    if mode == "train":
+      _fail("interrupted twice: stopped without saving; the last checkpoint in the workdir is "
+            "intact", errors.EXIT_INTERRUPTED[name])
+    _fail(f"stopped by {name}: {_KEPT_WHEN_STOPPED.get(mode, 'nothing written')}",
+          errors.EXIT_INTERRUPTED[name])
+  except OSError as e:
+    from jdiff import files  # pylint: disable=g-import-not-at-top
+    if e.errno not in files.WRITE_ERRNOS:
+      raise
+    _fail(str(files.write_error(e.filename or workdir, e, "write to")), 1)
+  except Exception as e:  # pylint: disable=broad-except  (XLA raises its own runtime errors)
+    if not is_out_of_memory(e):
+      raise
+    _fail(str(_out_of_memory(e, config, mode)), 1)
   sys.exit(code)
 
 

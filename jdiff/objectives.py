@@ -1,4 +1,5 @@
-"""Training objectives and timestep samplers (papers/hse_coursework.txt sections 2.1, 2.2, 3.1).
+"""Training objectives and timestep samplers (the HSE coursework "Diffusion Generative Models",
+A. Baryshnikov, sections 2.1, 2.2, 3.1).
 
 Losses (per example; the train step averages them):
   simple:  L_simple, Ho et al. eq. 6.
@@ -96,7 +97,7 @@ def example_losses(loss_type: str, diffusion, model_fn, x_start, t, noise, varia
 # ---------------------------------------------------------------------------------------------
 # IWDiff (Algorithm 3) and the gradient of any of the losses.
 #
-# Algorithm 3 (papers/hse_coursework.txt): line 6, l_i = ||eps_i - eps_theta(x_t(eps_i), t)||_2^2
+# Algorithm 3 (the HSE coursework): line 6, l_i = ||eps_i - eps_theta(x_t(eps_i), t)||_2^2
 # summed over all D values of an example; lines 8-9, l_max and s = sum_i exp(l_i - l_max); line 10,
 # a gradient step on sum_i l_i exp(l_i - l_max) / s = sum_i w_i l_i, w = softmax(l) held constant.
 # jdiff's per-example losses are per-pixel means (l_i / D, as L_simple is everywhere here), so the

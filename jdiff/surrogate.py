@@ -1,4 +1,4 @@
-"""Surrogate models for surrogate diffusion (papers/hse_coursework.txt, Algorithm 4, section 4.6).
+"""Surrogate models for surrogate diffusion (the HSE coursework, Algorithm 4, section 4.6).
 
 Algorithm 4 starts the reverse process at t_mid from x_{t_mid} ~ q(x_{t_mid} | x~0), x~0 drawn
 from a cheaper model S (sampling.with_surrogate does lines 2-7). S is one of:

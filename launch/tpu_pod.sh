@@ -244,8 +244,8 @@ train_cmd() {
     "if $running; then echo \"\$(hostname): training already running (pid \$(cat $L/train.pid)); stop it first\" >&2; exit 1; fi"
     "mkdir -p $L && rm -f $L/train.pid $L/train.exit"
     "ln -sfn train-$stamp.log $L/latest.log"
-    # setsid: its own session, so closing the ssh connection does not hang it up, and stop can
-    # signal the whole group. nohup: the same, for shells that send SIGHUP anyway.
+    # setsid: detached from the ssh connection's terminal, so closing the connection does not
+    # hang it up, and stop can signal the whole process group. nohup: the same, for shells that send SIGHUP anyway.
     "{ setsid nohup bash -c $(q "$inner") > $L/train-$stamp.log 2>&1 < /dev/null & }"
     "for i in \$(seq 50); do [ -s $L/train.pid ] && break; sleep 0.1; done"
     "echo \"\$(hostname): started (pid \$(cat $L/train.pid)), log ~/jdiff-logs/train-$stamp.log\""

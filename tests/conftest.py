@@ -1,4 +1,18 @@
-"""Shared test helpers: tiny configs, the shared data folder, subprocess runs of the CLI."""
+"""Test helpers: tiny configs, the optional real data and weights, subprocess runs of the CLI.
+
+Most tests make their own data. A few read real public data or the real FID Inception weights,
+from two folders named by environment variables; unset (a fresh clone), those tests skip, and
+the suite touches no network:
+
+  JDIFF_TEST_DATA     folder with cifar10_exact_subset.npz, cifar10_jpeg.tar.gz,
+                      fashion_mnist/*.gz, sc09/sc09_sample.tar.gz, ... (SHARED_DATA;
+                      requires_shared_data(*parts) skips a test when DATA/parts is absent)
+  JDIFF_TEST_WEIGHTS  folder with fid_inception_2015-12-05_pool3.pth, the FID Inception-v3
+                      weights in pytorch-fid's format (SHARED_WEIGHTS)
+
+.ci/run sets each, unless already set, to data/ or weights/ of a `shared` folder next to the
+repository's own folder, where that exists, then runs `bash launch/local.sh test`.
+"""
 
 import os
 import subprocess
@@ -19,7 +33,17 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+
+
+def _folder_of(variable: str) -> str:
+  """$variable as an absolute path; "" when unset, and every test that reads it skips (paths
+  joined onto "" are never opened)."""
+  value = os.environ.get(variable, "")
+  return os.path.abspath(value) if value else ""
+
+
+SHARED_DATA = _folder_of("JDIFF_TEST_DATA")
+SHARED_WEIGHTS = _folder_of("JDIFF_TEST_WEIGHTS")
 
 
 TINY = os.path.join(REPO, "configs", "quickstart.py") + ":tiny"
@@ -68,6 +92,18 @@ def on_four_devices(check: str, timeout: int = 600):
   assert result.returncode == 0 and f"PASSED {check}" in result.stdout, result.stderr[-3000:]
 
 
+def _requires(variable, folder, parts):
+  if not folder:
+    return pytest.mark.skipif(True, reason=f"{variable} not set (see tests/conftest.py)")
+  path = os.path.join(folder, *parts)
+  return pytest.mark.skipif(not os.path.exists(path), reason=f"{path} absent ({variable}={folder})")
+
+
 def requires_shared_data(*parts):
-  path = os.path.join(SHARED_DATA, *parts)
-  return pytest.mark.skipif(not os.path.exists(path), reason=f"{path} absent (no ../shared/data)")
+  """Skips the test unless $JDIFF_TEST_DATA/parts exists."""
+  return _requires("JDIFF_TEST_DATA", SHARED_DATA, parts)
+
+
+def requires_shared_weights(*parts):
+  """Skips the test unless $JDIFF_TEST_WEIGHTS/parts exists."""
+  return _requires("JDIFF_TEST_WEIGHTS", SHARED_WEIGHTS, parts)

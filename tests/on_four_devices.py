@@ -17,7 +17,7 @@ from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top,wrong-impor
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [TESTS, os.path.dirname(TESTS)]  # conftest, and this checkout's jdiff
-from conftest import tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from conftest import SHARED_DATA, SHARED_WEIGHTS, tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jdiff import builders, parallel  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jdiff.drivers import train as train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from jdiff.evaluation import metrics  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -54,13 +54,13 @@ def extract_features_shards():
 
 
 def real_inception_features_on_four_devices():
-  """Real FID Inception features (../shared/weights) of 6 CIFAR-10 images, sharded over 4
-  devices with a batch that leaves padding, equal the 1-device features (within rounding)."""
+  """Real FID Inception features ($JDIFF_TEST_WEIGHTS) of 6 CIFAR-10 images ($JDIFF_TEST_DATA),
+  sharded over 4 devices with a batch that leaves padding, equal the 1-device features (within
+  rounding)."""
   from jdiff.evaluation import inception  # pylint: disable=g-import-not-at-top
-  shared = os.path.join(os.path.dirname(os.path.dirname(TESTS)), "shared")
   variables = inception.load_fid_inception_variables(
-      os.path.join(shared, "weights", "fid_inception_2015-12-05_pool3.pth"))
-  with np.load(os.path.join(shared, "data", "cifar10_exact_subset.npz")) as f:
+      os.path.join(SHARED_WEIGHTS, "fid_inception_2015-12-05_pool3.pth"))
+  with np.load(os.path.join(SHARED_DATA, "cifar10_exact_subset.npz")) as f:
     images = f["test_x"][:6].astype(np.float32) / 127.5 - 1
   sharded, _ = inception.fid_inception_features(variables, images, 8, "tf1")
   all_devices = metrics.data_mesh

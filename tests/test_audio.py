@@ -184,10 +184,27 @@ def test_one_train_step_of_the_tiny_config():
   del model
 
 
-def _vocoder_config():
+def _generated_clips(folder, words=("zero", "one"), per_word=4, length=512, rate=4000):
+  """A folder of 16-bit WAVs in word folders (tones of different pitch): data without a download."""
+  rng = np.random.default_rng(0)
+  for w, word in enumerate(words):
+    for k in range(per_word):
+      seconds = np.arange(length) / rate
+      wave = 0.5 * np.sin(2 * np.pi * (200 + 100 * w + 20 * k) * seconds)
+      wave += 0.01 * rng.standard_normal(length)
+      audio.write_wav(os.path.join(folder, word, f"s{k}_nohash_0.wav"), rate, wave)
+  return str(folder)
+
+
+def _vocoder_config(data_folder=None):
+  """The tiny audio config as a mel-conditioned vocoder; with data_folder, on clips generated
+  there (no download)."""
   config = config_lib.load_config(os.path.join(REPO, "configs", "sc09_cpu.py") + ":tiny")
   config.diffwave.n_mels = 5
   config.data.audio_length = 512
+  if data_folder is not None:
+    config.data.update(dict(source="folder", path=_generated_clips(
+        data_folder, rate=config.data.sample_rate)))
   return config
 
 
@@ -235,15 +252,14 @@ def test_vocoder_train_step_feeds_each_clips_mel():
     config_lib.validate(bad)
 
 
-@requires_shared_data("sc09", "sc09_sample.tar.gz")
 def test_vocoder_samples_from_the_mels_of_given_clips(tmp_path):
   from jdiff.drivers import sample, train  # pylint: disable=g-import-not-at-top
-  config = _vocoder_config()
+  config = _vocoder_config(tmp_path / "clips")
   config.training.update(dict(num_steps=1, checkpoint_every=1))
   config.sampling.update(dict(name="fastdpm", fastdpm_kind="var", steps=3, schedule="quadratic",
                               num_samples=6, batch_size=4))
   train.train(config, str(tmp_path))
-  mels = sample.conditioning_mels(config, 6)
+  mels = sample.conditioning_mels(config, 6, 4)
   clips = sample.conditioning_clips(config, 8)
   assert mels.shape == (8, 2, 5)  # whole batches
   np.testing.assert_allclose(mels, builders.conditioning_mel(config, audio.to_float(clips)),
@@ -456,6 +472,7 @@ def test_evaluate_scores_the_classifier_metric_with_anchors(tmp_path, monkeypatc
   monkeypatch.setattr(speech_classifier, "TRAINING_SETTINGS",
                       dict(speech_classifier.TRAINING_SETTINGS, steps=10))
   config = config_lib.load_config(os.path.join(REPO, "configs", "sc09_cpu.py") + ":tiny")
+  config.data.path = SC09_SAMPLE  # a local copy: no download
   config.training.update(dict(num_steps=2, checkpoint_every=2))
   config.sampling.update(dict(name="fastdpm", fastdpm_kind="var", steps=3, schedule="quadratic"))
   config.evaluation.num_samples = 6
@@ -493,6 +510,7 @@ def test_audio_table_rows(tmp_path, monkeypatch, vocoder):
                       dict(speech_classifier.TRAINING_SETTINGS, steps=10))
   config = (_vocoder_config() if vocoder else
             config_lib.load_config(os.path.join(REPO, "configs", "sc09_cpu.py") + ":tiny"))
+  config.data.path = SC09_SAMPLE  # data.source stays sc09: its digits, read here, no download
   config.training.update(dict(num_steps=1, checkpoint_every=1))
   train.train(config, str(tmp_path))
   results = audio_table.run(config, str(tmp_path), SC09_SAMPLE, num_samples=4, rounds=2,
@@ -539,7 +557,7 @@ def test_cli_trains_and_samples_wavs_and_a_picture(tmp_path):
   """The tiny CPU config through the CLI: --mode=train, then --mode=sample with FastDPM."""
   from conftest import cli  # pylint: disable=g-import-not-at-top
   common = [f"--config={os.path.join(REPO, 'configs', 'sc09_cpu.py')}:tiny",
-            f"--workdir={tmp_path}"]
+            f"--workdir={tmp_path}", f"--config.data.path={SC09_SAMPLE}"]
   assert cli(common + ["--mode=train"]).returncode == 0
   result = cli(common + ["--mode=sample", "--config.sampling.name=fastdpm",
                          "--config.sampling.fastdpm_kind=var", "--config.sampling.steps=5",
@@ -613,7 +631,7 @@ def test_vocoder_trains_on_crops_and_resumes_across_the_crop_setting(tmp_path):
   """A cropped train step runs and its loss differs from the whole clip's; the crop changes only
   how it trains, so a checkpoint trained on whole clips resumes on crops."""
   from jdiff.drivers import train  # pylint: disable=g-import-not-at-top
-  config = _vocoder_config()  # 512-sample clips, hop 256: two frames
+  config = _vocoder_config(tmp_path / "clips")  # 512-sample clips, hop 256: two frames
   config.training.update(dict(num_steps=2, checkpoint_every=1))
   config_lib.validate(config)
   _, state, whole_step = train.build_fresh_training(config, parallel.make_mesh())

@@ -1,21 +1,22 @@
 """FID preprocessing conventions (TF1 vs pytorch-fid), weight files without logits, and real
-Inception features from ../shared/weights on real CIFAR-10 images (skipped when absent)."""
+Inception features from the real weights ($JDIFF_TEST_WEIGHTS) on real CIFAR-10 images
+($JDIFF_TEST_DATA); those tests skip when either is absent (tests/conftest.py)."""
 
 import os
 
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, on_four_devices, requires_shared_data
+from conftest import SHARED_DATA, SHARED_WEIGHTS, on_four_devices, requires_shared_data
+from conftest import requires_shared_weights
 from jdiff import choices, errors
 from jdiff.drivers import evaluate
 from jdiff.evaluation import inception, metrics, torch_weights
 
-REAL_WEIGHTS = os.path.join(os.path.dirname(SHARED_DATA), "weights",
-                            "fid_inception_2015-12-05_pool3.pth")
+REAL_WEIGHTS_FILE = "fid_inception_2015-12-05_pool3.pth"
+REAL_WEIGHTS = os.path.join(SHARED_WEIGHTS, REAL_WEIGHTS_FILE)
 DEFAULT = choices.DEFAULT_EVALUATION_METRICS
-requires_real_weights = pytest.mark.skipif(not os.path.exists(REAL_WEIGHTS),
-                                           reason=f"{REAL_WEIGHTS} absent (no ../shared/weights)")
+requires_real_weights = requires_shared_weights(REAL_WEIGHTS_FILE)
 
 # ----------------------------------------------------------------------------------------------
 # TF1 resize_bilinear (align_corners=False, no half-pixel centres) vs pytorch-fid's
@@ -157,7 +158,7 @@ def test_a_ttur_statistics_file_is_read(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Real features: ../shared/weights on real CIFAR-10 pixels
+# Real features: the real weights on real CIFAR-10 pixels
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,14 @@ checkpoint the 2 processes wrote must then restore, and resume, in a single proc
 import glob
 import json
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -252,3 +255,49 @@ def test_two_processes_decode_one_tfds_cache_at_once(tmp_path):
                           text=True)
          for process_id in range(2)])
   assert os.listdir(tmp_path / "jdiff_cache") == ["mnist_train_8.npy"]  # no partial files left
+
+
+# ~2 min on 2 shared CPU cores (two processes compile init and the train step).
+@pytest.mark.slow
+def test_two_processes_sync_only_at_boundaries_and_stop_together_on_sigterm(tmp_path):
+  """Between log / checkpoint boundaries the train loop makes no cross-process collective (the
+  host never waits for a peer or the device); SIGTERM to one process saves one step on both, a
+  boundary, and both exit 143."""
+  workdir, log = tmp_path / "run", tmp_path / "collectives"
+  port = _free_port()
+  command = [sys.executable, os.path.join(REPO, "tests", "count_collectives.py"),
+             "--config=configs/quickstart.py:tiny", f"--workdir={workdir}", "--mode=train",
+             "--config.training.num_steps=100000", "--config.training.log_every=10",
+             "--config.training.checkpoint_every=30", "--config.distributed=True"]
+  processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True,
+                                env=_env(2, JDIFF_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                         JDIFF_NUM_PROCESSES="2", JDIFF_PROCESS_ID=str(index),
+                                         JDIFF_COLLECTIVES_LOG=str(log)))
+               for index in range(2)]
+  try:
+    deadline = time.time() + TIMEOUT_S
+    while not (workdir / "checkpoints" / "60").exists():  # 60 steps trained: signal now
+      assert time.time() < deadline and all(p.poll() is None for p in processes), "no step 60"
+      time.sleep(0.2)
+    processes[1].send_signal(signal.SIGTERM)
+    outputs = [process.communicate(timeout=TIMEOUT_S) for process in processes]
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  for process, (_, stderr) in zip(processes, outputs):
+    assert process.returncode == 143, stderr[-3000:]
+  saved = [int(re.search(r"saved a checkpoint at step (\d+) after SIGTERM", stderr).group(1))
+           for _, stderr in outputs]
+  assert saved[0] == saved[1] and saved[0] % 10 == 0 and saved[0] >= 60, saved
+  assert _steps(workdir)[-1] == saved[0]
+  for index in range(2):
+    with open(f"{log}.{index}") as f:
+      calls = json.load(f)
+    in_loop = [call for call in calls if call["step"] is not None]
+    assert in_loop, calls  # the boundaries' own checks were recorded
+    off_boundary = [call for call in in_loop if call["step"] % 10]
+    assert not off_boundary, off_boundary
+    # At most a few collectives per boundary (the stop check, checkpoint barriers), not one a step.
+    assert len(in_loop) <= 4 * (saved[0] // 10 + 1), len(in_loop)

@@ -1,4 +1,4 @@
-"""The adaptive U-Net's skip types (papers/adaptive_unet.txt, section 3): what the first active
+"""The adaptive U-Net's skip types (Giladi et al., section 3): what the first active
 expansive block gets from below, and the PyTorch-style bicubic resize of the interpolate path."""
 
 import jax

@@ -3,32 +3,45 @@
 #
 #   bash docs/results/cpu_tables.sh [samplers|depth|surrogate|objectives ...]   # default: all
 #
-# Needs the repository's venv (bash launch/local.sh makes it), ../shared/data/ and the real FID
-# Inception weights of ../shared/weights/ (offline machines; elsewhere pass the weights you have,
-# or leave evaluation.inception_weights empty to download pytorch-fid's). Every command resumes:
-# training from its last checkpoint, evaluation from the kept samples (and scores) of each row.
-# Wall-clock on 2 CPU cores: see each table's page.
+#   DATA_DIR=<folder> WEIGHTS=<file.pth> bash docs/results/cpu_tables.sh ...
+#
+# Needs the repository's venv (bash launch/local.sh makes it) and two locations:
+#   DATA_DIR  a folder holding cifar10_exact_subset.npz: exact CIFAR-10 pixels, `train_x` uint8
+#             (4660, 32, 32, 3) = the first 932 images of each official python batch file
+#             (only the samplers table reads it)
+#   WEIGHTS   the FID Inception-v3 weights in pytorch-fid's format
+#             (pt_inception-2015-12-05-6726825d.pth, or a file converted to its layout)
+# Every command resumes: training from its last checkpoint, evaluation from the kept samples (and
+# scores) of each row. Wall-clock on 2 CPU cores: see each table's page.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-.venv/bin/python}"
-SHARED="${SHARED:-../shared}"
-WEIGHTS="${WEIGHTS:-$SHARED/weights/fid_inception_2015-12-05_pool3.pth}"
+need() {  # need VARIABLE WHAT: stop with one line when the environment does not set it
+  [ -n "${!1:-}" ] || { echo "cpu_tables.sh: set $1 to $2" >&2; exit 2; }
+}
+need WEIGHTS "the FID Inception-v3 weights .pth (pytorch-fid's format)"
 RUNS="${RUNS:-workdirs/cpu_tables}"
+# The exact subset instead of configs/cifar10_cpu.py's TFDS default (reference_split names the
+# cached reference statistics: "train", as when the tables were made).
+SUBSET=(--config.data.source=npz --config.data.npz_key=train_x
+        --config.evaluation.reference_split=train)
 export TF_CPP_MIN_LOG_LEVEL=3
 
 samplers() {
+  need DATA_DIR "the folder that holds cifar10_exact_subset.npz"
   # The CPU CIFAR-10 model: 1,500 steps on the 4,660 images of the exact subset.
   "$PYTHON" -m jdiff.main --config=configs/cifar10_cpu.py --workdir="$RUNS/cifar10_cpu" \
-      --mode=train --config.data.path="$SHARED/data/cifar10_exact_subset.npz"
+      --mode=train "${SUBSET[@]}" --config.data.path="$DATA_DIR/cifar10_exact_subset.npz"
   # FID / KID reference: the first 1,000 of those training images (all 4,660 cost ~4x the
   # Inception time of the whole table on 2 cores).
   local reference="$RUNS/cifar10_train_first1000.npz"
   "$PYTHON" -c "import numpy as np, sys; np.savez(sys.argv[2], train_x=np.load(sys.argv[1])['train_x'][:1000])" \
-      "$SHARED/data/cifar10_exact_subset.npz" "$reference"
+      "$DATA_DIR/cifar10_exact_subset.npz" "$reference"
   "$PYTHON" -m jdiff.tools.paper_tables --table=samplers --config=configs/cifar10_cpu.py \
       --workdir="$RUNS/cifar10_cpu" --steps=10,20,50,100 --num_samples=100 \
       --label="CPU-scale: 1,500-step CIFAR-10 model, 100 samples a row" \
-      --config.data.path="$reference" --config.evaluation.inception_weights="$WEIGHTS"
+      "${SUBSET[@]}" --config.data.path="$reference" \
+      --config.evaluation.inception_weights="$WEIGHTS"
 }
 
 depth() {

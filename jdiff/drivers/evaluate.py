@@ -28,6 +28,7 @@ EvaluationError.
 """
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import os
@@ -43,12 +44,15 @@ from jax.experimental import multihost_utils
 from jdiff import audio as audio_lib
 from jdiff import choices
 from jdiff import data as data_lib
+from jdiff import errors
+from jdiff import files
 from jdiff import images as images_lib
 from jdiff import parallel
 from jdiff import progress
 from jdiff.drivers import likelihood
 from jdiff.drivers import sample as sample_lib
 from jdiff.errors import DataError, EvaluationError
+from jdiff.evaluation import cache_dir
 from jdiff.evaluation import metrics as metrics_lib
 
 INCEPTION_METRICS = ("fid", "is", "kid")
@@ -87,54 +91,122 @@ def curve_name(config) -> str:
 # Samples
 
 
-def _sampler_signature(config, generator) -> dict:
-  """What the stored samples depend on: a restart with a different one must not mix them in."""
-  return {"sampling": config.sampling.to_dict(), "depth_power": config.depth.power,
-          "surrogate": config.surrogate.to_dict(), "seed": config.seed,
-          "checkpoint_step": generator.checkpoint_step, "batch_size": generator.batch_size}
+def samples_signature(config, generator) -> dict:
+  """What stored samples depend on: the checkpoint (step and a hash of its EMA params, so a new
+  model trained in the same workdir is told apart) and every config field that changes samples.
+  A restart with a different signature never mixes in, or scores, the old samples."""
+  signature = {"checkpoint": {"step": generator.checkpoint_step,
+                              "params_sha256": generator.parameter_hash()},
+               "sampling": config.sampling.to_dict(), "diffusion": config.diffusion.to_dict(),
+               "model": config.model.to_dict(), "depth": config.depth.to_dict(),
+               "surrogate": config.surrogate.to_dict(), "seed": config.seed,
+               "batch_size": generator.batch_size, "sample_shape": list(generator.image_shape)}
+  if generator.mels is not None:  # a vocoder's samples follow the clips it is given
+    signature["conditioning_data"] = config.data.to_dict()
+  return json.loads(json.dumps(signature))  # as stored: tuples become lists
 
 
-def _write_npz_atomically(path: str, **arrays) -> None:
-  partial = path + ".partial.npz"
-  np.savez(partial, **arrays)
-  os.replace(partial, path)  # a killed run never leaves a half-written batch behind
+def _differences(stored, current, prefix: str = "") -> list:
+  """Dotted names of the fields where two signatures differ."""
+  if not (isinstance(stored, dict) and isinstance(current, dict)):
+    return [] if stored == current else [prefix or "(all)"]
+  names = []
+  for key in sorted(set(stored) | set(current)):
+    names += _differences(stored.get(key), current.get(key), f"{prefix}.{key}" if prefix else key)
+  return names
+
+
+def _set_aside(out_dir: str, why: str) -> None:
+  """Moves an evaluation folder of other samples to <out_dir>.replaced-<UTC time> (process 0)."""
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+  target = f"{out_dir}.replaced-{stamp}"
+  if jax.process_index() == 0:
+    os.replace(out_dir, target)
+  logging.warning("evaluate: %s %s; moved it to %s and sampling anew", out_dir, why, target)
+
+
+def _readable_batch(path: str, batch_size: int) -> bool:
+  """Whether a stored sample batch is whole (a damaged one is reported and made again)."""
+  try:
+    with np.load(path) as f:
+      ok = len(f["images"]) == batch_size and np.isfinite(float(f["seconds"]))
+  except Exception as e:  # pylint: disable=broad-except  (zip, zlib, key and pickle errors)
+    logging.warning("evaluate: sample batch %s is damaged (%s: %s); making it again", path,
+                    type(e).__name__, e)
+    return False
+  if not ok:
+    logging.warning("evaluate: sample batch %s does not hold %d samples; making it again", path,
+                    batch_size)
+  return ok
+
+
+def _stored_signature(signature_path: str) -> Optional[dict]:
+  """sampler.json's content; None (with a warning) when it is unreadable."""
+  try:
+    with open(signature_path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    logging.warning("evaluate: %s is damaged (%s: %s)", signature_path, type(e).__name__, e)
+    return None
 
 
 def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> Tuple[np.ndarray, dict]:
   """config.evaluation.num_samples uint8 samples, batches kept in <out_dir>/samples/; returns
-  (samples, timing) where timing has the measured seconds per sample (compile excluded)."""
+  (samples, timing) where timing has the measured seconds per sample (compile excluded) and the
+  samples' signature.
+
+  Stored batches are used only when <out_dir>/sampler.json records the same signature
+  (samples_signature); otherwise the folder is moved aside whole and sampling starts anew.
+  """
   sample_dir = os.path.join(out_dir, "samples")
   signature_path = os.path.join(out_dir, "sampler.json")
-  signature = json.loads(json.dumps(_sampler_signature(config, generator)))  # as stored (lists)
+  signature = samples_signature(config, generator)
+  if jax.process_index() == 0:
+    files.remove_partials(out_dir)
+    files.remove_partials(sample_dir)
   if os.path.exists(signature_path):
-    with open(signature_path) as f:
-      stored = json.load(f)
+    stored = _stored_signature(signature_path)
     if stored != signature:
-      raise EvaluationError(
-          f"{sample_dir} holds samples of a different sampler or batch size (see {signature_path}); "
-          "set --config.evaluation.name to a new name, or delete that folder")
+      why = ("holds samples whose sampler.json is unreadable" if stored is None else
+             "holds samples of another checkpoint or sampler (differs in " +
+             ", ".join(_differences(stored, signature)[:6]) + ")")
+      multihost_utils.sync_global_devices("jdiff evaluate: read sampler.json")
+      _set_aside(out_dir, why)
+      multihost_utils.sync_global_devices("jdiff evaluate: old samples set aside")
+  elif os.path.isdir(sample_dir) and os.listdir(sample_dir):
+    multihost_utils.sync_global_devices("jdiff evaluate: read sampler.json")
+    _set_aside(out_dir, "holds samples without a sampler.json")
+    multihost_utils.sync_global_devices("jdiff evaluate: old samples set aside")
   num_batches = -(-config.evaluation.num_samples // generator.batch_size)
   paths = [os.path.join(sample_dir, f"batch_{i:05d}.npz") for i in range(num_batches)]
-  missing = [i for i, path in enumerate(paths) if not os.path.exists(path)]
+  missing = [i for i, path in enumerate(paths)
+             if not (os.path.exists(path) and _readable_batch(path, generator.batch_size))]
   # Every process must see the same `missing` before process 0 writes anything.
   multihost_utils.sync_global_devices("jdiff evaluate: listed sample batches")
   if jax.process_index() == 0:
-    os.makedirs(sample_dir, exist_ok=True)
-    with open(signature_path, "w") as f:
-      json.dump(signature, f, indent=2)
+    files.write_json(signature_path, signature)
 
   compile_s = generator.compile() if missing else 0.0
   if num_batches > len(missing):
-    logging.info("evaluate: %d of %d sample batches kept from before", num_batches - len(missing),
-                 num_batches)
+    logging.info("evaluate: %d of %d sample batches kept from before (%s)",
+                 num_batches - len(missing), num_batches, sample_dir)
   report = progress.batches("evaluate: sample batches", len(missing))
-  for done, i in enumerate(missing):
-    batch_start = time.perf_counter()
-    images = generator.sample(i)
-    seconds = time.perf_counter() - batch_start
-    if jax.process_index() == 0:
-      _write_npz_atomically(paths[i], images=images, seconds=seconds)
-    report(done + 1)
+  done = 0
+  try:
+    for done, i in enumerate(missing):
+      batch_start = time.perf_counter()
+      images = generator.sample(i)
+      seconds = time.perf_counter() - batch_start
+      if jax.process_index() == 0:
+        files.save_npz(paths[i], images=images, seconds=seconds)  # fsynced, then renamed
+      report(done + 1)
+    done = len(missing)
+  except (KeyboardInterrupt, errors.StopRequested) as e:
+    finished = num_batches - len(missing) + done
+    raise errors.Interrupted(
+        errors.signal_name(e),
+        f"stopped by {errors.signal_name(e)}: {finished} of {num_batches} sample batches are "
+        f"kept in {sample_dir}; run the same command to continue from them") from None
   multihost_utils.sync_global_devices("jdiff evaluate: sample batches written")
 
   batches, seconds = [], []
@@ -145,7 +217,7 @@ def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> T
   samples = np.concatenate(batches)[:config.evaluation.num_samples]
   timing = {"seconds_per_sample": float(np.sum(seconds)) / (num_batches * generator.batch_size),
             "compile_s": compile_s, "batches_generated_now": len(missing),
-            "batches_kept": num_batches - len(missing)}
+            "batches_kept": num_batches - len(missing), "samples_signature": signature}
   return samples, timing
 
 
@@ -153,12 +225,36 @@ def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> T
 # Reference features and statistics
 
 
+def _content_fingerprint(path: str) -> list:
+  """[relative path, size, mtime in ns] of a file, or of every file under a folder: what changes
+  when the data is replaced or edited in place."""
+  if os.path.isfile(path):
+    stat = os.stat(path)
+    return [[os.path.basename(path), stat.st_size, stat.st_mtime_ns]]
+  entries = []
+  for root, _, names in os.walk(path):
+    for name in names:
+      stat = os.stat(os.path.join(root, name))
+      entries.append([os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns])
+  return sorted(entries)
+
+
 def _data_key(config, split: str) -> str:
-  """Names a data set's cached features: source, split, size and (local sources) path."""
+  """Names a data set's cached features and statistics: source, split, size, and a hash of every
+  field that selects the data (path, npz_key, TFDS data_dir) and, for local files, of their
+  content's size and modification time, so replacing the data never reuses old features."""
   data = config.data
   key = f"{data.source}-{split}-{data.image_size}px{data.num_channels}c"
+  selection = {}
   if data.source in ("folder", "npz", "idx"):
-    key += "-" + hashlib.sha256(os.path.abspath(data.path).encode()).hexdigest()[:8]
+    path = os.path.abspath(data.path)
+    selection = {"path": path, "content": _content_fingerprint(path) if os.path.exists(path) else []}
+    if data.source == "npz":
+      selection["npz_key"] = data.get("npz_key", "")
+  elif data.get("data_dir"):
+    selection = {"data_dir": os.path.abspath(data.data_dir)}
+  if selection:
+    key += "-" + hashlib.sha256(json.dumps(selection, sort_keys=True).encode()).hexdigest()[:12]
   return key
 
 
@@ -245,9 +341,21 @@ def reference_statistics(config, workdir: str) -> str:
   network with config.evaluation.fid_preprocessing -> <workdir>/reference_stats/<data key>-<weights>-
   <preprocessing>.npz (the TTUR / pytorch-fid format, keys mu and sigma, plus fid_preprocessing)."""
   split = config.evaluation.reference_split
+  out_dir = os.path.join(workdir, "reference_stats")
+  if jax.process_index() == 0:  # before minutes of Inception passes, not after
+    files.remove_partials(out_dir)
+    files.check_writable(out_dir, "reference statistics")
+    files.check_writable(os.path.join(cache_dir(), "features"), "feature caches")
   variables, tag = _inception(config)
-  features = reference_inception_features(config, variables, tag, split)["pool3"]
-  path = os.path.join(workdir, "reference_stats", f"{_data_key(config, split)}-{tag}.npz")
+  try:
+    features = reference_inception_features(config, variables, tag, split)["pool3"]
+  except (KeyboardInterrupt, errors.StopRequested) as e:
+    raise errors.Interrupted(errors.signal_name(e), f"stopped by {errors.signal_name(e)}: nothing "
+                             f"written; {out_dir} is as it was") from None
+  if len(features) < 2:
+    raise DataError(f"config.data ({_data_key(config, split)}): {len(features)} image(s) in split "
+                    f"{split!r}; reference statistics need at least 2 (a covariance)")
+  path = os.path.join(out_dir, f"{_data_key(config, split)}-{tag}.npz")
   if jax.process_index() == 0:
     metrics_lib.save_statistics(path, *metrics_lib.feature_statistics(features),
                                 fid_preprocessing=config.evaluation.fid_preprocessing)
@@ -283,23 +391,22 @@ def _reference_stats(config) -> Tuple[np.ndarray, np.ndarray]:
   return stats
 
 
-def _check_writable(out_dir: str) -> None:
-  """Process 0 creates out_dir and writes and deletes a probe file there; every process raises
-  EvaluationError if that failed (so none of them goes on to sample alone)."""
+def _check_writable(out_dir: str, also_caches: bool) -> None:
+  """Process 0 writes and deletes a probe file in out_dir (and in the feature cache folder when
+  also_caches); every process raises the one-line error if that failed (so none of them goes on
+  to sample alone)."""
   error = ""
   if jax.process_index() == 0:
-    probe = os.path.join(out_dir, f".jdiff-write-probe-{os.getpid()}")
     try:
-      os.makedirs(out_dir, exist_ok=True)
-      with open(probe, "w") as f:
-        f.write("jdiff")
-      os.remove(probe)
-    except OSError as e:
-      error = e.strerror or _one_line(e)
+      files.check_writable(out_dir, "evaluation outputs")
+      if also_caches:
+        files.check_writable(os.path.join(cache_dir(), "features"), "feature caches")
+    except errors.WorkdirError as e:
+      error = str(e)
   failed = multihost_utils.broadcast_one_to_all(np.int32(bool(error)))
   if int(failed):
-    raise EvaluationError(f"{out_dir}: cannot write evaluation outputs "
-                          f"({error or 'process 0 could not write there'})")
+    raise errors.WorkdirError(error or f"cannot write evaluation outputs to {out_dir} (process 0 "
+                              "could not write there)")
 
 
 @dataclasses.dataclass
@@ -317,7 +424,7 @@ def check_inputs(config, out_dir: str) -> EvaluationInputs:
   (if fid / is / kid are wanted), and that the weights have logits if "is" is asked for. Each
   failure is a one-line EvaluationError."""
   wanted = config.evaluation.metrics
-  _check_writable(out_dir)
+  _check_writable(out_dir, any(metric in wanted for metric in INCEPTION_METRICS))
   inputs = EvaluationInputs()
   if "fid" in wanted and config.evaluation.reference_stats:
     inputs.reference_stats = _reference_stats(config)
@@ -423,17 +530,40 @@ def scoring_signature(config, metrics) -> dict:
                                 "data": data}))
 
 
-def _kept_results(out_dir: str, scoring: dict) -> Optional[dict]:
-  """The metrics.json in out_dir when it scored these samples as `scoring` says, else None."""
+def _kept_results(out_dir: str, scoring: dict, signature: dict) -> Optional[dict]:
+  """The metrics.json in out_dir when it scored these very samples (signature) as `scoring`
+  says, else None (an unreadable file is reported and scored again)."""
   path = os.path.join(out_dir, "metrics.json")
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    try:
+  try:
+    with open(path) as f:
       results = json.load(f)
-    except json.JSONDecodeError:
-      return None
-  return results if results.get("scoring") == scoring else None
+  except (OSError, ValueError) as e:
+    logging.warning("evaluate: %s is damaged (%s: %s); scoring again", path, type(e).__name__, e)
+    return None
+  if not isinstance(results, dict):
+    return None
+  same = results.get("scoring") == scoring and results.get("samples_signature") == signature
+  return results if same else None
+
+
+def _remove_empty_folders(folder: str, down_to: str) -> None:
+  """Removes folder and its parents while empty, stopping at down_to (which existed before)."""
+  folder, down_to = os.path.abspath(folder), os.path.abspath(down_to)
+  while folder != down_to and folder.startswith(down_to + os.sep):
+    try:
+      os.rmdir(folder)
+    except OSError:
+      return
+    folder = os.path.dirname(folder)
+
+
+def _existing_ancestor(folder: str) -> str:
+  folder = os.path.abspath(folder)
+  while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+    folder = os.path.dirname(folder)
+  return folder
 
 
 def evaluate(config, workdir: str) -> dict:
@@ -442,15 +572,24 @@ def evaluate(config, workdir: str) -> dict:
   generator = sample_lib.build_generator(config, workdir, mesh, config.evaluation.num_samples)
   name = config.evaluation.name or default_name(config, generator.network_evaluations)
   out_dir = os.path.join(workdir, "eval", name, f"step_{generator.checkpoint_step}")
-  # Bad inputs fail here, in one line, not after minutes of sampling.
-  inputs = check_inputs(config, out_dir)
+  logging.info("evaluate: %s on checkpoint step %d -> %s", name, generator.checkpoint_step, out_dir)
+  # Bad inputs fail here, in one line, not after minutes of sampling; a refused evaluation
+  # leaves no empty folder behind.
+  existed = _existing_ancestor(out_dir)
+  try:
+    inputs = check_inputs(config, out_dir)
+  except errors.JdiffError:
+    if jax.process_index() == 0:
+      _remove_empty_folders(out_dir, existed)
+    raise
   samples, timing = generate_samples(config, generator, out_dir)
   scoring = scoring_signature(config, inputs.metrics)
   if timing["batches_generated_now"] == 0:
-    kept = _kept_results(out_dir, scoring)
+    kept = _kept_results(out_dir, scoring, timing["samples_signature"])
     if kept is not None:  # a table run again: its rows' Inception passes are not redone
-      logging.info("evaluate: %s: samples and scores kept from before (metrics.json)", name)
-      return kept
+      logging.info("evaluate: %s: samples and scores of checkpoint step %d kept from before (%s)",
+                   name, generator.checkpoint_step, os.path.join(out_dir, "metrics.json"))
+      return dict(kept, batches_generated_now=0, batches_kept=timing["batches_kept"])
   audio = config.data.kind == "audio"
   grid_path = os.path.join(out_dir, "waveforms.png" if audio else "grid.png")
   if jax.process_index() == 0:
@@ -491,8 +630,7 @@ def evaluate(config, workdir: str) -> dict:
              if key in ("fid", "inception_score", "kid", "digits_fd", "bits_per_dim",
                         "seconds_per_sample", "sc09_fd", "sc09_is", "voicing")}
   if jax.process_index() == 0:
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-      json.dump(results, f, indent=2)
+    files.write_json(os.path.join(out_dir, "metrics.json"), results)
     writer = metric_writers.create_default_writer(workdir)
     writer.write_scalars(generator.checkpoint_step, scalars)
     writer.close()

@@ -134,7 +134,9 @@ def _train_loop(config, workdir, state, stream, checkpointer, record, interrupti
   step = int(state.step)
   try:
     while step < num_steps:
-      if interruption.requested():
+      at_boundary = (step % config.training.log_every == 0
+                     or step % config.training.checkpoint_every == 0)
+      if interruption.requested(at_boundary):
         checkpoint_lib.save_or_fail(checkpointer, step, {checkpoint_lib.STATE: state}, record,
                                     wait=True)
         logging.warning("saved a checkpoint at step %d after %s", step, interruption.signal_name)

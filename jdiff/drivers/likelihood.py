@@ -5,7 +5,6 @@ one x_t ~ q(x_t | x_0) per image, in bits per dimension, from the EMA params of 
 checkpoint. Costs T network evaluations per image.
 """
 
-import json
 import os
 import time
 
@@ -15,6 +14,7 @@ from jax.experimental import multihost_utils
 
 from jdiff import cpu_kernels
 from jdiff import data as data_lib
+from jdiff import files
 from jdiff import builders
 from jdiff import objectives
 from jdiff import parallel
@@ -83,7 +83,5 @@ def evaluate_bits_per_dim(config, workdir: str, num_examples: int = 0, batch_siz
       "seconds": time.time() - start,
   }
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "bpd.json"), "w") as f:
-      json.dump(summary, f, indent=2)
+    files.write_json(os.path.join(workdir, "bpd.json"), summary)
   return summary

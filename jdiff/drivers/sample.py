@@ -6,6 +6,7 @@ configured sampler, depth schedule and surrogate); --mode=evaluate draws its sam
 """
 
 import dataclasses
+import hashlib
 import os
 import time
 from typing import Callable, Optional, Tuple
@@ -13,12 +14,15 @@ from typing import Callable, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
 from jdiff import audio
 from jdiff import builders
 from jdiff import cpu_kernels
 from jdiff import data as data_lib
+from jdiff import errors
+from jdiff import files
 from jdiff import images as images_lib
 from jdiff import parallel
 from jdiff import progress
@@ -73,6 +77,17 @@ class Generator:
       times.append(time.perf_counter() - start)
     return float(np.median(times)) / self.batch_size
 
+  def parameter_hash(self) -> str:
+    """sha256 (16 hex digits) of the EMA params' names, shapes, dtypes and bytes: tells one
+    checkpoint's model from another trained to the same step."""
+    digest = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(self.params)[0]:
+      # Params are replicated: this process's first copy holds the whole array.
+      array = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+      digest.update(f"{jax.tree_util.keystr(path)} {array.shape} {array.dtype};".encode())
+      digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
   def sample(self, index: int) -> np.ndarray:
     images = self.sample_fn(self.params, jax.random.fold_in(self.rng, index), self._mel(index))
     # Gathers every process's rows (a no-op copy to host with one process).
@@ -88,17 +103,26 @@ def conditioning_clips(config, num_samples: int) -> np.ndarray:
   return clips[np.arange(num_samples) % len(clips)]
 
 
-def conditioning_mels(config, num_samples: int) -> Optional[np.ndarray]:
+def conditioning_mels(config, num_samples: int, batch_size: int) -> Optional[np.ndarray]:
   """Mels of conditioning_clips, padded to whole sampling batches; None when unconditional."""
   if not builders.mel_conditioned(config):
     return None
-  batch_size = config.sampling.batch_size
   clips = conditioning_clips(config, -(-num_samples // batch_size) * batch_size)
   return np.asarray(builders.conditioning_mel(config, data_lib.to_float(clips)))
 
 
+def batch_size_for(config, num_samples: int) -> int:
+  """config.sampling.batch_size, or fewer when fewer samples are wanted (rounded up to a multiple
+  of the device count): a batch larger than the whole run would only cost memory and time."""
+  devices = jax.device_count()
+  return min(config.sampling.batch_size, -(-num_samples // devices) * devices)
+
+
 def build_generator(config, workdir: str, mesh, num_samples: Optional[int] = None) -> Generator:
-  """num_samples: how many samples the vocoder's mels are made for (default sampling's)."""
+  """num_samples: how many samples will be drawn (default config.sampling.num_samples); it caps
+  the batch size and sets how many mels a vocoder is given."""
+  num_samples = num_samples or config.sampling.num_samples
+  batch_size = batch_size_for(config, num_samples)
   model = builders.build_model(config)
   diffusion = builders.build_diffusion(config)
   params, step = builders.restore_ema_params(config, workdir, model, mesh)
@@ -112,42 +136,64 @@ def build_generator(config, workdir: str, mesh, num_samples: Optional[int] = Non
   tick = (progress.within_batch("sampling: one batch", evaluations)
           if evaluations >= PROGRESS_WITHIN_BATCH_FROM else None)
   sample_fn = builders.make_sample_fn(sampler, model, mesh, builders.image_shape(config),
-                                      config.sampling.batch_size, tick)
+                                      batch_size, tick)
   last_step = float(config.diffusion.num_timesteps - 1)
   evaluation_fn = cpu_kernels.jit(lambda params, x: builders.make_model_fn(model, params)(
       x, jnp.full(x.shape[:1], last_step)))
-  return Generator(sample_fn, params, step, evaluations, config.sampling.batch_size,
+  return Generator(sample_fn, params, step, evaluations, batch_size,
                    jax.random.fold_in(jax.random.key(config.seed), 1 + step),
                    surrogate_evaluations, builders.image_shape(config), evaluation_fn,
                    audio.to_int16 if config.data.kind == "audio" else sampling.to_uint8,
-                   conditioning_mels(config, num_samples or config.sampling.num_samples))
+                   conditioning_mels(config, num_samples, batch_size))
 
 
 def sample(config, workdir: str) -> str:
-  """Writes <workdir>/samples/samples.npz and grid.png; returns the grid's path."""
+  """Writes <workdir>/samples/ (samples.npz and grid.png; audio: samples.npz, one .wav per
+  sample, waveforms.png) as one set that replaces the previous one whole, only once every
+  sample is made; returns the grid's path."""
+  return sample_with_step(config, workdir)[0]
+
+
+def sample_with_step(config, workdir: str) -> Tuple[str, int]:
+  """sample(), and the checkpoint step it sampled."""
+  out_dir = os.path.join(workdir, "samples")
+  if jax.process_index() == 0:
+    files.recover_folder(out_dir)
+    files.check_writable(workdir, "samples")  # before minutes of sampling, not after
   generator = build_generator(config, workdir, parallel.make_mesh())
-  num_batches = -(-config.sampling.num_samples // config.sampling.batch_size)
+  logging.info("sampling %d samples from checkpoint step %d", config.sampling.num_samples,
+               generator.checkpoint_step)
+  num_batches = -(-config.sampling.num_samples // generator.batch_size)
   batches = []
   report = progress.batches("sampling", num_batches)
-  for i in range(num_batches):
-    batches.append(generator.sample(i))
-    report(i + 1)
+  try:
+    for i in range(num_batches):
+      batches.append(generator.sample(i))
+      report(i + 1)
+  except (KeyboardInterrupt, errors.StopRequested) as e:
+    raise errors.Interrupted(errors.signal_name(e), f"stopped by {errors.signal_name(e)} after "
+                             f"{len(batches)} of {num_batches} batches: nothing written, {out_dir} "
+                             "is as it was") from None
   samples = np.concatenate(batches)[:config.sampling.num_samples]
-  out_dir = os.path.join(workdir, "samples")
-  grid_path = os.path.join(out_dir, "grid.png")
-  if config.data.kind == "audio":
-    grid_path = os.path.join(out_dir, "waveforms.png")
+  grid_name = "waveforms.png" if config.data.kind == "audio" else "grid.png"
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    np.savez_compressed(os.path.join(out_dir, "samples.npz"), images=samples,
-                        step=generator.checkpoint_step)
-    if config.data.kind == "audio":
-      for i, wave in enumerate(samples):
-        audio.write_wav(os.path.join(out_dir, f"sample_{i:04d}.wav"), config.data.sample_rate, wave)
-      audio.save_waveforms_png(samples, config.data.sample_rate, grid_path)
-      if builders.mel_conditioned(config):  # the clips whose mels the vocoder was given
-        audio.save_waveforms_png(conditioning_clips(config, len(samples)), config.data.sample_rate,
-                                 os.path.join(out_dir, "given_clips.png"))
-    else:
-      images_lib.save_grid(samples[:256], grid_path)
-  return grid_path
+    with files.replace_folder(out_dir) as staging:
+      write_samples(config, samples, generator.checkpoint_step, staging, grid_name)
+  return os.path.join(out_dir, grid_name), generator.checkpoint_step
+
+
+def write_samples(config, samples: np.ndarray, checkpoint_step: int, folder: str,
+                  grid_name: str) -> None:
+  """The files of one sample set, into `folder`."""
+  files.save_npz(os.path.join(folder, "samples.npz"), compressed=True, sync=False, images=samples,
+                 step=checkpoint_step)
+  grid_path = os.path.join(folder, grid_name)
+  if config.data.kind == "audio":
+    for i, wave in enumerate(samples):
+      audio.write_wav(os.path.join(folder, f"sample_{i:04d}.wav"), config.data.sample_rate, wave)
+    audio.save_waveforms_png(samples, config.data.sample_rate, grid_path)
+    if builders.mel_conditioned(config):  # the clips whose mels the vocoder was given
+      audio.save_waveforms_png(conditioning_clips(config, len(samples)), config.data.sample_rate,
+                               os.path.join(folder, "given_clips.png"))
+  else:
+    images_lib.save_grid(samples[:256], grid_path)

@@ -20,11 +20,12 @@ from jdiff import config_lib
 from jdiff import cpu_kernels
 from jdiff import data as data_lib
 from jdiff import depth as depth_lib
+from jdiff import files
 from jdiff import objectives
 from jdiff import parallel
 from jdiff import progress as progress_lib
 from jdiff.builders import TrainState
-from jdiff.errors import NonFiniteLossError, WorkdirError
+from jdiff.errors import NonFiniteLossError
 
 
 def images_per_step(config) -> int:
@@ -114,7 +115,7 @@ def apply_gradients(optimizer, ema_decay_at: Callable, state: TrainState, loss, 
                       opt_state=opt_state, loss_history=loss_history)
   # lax.cond, not a jnp.where per leaf: the where kept the old state alive beside the new one,
   # so XLA copied every donated buffer before updating it (the Ho net's update: 91 ms instead
-  # of 148 ms on 2 CPU cores, session 15).
+  # of 148 ms on 2 CPU cores, measured 2026-12-07).
   new_state = jax.lax.cond(finite, updated, lambda state: state, state)
   return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
@@ -186,7 +187,7 @@ def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
       loss_history = objectives.update_loss_history(loss_history, t, example_losses)
 
       def forward_only_losses(update, extra_t, extra_rng):
-        # Images of their own, not the training batch's (papers/hse_coursework.txt 4.5: "two
+        # Images of their own, not the training batch's (the HSE coursework, section 4.5: "two
         # additional updates ... two batch loss calculations").
         extra_x = data_lib.to_float(grouped[:, 1 + update])
         extra_mel = builders.conditioning_mel(config, extra_x)
@@ -257,12 +258,7 @@ def write_config_record(config, workdir: str) -> None:
   if jax.process_index() != 0 or "://" in workdir:
     return
   path = os.path.join(workdir, "config.json")
-  try:
-    with open(path + ".partial", "w") as f:
-      json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
-    os.replace(path + ".partial", path)
-  except OSError as e:
-    raise WorkdirError(f"cannot write {path} ({e.strerror})") from None
+  files.write_json(path, json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str)))
 
 
 def build_fresh_training(config, mesh):
@@ -331,7 +327,9 @@ def _train_loop(config, workdir, state, stream, checkpointer, record, interrupti
   start = time.perf_counter()
   try:
     while step < num_steps:
-      if interruption.requested():
+      at_boundary = (step % config.training.log_every == 0
+                     or step % config.training.checkpoint_every == 0)
+      if interruption.requested(at_boundary):
         checkpoint_lib.save_or_fail(checkpointer, step, builders.checkpoint_items(state), record, wait=True)
         logging.warning("saved a checkpoint at step %d after %s", step, interruption.signal_name)
         break

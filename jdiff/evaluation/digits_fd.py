@@ -19,6 +19,7 @@ import sklearn.datasets
 from flax import traverse_util
 
 from jdiff import cpu_kernels
+from jdiff import files
 from jdiff.evaluation import cache_dir, metrics
 
 TRAINING_SETTINGS = {
@@ -94,15 +95,13 @@ def digits_classifier(directory: str = "") -> dict:
   jdiff.evaluation.cache_dir())."""
   settings_hash = hashlib.sha256(json.dumps(TRAINING_SETTINGS, sort_keys=True).encode()).hexdigest()[:16]
   path = os.path.join(directory or cache_dir(), f"digits_classifier-{settings_hash}.npz")
-  if os.path.exists(path):
-    with np.load(path) as f:
-      return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(f[k]) for k in f.files})
+  cached = files.load_npz_cache(path)
+  if cached is not None:
+    return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v)
+                                         for k, v in cached.items()})
   variables = _train(TRAINING_SETTINGS)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  partial = path + ".partial.npz"
   flat = traverse_util.flatten_dict(variables)
-  np.savez(partial, **{"/".join(k): np.asarray(v) for k, v in flat.items()})
-  os.replace(partial, path)  # never leave a half-written cache behind
+  files.save_npz(path, **{"/".join(k): np.asarray(v) for k, v in flat.items()})
   return variables
 
 

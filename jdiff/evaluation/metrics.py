@@ -17,6 +17,7 @@ import scipy.special
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jdiff import cpu_kernels
+from jdiff import files
 from jdiff import progress
 from jdiff.evaluation import cache_dir
 
@@ -70,9 +71,8 @@ def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray, fid_preprocess
   """Saves statistics as .npz with keys `mu` and `sigma`, the format of the widely shared
   precomputed FID statistics files (TTUR, pytorch-fid), plus `fid_preprocessing` (a string
   array; readers of that format ignore it) when given."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   extra = {"fid_preprocessing": np.array(fid_preprocessing)} if fid_preprocessing else {}
-  np.savez(path, mu=mu, sigma=sigma, **extra)
+  files.save_npz(path, mu=mu, sigma=sigma, **extra)  # a killed run leaves the old file whole
 
 
 def statistics_preprocessing(path: str) -> Optional[str]:
@@ -234,17 +234,19 @@ def extract_features(apply_fn: Callable, variables, images: Union[np.ndarray, It
 def cached_features(name: str, compute: Callable[[], Mapping[str, np.ndarray]],
                     directory: str = "") -> Dict[str, np.ndarray]:
   """The arrays compute() returns, saved to <directory>/features/<name>.npz on first use and
-  loaded from there afterwards. name identifies the data set and network, e.g.
-  "cifar10_train_fid_inception"; directory defaults to jdiff.evaluation.cache_dir()."""
+  loaded from there afterwards (one log line says so). name identifies the data (its content
+  included) and the network, e.g. "cifar10-train-32px3c-<hash>-fid_inception"; directory
+  defaults to jdiff.evaluation.cache_dir(). A damaged cache file is reported in one warning and
+  computed again."""
   if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
     raise ValueError(f"feature cache name {name!r} may only hold letters, digits, '_', '.' and '-'")
   path = os.path.join(directory or cache_dir(), "features", name + ".npz")
-  if os.path.exists(path):
-    with np.load(path) as f:
-      return dict(f)
+  if jax.process_index() == 0:
+    files.remove_partials(os.path.dirname(path))
+  cached = files.load_npz_cache(path)
+  if cached is not None:
+    return cached
   features = {key: np.asarray(value) for key, value in compute().items()}
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  partial = path + ".partial.npz"
-  np.savez(partial, **features)
-  os.replace(partial, path)  # never leave a half-written cache behind
+  if jax.process_index() == 0:
+    files.save_npz(path, **features)
   return features

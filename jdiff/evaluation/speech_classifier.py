@@ -31,6 +31,7 @@ from flax import traverse_util
 
 from jdiff import audio
 from jdiff import cpu_kernels
+from jdiff import files
 from jdiff.evaluation import cache_dir, metrics
 
 FD_NAME = "SC09-classifier FD (jdiff)"
@@ -49,7 +50,7 @@ TRAINING_SETTINGS = {
     "max_shift": 800,    # random circular time shift (samples at 8 kHz) as augmentation
     # How the steps run. The weights depend on the program that trains them (rounding grows over
     # 300 Adam steps), so a new program gets a new cache file rather than mixing with old ones.
-    "train_loop": "host",  # one jitted step per call (session 14; before: one lax.scan)
+    "train_loop": "host",  # one jitted step per call (not one lax.scan over all the steps)
 }
 
 
@@ -137,15 +138,13 @@ def speech_classifier(train_waves: np.ndarray, train_labels: np.ndarray, directo
   data_hash = _digest(np.ascontiguousarray(train_waves, np.float32).tobytes()
                       + np.asarray(train_labels, np.int64).tobytes())
   path = os.path.join(directory or cache_dir(), f"speech_classifier-{settings_hash}-{data_hash}.npz")
-  if os.path.exists(path):
-    with np.load(path) as f:
-      return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(f[k]) for k in f.files})
+  cached = files.load_npz_cache(path)
+  if cached is not None:
+    return traverse_util.unflatten_dict({tuple(k.split("/")): jnp.asarray(v)
+                                         for k, v in cached.items()})
   variables = _train(settings, np.asarray(train_waves, np.float32), train_labels)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  partial = path + ".partial.npz"
-  np.savez(partial, **{"/".join(k): np.asarray(v)
-                       for k, v in traverse_util.flatten_dict(variables).items()})
-  os.replace(partial, path)
+  files.save_npz(path, **{"/".join(k): np.asarray(v)
+                          for k, v in traverse_util.flatten_dict(variables).items()})
   return variables
 
 
@@ -170,7 +169,7 @@ def scores(variables, samples_8k: np.ndarray, reference_8k: np.ndarray) -> dict:
 
 
 class Scorer:
-  """The classifier of a labelled SC09 folder / archive (e.g. ../shared/data/sc09) and its
+  """The classifier of a labelled SC09 folder / archive (digit word folders of WAVs) and its
   reference clips: scorer(samples, sample_rate) -> scores; scorer.held_out_accuracy.
 
   Reference: every other clip of each digit (in file order); the other half serves the real

@@ -39,20 +39,21 @@ which the backward pass reuses: XLA copies the stacked blocks into place (a conc
 input's size, a quarter of the forward's time at 32x32), but the gradients of the batched form are
 the faster ones (winograd_conv3x3). The backward pass is the transposes of the products and
 transforms, written out so that the input gradient is four shifted sums interleaved (autodiff's
-transpose of the 16 strided tile slices pads and sums 16 arrays of the input's size): 1.02-1.04x
-faster with both gradients (session 17); with the output transform's transpose written out too
-and the input gradient kept out of its consumer's loop (_computed_apart), the Ho net's gradient
-is 1.06-1.12x faster again (session 18). Float32 results agree with XLA's convolution to ~1e-6
-relative. Measured one convolution at a time against XLA's Eigen convolution (Ho et al.'s shapes
-where it applies, 2-core AMD EPYC; docs/results/bench_torch_cpu/winograd_by_shape.py): forward
-1.42-1.65x faster at batch 8 and 1.40-1.81x at batch 32 (session 17; 1.19-1.58x with the batched
-product, session 16), forward and both gradients 1.15-1.50x (session 16); the Ho net's train step
-takes 0.79-0.86 of Eigen's time at batch 8 and 32 (README, "CPU kernels"). Small problems lose (the
-transforms dominate: 32-64 channels 0.69-0.85x, 4x4 at batch 8 0.88x): `winograd_applies` keeps it
-to float32 convolutions with >= WINOGRAD_MIN_CHANNELS input and output channels and >=
-WINOGRAD_MIN_TILES output tiles (batch x H x W / 4; 256, the 32x32 level at batch 1: the Ho net's
-batch-1 forward and train step 1.07-1.08x faster than at 512, session 17), the rest go to the
-convolution `filter_grad_fn` would give.
+transpose of the 16 strided tile slices pads and sums 16 arrays of the input's size). Measured
+2026-12-07 on the Ho net: the written-out input gradient makes the gradients 1.02-1.04x faster
+than autodiff's transposes, and the output transform's transpose written out too, with the input
+gradient kept out of its consumer's loop (_computed_apart), 1.06-1.12x faster again. Float32
+results agree with XLA's convolution to ~1e-6 relative. Measured one convolution at a time
+against XLA's Eigen convolution on Ho et al.'s shapes at batch 8
+(docs/results/bench_torch_cpu/winograd_by_shape_batch8.json, 2026-12-07; docs/performance.md):
+forward 1.38-1.77x and forward with both gradients 1.31-1.50x faster on the shapes it takes; the
+Ho net's train step took 0.79-0.86 of Eigen's time at batch 8 and 32 (measured 2026-12-07).
+Small problems lose (the transforms dominate: 4x4 at batch 8 0.92x, and the quickstart's 32-64
+channel convolutions 0.69-0.85x, measured 2026-12-07): `winograd_applies` keeps it to float32
+convolutions with >= WINOGRAD_MIN_CHANNELS input and output channels and >= WINOGRAD_MIN_TILES
+output tiles (batch x H x W / 4; 256, the 32x32 level at batch 1: with it the Ho net's batch-1
+forward and train step ran 1.07-1.08x faster than with 512, measured 2026-12-07), the rest go
+to the convolution `filter_grad_fn` would give.
 """
 
 import functools
@@ -243,7 +244,7 @@ def _winograd_output_transform_transposed(dy):
   """dM [16, tiles, C_out] from dy: the transpose of Y = A^T M A, dM = A dY A^T of every 2x2
   output tile dY, whose entries are dy's four parity slices (jax.linear_transpose of
   _winograd_output_transform pads and sums 16 arrays instead: 7.7 ms against 2.1 ms alone at
-  32x32 x 128, batch 8; session 18)."""
+  32x32 x 128, batch 8, measured 2026-12-07)."""
   a = _transposed(_WINOGRAD_AT)
   parities = [[dy[:, p::2, q::2] for q in range(2)] for p in range(2)]
   columns = [_combinations(a, [parities[p][q] for p in range(2)]) for q in range(2)]
@@ -270,7 +271,7 @@ def _winograd_batched_backward(precision, residuals, dy):
   """dx and dkernel: the two batched products' transposes and the transforms' transposes (written
   out for the output and input transforms, jax's linear_transpose for the kernel transform).
   Against autodiff's transposes the Ho net's batch-8 gradient takes 0.94 of the time at full
-  depth and 0.90 at depth 3 (the 32x32 level alone), batch 32 0.94 (session 18)."""
+  depth and 0.90 at depth 3 (the 32x32 level alone), batch 32 0.94 (measured 2026-12-07)."""
   inputs, kernels = residuals
   batch, height, width, out_channels = dy.shape
   in_channels = inputs.shape[-1]
@@ -309,8 +310,8 @@ def winograd_conv3x3(x, kernel, precision=None):
   two there (one convolution at a time, module docstring): the separate products skip the copy
   that stacks V, but their transposes run slower in the gradients. The backward is written out
   (_winograd_batched_backward); a custom VJP computing the input gradient as Winograd of dy with
-  the flipped kernel was no faster than autodiff (1.0-1.1x the time, session 16). Reverse mode
-  only, as conv_general_dilated."""
+  the flipped kernel was no faster than autodiff (1.0-1.1x the time). Reverse mode only, as
+  conv_general_dilated."""
   return _winograd_separate(x, kernel, precision)
 
 

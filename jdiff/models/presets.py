@@ -1,4 +1,4 @@
-"""The architectures of Table 4.3 of papers/hse_coursework.txt, selectable by config.model.preset.
+"""The architectures of Table 4.3 of the HSE coursework "Diffusion Generative Models", selectable by config.model.preset.
 
 A preset sets the four fields that the table varies (block type, channel multipliers, residual
 blocks per resolution, base channels); everything else (attention at 16x16, dropout, groups)

@@ -1,4 +1,4 @@
-"""The DDPM U-Net (Ho et al. 2020) with a shortcut depth (Giladi et al., papers/adaptive_unet.txt).
+"""The DDPM U-Net (Ho et al. 2020) with a shortcut depth (Giladi et al., adaptive-depth U-Net).
 
 With N = len(ch_mult) resolution levels, `shortcut_depth` k in 0..N-1 skips the k
 lowest-resolution levels and the middle block; k = 0 is the full network. The first active

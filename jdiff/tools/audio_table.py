@@ -42,8 +42,6 @@ from jdiff.tools import cli
 from jdiff.tools import report
 from jdiff.tools import timing
 
-_SHARED_SC09 = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__)))), "..", "shared", "data", "sc09", "sc09_sample.tar.gz")
 FLAGS = flags.FLAGS
 
 
@@ -148,9 +146,9 @@ if __name__ == "__main__":
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file("config", "configs/sc09_cpu.py", "An audio config file.")
   flags.DEFINE_string("workdir", None, "The trained model's workdir.", required=True)
-  flags.DEFINE_string("reference", os.path.abspath(_SHARED_SC09),
+  flags.DEFINE_string("reference", None,
                       "Labelled SC09 clips (folder or .tar.gz with zero..nine folders): the "
-                      "classifier's training data and the reference clips.")
+                      "classifier's training data and the reference clips.", required=True)
   flags.DEFINE_integer("num_samples", 16, "Clips per sampler (one batch).")
   flags.DEFINE_integer("rounds", 1, "Timed rounds over all samplers (interleaved).")
   flags.DEFINE_list("steps", ["10", "20", "50"], "FastDPM's S values.")

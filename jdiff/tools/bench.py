@@ -20,6 +20,7 @@ import numpy as np
 from jdiff import builders
 from jdiff import cpu_kernels
 from jdiff import diffusion as diffusion_lib
+from jdiff import files
 from jdiff import parallel
 from jdiff import sampling
 from jdiff.drivers import train as train_lib
@@ -135,4 +136,6 @@ def run(config, workdir: str) -> dict:
   kind = config.bench.kind
   if kind not in RUNNERS:
     raise ValueError(f"config.bench.kind={kind!r}: must be one of {sorted(RUNNERS)}")
+  if jax.process_index() == 0:
+    files.check_writable(workdir, "benchmark results")  # before minutes of timing, not after
   return RUNNERS[kind](config, workdir)

@@ -26,7 +26,7 @@ sampler over all T steps at batch sampling.batch_size:
           the start and halfway through each round (bench_sampling).
   saved:  1 - time / the round's baseline time (median, min..max over rounds); FLOPs likewise.
 Also times the alternative sampler dispatch (one lax.scan per depth segment, static k) for zero
-skip at c = 2. Prints the paper's Table 2 (papers/adaptive_unet.txt) beside jdiff's numbers and
+skip at c = 2. Prints the paper's Table 2 (Giladi et al.) beside jdiff's numbers and
 writes <workdir>/bench_depth.json. On a shared machine the ratios of one round are what to read.
 bench.depth_parts picks the halves to run (training, sampling; default both).
 
@@ -55,7 +55,7 @@ from jdiff.tools import timing
 POWERS = (0, 1, 2, 3, 5)
 # The configuration the sampler dispatch comparison times (the paper's choice).
 DISPATCH_SKIP_TYPE, DISPATCH_POWER = "zero", 2
-# Table 2 of papers/adaptive_unet.txt: time speed-up (%) of sampling against c = 0, by skip type
+# Table 2 of Giladi et al. (adaptive-depth U-Net): time speed-up (%) of sampling against c = 0, by skip type
 # and c (the text extraction puts the c = 1 column on the Zero row: 30.59, 32.15, 20.86 are the
 # c = 1 values of Zero, Duplicate and Interpolate).
 PAPER_TABLE_2 = {

@@ -39,11 +39,12 @@ flags.DEFINE_integer("train_batch", 32, "Train-step batch size.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds (after the warm-up rounds).")
 # In this process (one glibc heap shared with PyTorch) jdiff's batch-32 train step faulted its
 # memory in over its first three calls: 955k, 366k, 125k page faults, up to 4.3 s of kernel time,
-# then none (session 16).
+# then none (measured 2026-12-07).
 flags.DEFINE_integer("warmup_rounds", 3, "Untimed rounds first.")
 flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
-# One batch-1 forward (~0.1 s) varied 0.82-1.35x against PyTorch's from round to round (session
-# 18): a timed sample of a small batch runs it several times.
+# One batch-1 forward (~0.1 s) varied 0.82-1.35x against PyTorch's from round to round
+# (docs/results/bench_torch_cpu/bench_torch_a.json): a timed sample of a small batch runs it
+# several times.
 flags.DEFINE_integer("min_images_per_sample", 8, "Each timed sample of a forward of batch b "
                      "runs it ceil(this / b) times and reports the time per call.")
 flags.DEFINE_list("cpu_convolutions", [], "jdiff's XLA:CPU convolution kernels to time, each "

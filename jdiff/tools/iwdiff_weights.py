@@ -1,4 +1,4 @@
-"""How far from uniform IWDiff's weights are (papers/hse_coursework.txt, Algorithm 3).
+"""How far from uniform IWDiff's weights are (the HSE coursework, Algorithm 3).
 
 For a trained model (the EMA params of --workdir's latest checkpoint) and real training images,
 draws k noises per image at each of a few t, computes line 6's losses and reports the largest

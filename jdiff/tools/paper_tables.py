@@ -24,7 +24,7 @@ Tables (TABLES):
             and training scheme of --schemes (random: one model serves every c; bucketed: batches
             drawn by k(t) at c = --bucketed_power, Table 3's model), plus the baseline trained at
             full depth and sampled at every c with zero skipping (the paper's "DDPM" row).
-  objectives  DDPM study (papers/hse_coursework.txt) Table 4.4 shape: one model per objective of
+  objectives  DDPM study (the HSE coursework) Table 4.4 shape: one model per objective of
             OBJECTIVE_SETUPS (DDPM L_simple, Hybrid, Importance Sampling, IS +2,
             IWDiff, IWDiff + IS), each trained from the same config: train time relative to DDPM
             (wall-clock seconds per step of the steps this command trained, compilation
@@ -62,6 +62,7 @@ from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wron
 
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
+from jdiff import files
 from jdiff import parallel
 from jdiff.drivers import evaluate as evaluate_lib
 from jdiff.drivers import train as train_lib
@@ -180,7 +181,7 @@ def _slug(name: str) -> str:
   return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 
-# The rows of Table 4.4 (papers/hse_coursework.txt): setup -> config overrides. Hybrid (L_simple
+# The rows of Table 4.4 (the HSE coursework): setup -> config overrides. Hybrid (L_simple
 # + 0.001 L_vlb with learned variances, improved DDPM) is not in the paper's table; Importance
 # Sampling +2 makes two extra forward-only loss-history updates per step; IWDiff draws
 # training.iwdiff_k noises (the paper: 2).
@@ -392,8 +393,7 @@ def _train(config, workdir: str):
     timing = {"timed_steps": timing["timed_steps"] + steps_now,
               "seconds": timing["seconds"] + seconds}
     if jax.process_index() == 0:
-      with open(timing_path, "w") as f:
-        json.dump(timing, f)
+      files.write_json(timing_path, timing)
   if not timing["timed_steps"]:
     return result.step, {}
   return result.step, {"train_seconds_per_step": timing["seconds"] / timing["timed_steps"]}

@@ -23,6 +23,7 @@ from absl import app, flags
 # alone.
 from matplotlib.figure import Figure
 
+from jdiff import files
 from jdiff.tools import cli
 
 FLAGS = flags.FLAGS
@@ -70,8 +71,7 @@ def plot_tradeoff(runs: Sequence[Mapping], x_key: str, y_key: str, path: str, ti
   axes.grid(True, alpha=0.3)
   axes.legend()
   figure.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  figure.savefig(path)
+  files.write_with(path, lambda f: figure.savefig(f, format="png"))
   return path
 
 

@@ -9,9 +9,10 @@
 
 import json
 import math
-import os
 import sys
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence, Union
+
+from jdiff import files
 
 
 def _process_index() -> int:
@@ -33,13 +34,9 @@ def write_json(path: str, results: Any, *, announce: bool = True) -> Optional[st
   None on other processes. numpy values are written as plain numbers and lists."""
   if _process_index() != 0:
     return None
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  partial = path + ".partial"
-  with open(partial, "w") as f:
+  with files.atomic_write(path, "w") as f:
     json.dump(results, f, indent=2, default=_to_json)
     f.write("\n")
-  os.replace(partial, path)
   if announce:
     print(f"wrote {path}", flush=True)
   return path

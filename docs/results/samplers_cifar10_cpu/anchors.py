@@ -2,10 +2,13 @@
 uniform-noise images) against the table's reference (the first 1,000 training images), scored
 exactly as the table's rows, so a sampler's FID can be read against what 100 real images get.
 
-  python docs/results/samplers_cifar10_cpu/anchors.py [REFERENCE_NPZ]   # from the repository root;
-      # ~5 min on 2 cores. REFERENCE_NPZ: the table's data.path, the first 1,000 training images
-      # of ../shared/data/cifar10_exact_subset.npz; default: where docs/results/cpu_tables.sh
-      # writes it ($RUNS, default workdirs/cpu_tables), written from the subset when missing.
+  DATA_DIR=<folder> WEIGHTS=<file.pth> \
+      python docs/results/samplers_cifar10_cpu/anchors.py [REFERENCE_NPZ]   # from the repository root
+      # ~5 min on 2 cores. DATA_DIR, WEIGHTS: as for docs/results/cpu_tables.sh (the folder holding
+      # cifar10_exact_subset.npz, uint8 train_x and test_x; the FID Inception weights; WEIGHTS unset:
+      # pytorch-fid's, downloaded once). REFERENCE_NPZ: the table's data.path, the first 1,000
+      # training images of the subset; default: where cpu_tables.sh writes it ($RUNS, default
+      # workdirs/cpu_tables), written from the subset when missing.
 
 Writes docs/results/samplers_cifar10_cpu/anchors.json.
 """
@@ -19,16 +22,14 @@ from jdiff import config_lib
 from jdiff.drivers import evaluate as evaluate_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.environ.get("SHARED", "../shared")
-SUBSET = os.path.join(SHARED, "data", "cifar10_exact_subset.npz")
+SUBSET = os.path.join(os.environ["DATA_DIR"], "cifar10_exact_subset.npz")
 REFERENCE = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
     os.environ.get("RUNS", "workdirs/cpu_tables"), "cifar10_train_first1000.npz")
 
 config = config_lib.load_config("configs/cifar10_cpu.py")
 config.data.path = REFERENCE
 config.evaluation.metrics = ("fid", "kid")
-config.evaluation.inception_weights = os.path.join(
-    SHARED, "weights", "fid_inception_2015-12-05_pool3.pth")
+config.evaluation.inception_weights = os.environ.get("WEIGHTS", "")
 data = np.load(SUBSET)
 if not os.path.exists(REFERENCE):
   os.makedirs(os.path.dirname(os.path.abspath(REFERENCE)), exist_ok=True)
