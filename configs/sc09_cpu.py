@@ -9,7 +9,9 @@ samples = 0.5 s), on 1 s clips resampled to 4 kHz (telephone-narrow: nothing abo
 each scaled to a peak of 0.9 (data.peak_normalize: SC09's quiet clips otherwise let the model
 predict eps ~ x_t and learn nothing), batch 8, lr 2e-3.
 Data: by default SC09 itself (data.source=sc09: the digits of Speech Commands v0.01, downloaded
-once); a local folder or .tar.gz of WAVs in word folders (zero/, one/, ...) instead with
+once); a local copy of Speech Commands (folder or .tar.gz) with
+  --config.data.path=<your copy>          (its digit folders zero/ .. nine/, no download)
+or any folder or .tar.gz of WAVs in word folders with
   --config.data.source=folder --config.data.path=<your folder or .tar.gz>
 The measured runs below trained on 100 clips, 10 per digit (an overfitting-sized set: a demo,
 not SC09 generation).

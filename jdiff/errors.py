@@ -4,7 +4,7 @@ Every user-facing failure is a JdiffError whose message is one line: what is wro
 field, file or value) and what to do. `jdiff.main` prints `error: <message>` and exits with the
 error's exit_code; nothing else of the failure is printed.
 
-Exit codes (also in the README):
+Exit codes (also in docs/usage.md):
   0    done
   1    the run failed (no checkpoint to sample from, damaged checkpoints, evaluation inputs,
        an unwritable or full disk)

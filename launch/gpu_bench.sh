@@ -4,7 +4,7 @@
 # an H200, plus a 20-step --mode=train on synthetic data (a generated .npz). Writes each bench's
 # JSON and a log under OUT (default /tmp/gpu_bench), and OUT/summary.json gathering them.
 # Needs no TensorFlow and no clu; needs ml_collections (pure Python): where it is missing, carry
-# its wheel in .whl/ (see README, "Benchmarks on a lent GPU"); this script installs .whl/*.whl
+# its wheel in .whl/ (see docs/launching.md, "Benchmarks on a GPU"); this script installs .whl/*.whl
 # into /tmp/site first when that folder exists.
 #
 #   bash launch/gpu_bench.sh [OUT]

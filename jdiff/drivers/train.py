@@ -90,7 +90,7 @@ def ema_decay_of_step(ema_decay: float, warmup: bool, step):
   warmup: min(ema_decay, (1 + step) / (10 + step)) (TF's ExponentialMovingAverage with
   num_updates), because the EMA starts at the initial params and keeps ema_decay ** steps of them:
   22% after 1,500 steps at 0.999, which shrinks every predicted eps by that much
-  (docs/results/samplers_cifar10_cpu/README.md)."""
+  (docs/results/archive/samplers_cifar10_cpu_plain_ema/README.md)."""
   if not warmup:
     return ema_decay
   step = jnp.asarray(step, jnp.float32)
