@@ -43,7 +43,7 @@ from jdiff.errors import (EXIT_INTERRUPTED, CheckpointDamagedError, CheckpointMi
 
 STATE, EMA_PARAMS, CONFIG = "state", "ema_params", "config"
 LEGACY_ITEM = "default"       # the single item of checkpoints from before named items
-COMMIT_RECORD = "_CHECKPOINT_METADATA"  # orbax writes it when a step is complete
+DAMAGED_MARKER_SUFFIX = ".damaged.json"  # object stores: <step>.damaged.json beside <step>/
 DAMAGED_PREFIX = "damaged-"   # checkpoints/damaged-<step>/: orbax does not list it as a step
 REPLACED_PREFIX = "replaced-"  # a step an earlier run left where this run saves
 MAX_NAMED_DIFFERENCES = 4
@@ -164,6 +164,11 @@ class Legacy:
   split: Callable[[Any], Dict[str, Any]]
 
 
+def _handlers():
+  return {STATE: ocp.StandardCheckpointHandler(), EMA_PARAMS: ocp.StandardCheckpointHandler(),
+          CONFIG: ocp.JsonCheckpointHandler()}
+
+
 class Checkpointer:
   """Saves and restores named items under <workdir>/checkpoints.
 
@@ -183,11 +188,20 @@ class Checkpointer:
       return  # nothing to read; and no empty folder for a mistyped workdir
     if not read_only:
       self._set_aside_unfinished_steps()
-    handlers = {STATE: ocp.StandardCheckpointHandler(), EMA_PARAMS: ocp.StandardCheckpointHandler(),
-                CONFIG: ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(
-        self.directory, item_handlers=handlers,
+        self.directory, item_handlers=_handlers(),
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only))
+    # Reads go through a manager of this process alone: orbax's restore ends in a barrier of
+    # all processes, which a process that failed before it would never reach (the others would
+    # then pair that barrier with the next collective). Each process reads alone, and the
+    # processes agree on the outcome afterwards (restore_latest).
+    this_process = jax.process_index()
+    self._reader = ocp.CheckpointManager(
+        self.directory, item_handlers=_handlers(),
+        options=ocp.CheckpointManagerOptions(
+            create=False, read_only=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                primary_host=this_process, active_processes={this_process})))
 
   # -- listing -----------------------------------------------------------------------------------
 
@@ -202,23 +216,43 @@ class Checkpointer:
                   if path.name.isdigit() and path.is_dir())
 
   def _is_finished(self, step_dir: epath.Path) -> bool:
-    return (step_dir / COMMIT_RECORD).exists()
+    """orbax's own (public) finalization test, and at least one item written: an empty folder
+    or one orbax never finalized is not a checkpoint."""
+    return (ocp.path.step.is_path_finalized(step_dir)
+            and any((step_dir / item).exists() for item in (STATE, EMA_PARAMS, CONFIG, LEGACY_ITEM)))
+
+  def _marked_damaged(self, step: int) -> bool:
+    return (epath.Path(self.directory) / f"{step}{DAMAGED_MARKER_SUFFIX}").exists()
 
   def all_steps(self) -> List[int]:
-    """Finished checkpoint steps, oldest first."""
-    return [step for step, path in self._listed_step_dirs() if self._is_finished(path)]
+    """Finished checkpoint steps not set aside as damaged, oldest first."""
+    return [step for step, path in self._listed_step_dirs()
+            if self._is_finished(path) and not self._marked_damaged(step)]
 
   def damaged_steps(self) -> List[str]:
     root = epath.Path(self.directory)
     if not root.exists():
       return []
-    return sorted(path.name for path in root.iterdir() if path.name.startswith(DAMAGED_PREFIX))
+    moved = [path.name for path in root.iterdir() if path.name.startswith(DAMAGED_PREFIX)]
+    marked = [f"{DAMAGED_PREFIX}{path.name[:-len(DAMAGED_MARKER_SUFFIX)]}" for path in root.iterdir()
+              if path.name.endswith(DAMAGED_MARKER_SUFFIX)]
+    return sorted(moved + marked)
 
   # -- moving aside ------------------------------------------------------------------------------
 
   def _set_aside(self, step: int, why: str, prefix: str = DAMAGED_PREFIX) -> None:
-    """Moves checkpoints/<step> to checkpoints/<prefix><step>[-n]/ (process 0), with one warning."""
+    """Moves checkpoints/<step> to checkpoints/<prefix><step>[-n]/ (process 0), with one warning.
+
+    On an object store (gs://...) a rename is a copy and a delete, neither atomic nor cheap: a
+    damaged step is marked instead (<step>.damaged.json beside it, which all_steps honours) and
+    stays where it is."""
     source = self._step_dir(step)
+    if _is_remote(self.directory) and prefix == DAMAGED_PREFIX:
+      marker = epath.Path(self.directory) / f"{step}{DAMAGED_MARKER_SUFFIX}"
+      if jax.process_index() == 0:
+        marker.write_text(json.dumps({"step": step, "why": why}))
+      logging.warning("checkpoint step %d is damaged (%s); marked so by %s", step, why, marker)
+      return
     target = epath.Path(self.directory) / f"{prefix}{step}"
     suffix = 1
     while target.exists():
@@ -233,7 +267,8 @@ class Checkpointer:
     unfinished = [step for step, path in self._listed_step_dirs() if not self._is_finished(path)]
     _barrier("jdiff checkpoints: listed")
     for step in unfinished:
-      self._set_aside(step, "it never finished writing: no orbax commit record")
+      self._set_aside(step, "it never finished writing: orbax did not finalize it, or it holds "
+                      "no item")
     _barrier("jdiff checkpoints: unfinished steps set aside")
 
   def set_aside_all(self) -> Optional[str]:
@@ -244,6 +279,7 @@ class Checkpointer:
       return None
     if self.manager is not None:
       self.manager.close()
+      self._reader.close()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     target = epath.Path(f"{self.directory}.replaced-{stamp}")
     _barrier("jdiff checkpoints: before set aside all")
@@ -273,6 +309,9 @@ class Checkpointer:
     if self._step_dir(step).exists():
       self.manager.wait_until_finished()
       self._set_aside(step, "an earlier run's; this run saves its own", REPLACED_PREFIX)
+      marker = epath.Path(self.directory) / f"{step}{DAMAGED_MARKER_SUFFIX}"
+      if jax.process_index() == 0 and marker.exists():
+        marker.rename(epath.Path(self.directory) / f"{REPLACED_PREFIX}{step}{DAMAGED_MARKER_SUFFIX}")
       _barrier("jdiff checkpoints: replaced step set aside")
       self.manager.reload()
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
@@ -292,13 +331,14 @@ class Checkpointer:
     if self.manager is not None:
       self.manager.wait_until_finished()
       self.manager.close()
+      self._reader.close()
 
   # -- restoring ---------------------------------------------------------------------------------
 
   def _stored_config(self, step: int) -> Optional[dict]:
     if not (self._step_dir(step) / CONFIG).exists():
       return None
-    return dict(self.manager.restore(step, args=ocp.args.Composite(
+    return dict(self._reader.restore(step, args=ocp.args.Composite(
         **{CONFIG: ocp.args.JsonRestore()}))[CONFIG])
 
   def _check_fits(self, step: int, abstract_items: Dict[str, Any], identity: Mapping[str, Any],
@@ -321,7 +361,7 @@ class Checkpointer:
           self._step_dir(step) / LEGACY_ITEM).item_metadata}
       abstract_items = {LEGACY_ITEM: legacy.abstract}
     else:
-      metadata = self.manager.item_metadata(step)
+      metadata = self._reader.item_metadata(step)
     differences = []
     for name, abstract in abstract_items.items():
       stored = metadata[name] if name in metadata.keys() else None
@@ -339,50 +379,72 @@ class Checkpointer:
       whole = ocp.StandardCheckpointer().restore(self._step_dir(step) / LEGACY_ITEM,
                                                  legacy.abstract)
       return legacy.split(whole)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
+    restored = self._reader.restore(step, args=ocp.args.Composite(
         **{name: ocp.args.StandardRestore(tree) for name, tree in abstract_items.items()}))
     return {name: restored[name] for name in abstract_items}
+
+  def _try_restore(self, step, abstract_items, identity, legacy):
+    """This process's attempt at one step: (outcome, restored items or None, the error)."""
+    try:
+      record = self._stored_config(step)
+      self._check_fits(step, abstract_items, identity,
+                       None if record is None else record.get("identity"), legacy)
+      return RESTORED, self.restore(step, abstract_items, legacy), None
+    except (CheckpointMismatchError, AttributeError, NameError, AssertionError, ImportError) as e:
+      return REFUSED, None, e  # another model, or a bug here: never a reason to move a step aside
+    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+      if not self._step_dir(step).exists():
+        return VANISHED, None, e
+      return (DAMAGED if is_damage(e) else UNREADABLE_NOW), None, e
 
   def restore_latest(self, abstract_items: Dict[str, Any], identity: Mapping[str, Any],
                      legacy: Optional[Legacy] = None) -> Optional[Tuple[int, Dict[str, Any]]]:
     """(step, {item: restored tree}) of the newest good checkpoint, or None when there is none.
 
     `identity` holds the config fields a checkpoint must match (config_lib.checkpoint_identity).
-    Raises CheckpointMismatchError when the newest finished checkpoint holds another model, and
-    CheckpointDamagedError when checkpoints exist but none restores.
+    Raises CheckpointMismatchError when the newest finished checkpoint holds another model,
+    CheckpointDamagedError when checkpoints exist but none restores, and WorkdirError when a
+    step cannot be read for a reason that is not damage (permission, memory, network): nothing
+    is moved then.
+
+    In a multi-process run the decision is one for all: process 0's list of steps is every
+    process's, each process tries the step, and the outcomes are shared, so all restore the
+    same step, all set the same steps aside, or all fail.
     """
     if self.manager is None:
       return None
     _quiet_failed_restore_aftermath()
     self.manager.reload()
+    self._reader.reload()
     damaged = []
-    for step in reversed(self.all_steps()):
-      try:
-        record = self._stored_config(step)
-        self._check_fits(step, abstract_items, identity,
-                         None if record is None else record.get("identity"), legacy)
-        return step, self.restore(step, abstract_items, legacy)
-      except (CheckpointMismatchError, AttributeError, NameError, AssertionError, ImportError):
-        raise  # another model, or a bug here: never a reason to move a checkpoint aside
-      except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
-        if not self._step_dir(step).exists():
-          # A trainer's rotation deleted it while we read it: the next newest is as good.
-          logging.warning("checkpoint step %d in %s was deleted while being read (a trainer "
-                          "rotates checkpoints there); trying the previous one", step,
-                          self.directory)
-          continue
-        if not is_damage(e):
-          raise WorkdirError(f"cannot read checkpoint step {step} in {self.directory} "
-                             f"({_why_unreadable(e)}); nothing was moved: fix the cause and run "
-                             "again") from None
-        damaged.append(step)
-        if self.read_only:
-          logging.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one",
-                          step, self.directory, _short(e))
-        else:
-          self._set_aside(step, _short(e))
+    for step in reversed(_agreed_steps(self.all_steps())):
+      outcome, items, error = self._try_restore(step, abstract_items, identity, legacy)
+      worst, where = _agreed_outcome(outcome)
+      if worst == RESTORED:
+        return step, items
+      if worst == REFUSED:
+        if error is not None and outcome == REFUSED:
+          raise error
+        raise CheckpointMismatchError(f"process {where} refused checkpoint step {step} in "
+                                      f"{self.directory} (another model); see its error")
+      if worst == UNREADABLE_NOW:
+        reason = _why_unreadable(error) if outcome == UNREADABLE_NOW else f"on process {where}"
+        raise WorkdirError(f"cannot read checkpoint step {step} in {self.directory} ({reason}); "
+                           "nothing was moved: fix the cause and run again")
+      if worst == VANISHED:
+        # A trainer's rotation deleted it while we read it: the next newest is as good.
+        logging.warning("checkpoint step %d in %s was deleted while being read (a trainer "
+                        "rotates checkpoints there); trying the previous one", step, self.directory)
+        continue
+      damaged.append(step)
+      why = _short(error) if error is not None else f"unreadable on process {where}"
+      if self.read_only:
+        logging.warning("checkpoint step %d in %s is unreadable (%s); trying the previous one",
+                        step, self.directory, why)
+      else:
+        self._set_aside(step, why)
+        _barrier("jdiff checkpoints: damaged step set aside")
     if damaged and not self.read_only:
-      _barrier("jdiff checkpoints: damaged steps set aside")
       self.manager.reload()
     unreadable_now = {str(step) for step in damaged} if self.read_only else set()
     names = sorted(set(self.damaged_steps()) | unreadable_now)
@@ -392,6 +454,33 @@ class Checkpointer:
       raise CheckpointDamagedError(f"no restorable checkpoint in {self.directory}, only damaged "
                                    f"ones ({', '.join(names)}): {what_to_do}")
     return None
+
+
+# Outcomes of one process's attempt at a step, in the order in which one process's outcome
+# decides for all: any refusal (another model) refuses, any error that is not damage fails the
+# run, a step gone anywhere is skipped, damage anywhere sets it aside, else all restored it.
+RESTORED, DAMAGED, VANISHED, UNREADABLE_NOW, REFUSED = 0, 1, 2, 3, 4
+
+
+def _agreed_steps(steps: List[int]) -> List[int]:
+  """Process 0's list of steps, on every process (a step may finish between two listings)."""
+  if jax.process_count() == 1:
+    return steps
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  count = int(multihost_utils.broadcast_one_to_all(np.int64(len(steps))))
+  padded = np.full((max(count, 1),), -1, np.int64)
+  padded[:min(count, len(steps))] = steps[:count]
+  return [int(step) for step in multihost_utils.broadcast_one_to_all(padded)[:count]]
+
+
+def _agreed_outcome(outcome: int) -> Tuple[int, int]:
+  """(the deciding outcome over all processes, the first process that had it)."""
+  if jax.process_count() == 1:
+    return outcome, 0
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  outcomes = np.asarray(multihost_utils.process_allgather(np.int32(outcome))).reshape(-1)
+  worst = int(outcomes.max())
+  return worst, int(np.argmax(outcomes == worst))
 
 
 def identity_record(config_dict: Mapping[str, Any], identity: Mapping[str, Any]) -> dict:

@@ -15,6 +15,7 @@ repository's own folder, where that exists, then runs `bash launch/local.sh test
 """
 
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,35 @@ SHARED_WEIGHTS = _folder_of("JDIFF_TEST_WEIGHTS")
 
 
 TINY = os.path.join(REPO, "configs", "quickstart.py") + ":tiny"
+
+_LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1", "", None)
+
+
+class NetworkUsedInTest(OSError):
+  """A test reached for an address off this machine: no test may need the network."""
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+  """Every test runs with connections and name lookups off this machine refused (loopback and
+  Unix sockets stay: jax.distributed's coordinator and the notebook kernels use them)."""
+  real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+  def is_local(host) -> bool:
+    return host in _LOCAL_HOSTS or str(host).startswith("127.")
+
+  def connect(self, address):
+    if isinstance(address, tuple) and not is_local(address[0]):
+      raise NetworkUsedInTest(f"a test tried to connect to {address[0]!r}: tests must not use the "
+                              "network (make the data in the test, or skip without it)")
+    return real_connect(self, address)
+
+  def getaddrinfo(host, *args, **kwargs):
+    if not is_local(host):
+      raise NetworkUsedInTest(f"a test tried to look up {host!r}: tests must not use the network")
+    return real_getaddrinfo(host, *args, **kwargs)
+  monkeypatch.setattr(socket.socket, "connect", connect)
+  monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 def tiny_config():

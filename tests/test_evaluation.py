@@ -323,3 +323,19 @@ def test_digits_fd_separates_real_digits_from_noise(tmp_path):
   upsampled = np.repeat(np.repeat(held_out, 4, axis=1), 4, axis=2)
   assert digits_fd.digits_frechet_distance(upsampled, str(tmp_path)) == pytest.approx(real, rel=1e-4)
 
+
+
+def test_kid_interval_covers_zero_at_the_nominal_rate_for_one_distribution():
+  """Over repeated draws of both sets from one Gaussian, the 95% interval of
+  metrics.kid_with_interval covers 0 about 95% of the time (binomial 99% band for 300 draws:
+  0.916-0.977); for a shifted distribution it excludes 0."""
+  rng = np.random.default_rng(0)
+  draws, covered = 300, 0
+  for _ in range(draws):
+    generated, reference = rng.standard_normal((100, 16)), rng.standard_normal((400, 16))
+    low, high = metrics.kid_with_interval(generated, reference, seed=1)["ci95"]
+    covered += low <= 0.0 <= high
+  assert 0.916 <= covered / draws <= 0.977, covered / draws
+  shifted = metrics.kid_with_interval(rng.standard_normal((100, 16)) + 0.5,
+                                      rng.standard_normal((400, 16)))
+  assert shifted["ci95"][0] > 0 and shifted["num_blocks"] == 10 and shifted["block_size"] == 10

@@ -265,7 +265,7 @@ def test_two_processes_sync_only_at_boundaries_and_stop_together_on_sigterm(tmp_
   boundary, and both exit 143."""
   workdir, log = tmp_path / "run", tmp_path / "collectives"
   port = _free_port()
-  command = [sys.executable, os.path.join(REPO, "tests", "count_collectives.py"),
+  command = [sys.executable, os.path.join(REPO, "tests", "cli_with_probes.py"),
              "--config=configs/quickstart.py:tiny", f"--workdir={workdir}", "--mode=train",
              "--config.training.num_steps=100000", "--config.training.log_every=10",
              "--config.training.checkpoint_every=30", "--config.distributed=True"]
@@ -301,3 +301,76 @@ def test_two_processes_sync_only_at_boundaries_and_stop_together_on_sigterm(tmp_
     assert not off_boundary, off_boundary
     # At most a few collectives per boundary (the stop check, checkpoint barriers), not one a step.
     assert len(in_loop) <= 4 * (saved[0] // 10 + 1), len(in_loop)
+
+
+def _start_probed(workdir, num_steps, **probes):
+  """tests/cli_with_probes.py --mode=train in 2 processes x 2 devices (probes: its variables)."""
+  port = _free_port()
+  command = [sys.executable, os.path.join(REPO, "tests", "cli_with_probes.py"),
+             "--config=configs/quickstart.py:tiny", f"--workdir={workdir}", "--mode=train",
+             f"--config.training.num_steps={num_steps}",
+             f"--config.training.checkpoint_every={CHECKPOINT_EVERY}", "--config.distributed=True"]
+  return [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=_env(2, JDIFF_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                               JDIFF_NUM_PROCESSES="2",
+                                               JDIFF_PROCESS_ID=str(index), **probes))
+          for index in range(2)]
+
+
+def _finish(processes):
+  try:
+    outputs = [process.communicate(timeout=TIMEOUT_S) for process in processes]
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+  return [(process.returncode, stderr) for process, (_, stderr) in zip(processes, outputs)]
+
+
+@pytest.fixture(scope="module")
+def one_process_run(tmp_path_factory):
+  """A workdir with checkpoints 2 and 4 of the tiny config, trained in one process."""
+  workdir = tmp_path_factory.mktemp("one_process") / "run"
+  result = subprocess.run([sys.executable, "-m", "jdiff.main", "--config=configs/quickstart.py:tiny",
+                           f"--workdir={workdir}", "--mode=train", "--config.training.num_steps=4",
+                           f"--config.training.checkpoint_every={CHECKPOINT_EVERY}"],
+                          cwd=REPO, env=_env(4), capture_output=True, text=True, timeout=TIMEOUT_S)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def _tree(directory):
+  return sorted(os.path.relpath(os.path.join(root, name), directory)
+                for root, dirs, names in os.walk(directory) for name in dirs + names)
+
+
+def test_an_error_on_one_process_fails_both_and_moves_nothing(one_process_run, tmp_path):
+  """A restore error that is not damage (here: permission denied, on process 1 only) fails both
+  processes with one line and exit 1; no checkpoint is moved or marked."""
+  workdir = tmp_path / "run"
+  shutil.copytree(one_process_run, workdir)
+  before = _tree(workdir / "checkpoints")
+  results = _finish(_start_probed(workdir, 6, JDIFF_FAIL_RESTORE_ON_PROCESS="1"))
+  for code, stderr in results:
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1, stderr[-3000:]
+    assert "cannot read checkpoint step 4" in errors[0] and "nothing was moved" in errors[0]
+  assert "permission denied" in [s for _, s in results][1]
+  assert _tree(workdir / "checkpoints") == before
+
+
+def test_a_damaged_latest_step_makes_both_processes_restore_the_same_earlier_one(
+    one_process_run, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(one_process_run, workdir)
+  for root, _, names in os.walk(workdir / "checkpoints" / "4" / "ema_params"):
+    for name in names:
+      if os.sep + "d" in root[len(str(workdir)):]:
+        with open(os.path.join(root, name), "wb") as f:
+          f.write(b"garbage")
+  # num_steps=2: both restore step 2, and there is nothing left to train (no compile needed).
+  results = _finish(_start_probed(workdir, 2))
+  for code, stderr in results:
+    assert code == 0, stderr[-3000:]
+    assert "nothing to train" in stderr and "step 2 >=" in stderr, stderr[-3000:]
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "damaged-4"]

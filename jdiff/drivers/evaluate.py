@@ -472,6 +472,9 @@ def inception_scores(config, samples_uint8: np.ndarray,
         seed=config.seed)
     scores["kid_subset_size"] = min(config.evaluation.kid_subset_size, len(pool3),
                                     len(reference_pool3))
+    # kid_std above is the protocol's spread over subsets, not an error of the finite sets;
+    # this interval is (metrics.kid_with_interval).
+    scores["kid_interval"] = metrics_lib.kid_with_interval(pool3, reference_pool3, seed=config.seed)
   return scores
 
 
