@@ -77,7 +77,11 @@ def build_model(config):
         num_layers=d.num_layers, dilation_cycle=d.dilation_cycle, embed_dims=tuple(d.embed_dims),
         out_ch=output_channels(config), n_mels=d.n_mels, mel_hop=d.mel_hop,
         weight_norm=d.weight_norm, dtype=jnp.dtype(model.dtype),
-        conv_filter_grad=conv_filter_grad(config))
+        conv_filter_grad=conv_filter_grad(config),
+        # Imported reference checkpoints only (jdiff.tools.pretrained.diffwave_pt); absent from
+        # default_config, so the identity of existing checkpoints is unchanged.
+        step_in_residual=d.get("step_in_residual", False),
+        mel_upsampler=d.get("mel_upsampler", "shared"))
   return UNet(
       ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
       attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,

@@ -14,6 +14,7 @@ the suite touches no network:
 repository's own folder, where that exists, then runs `bash launch/local.sh test`.
 """
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -111,6 +112,31 @@ def cli(args, env=None, **kwargs):
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
   return subprocess.run([sys.executable, "-m", "jdiff.main", *args], cwd=REPO, env=full_env,
                         capture_output=True, text=True, **kwargs)
+
+
+def snapshot(directory) -> dict:
+  """{relative path: sha256} of every file under directory: what a user had, to compare."""
+  found = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        found[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return found
+
+
+def error_lines(result):
+  return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+def assert_one_error_line(result, code, *fragments):
+  """A CLI run failed with exit `code` and exactly one `error:` line holding every fragment."""
+  lines = error_lines(result)
+  assert result.returncode == code, (result.returncode, result.stderr[-3000:])
+  assert len(lines) == 1, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in lines[0], (fragment, lines[0])
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
 def on_four_devices(check: str, timeout: int = 600):

@@ -20,7 +20,7 @@ LAYERS = {
     "models": ("jdiff.models", "jdiff.models.unet", "jdiff.models.layers", "jdiff.models.gan",
                "jdiff.models.diffwave", "jdiff.models.conv"),
     "infra": ("jdiff.parallel", "jdiff.checkpoint", "jdiff.data", "jdiff.audio", "jdiff.images",
-              "jdiff.progress",
+              "jdiff.progress", "jdiff.files",
               "jdiff.evaluation."),
     "setup": ("jdiff.builders", "jdiff.surrogate"),
     "drivers": ("jdiff.drivers.",),

@@ -299,8 +299,9 @@ def test_two_processes_sync_only_at_boundaries_and_stop_together_on_sigterm(tmp_
     assert in_loop, calls  # the boundaries' own checks were recorded
     off_boundary = [call for call in in_loop if call["step"] % 10]
     assert not off_boundary, off_boundary
-    # At most a few collectives per boundary (the stop check, checkpoint barriers), not one a step.
-    assert len(in_loop) <= 4 * (saved[0] // 10 + 1), len(in_loop)
+    # A log boundary costs one collective (the stop check); checkpoint steps add orbax's barriers.
+    log_only = [call["step"] for call in in_loop if call["step"] % 30 and call["step"] != saved[0]]
+    assert sorted(log_only) == sorted(set(log_only)), log_only
 
 
 def _start_probed(workdir, num_steps, **probes):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, cli, tiny_config
+from conftest import REPO, assert_one_error_line, cli, snapshot, tiny_config
 from jdiff import audio
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
@@ -34,30 +34,6 @@ from jdiff.drivers import train as train_lib
 from jdiff.evaluation import inception, metrics, torch_weights
 
 QUICKSTART = "--config=configs/quickstart.py:tiny"
-
-
-def snapshot(directory) -> dict:
-  """{relative path: sha256} of every file under directory."""
-  found = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        found[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-  return found
-
-
-def error_lines(result):
-  return [line for line in result.stderr.splitlines() if line.startswith("error:")]
-
-
-def assert_one_error_line(result, code, *fragments):
-  lines = error_lines(result)
-  assert result.returncode == code, (result.returncode, result.stderr[-3000:])
-  assert len(lines) == 1, result.stderr[-3000:]
-  for fragment in fragments:
-    assert fragment in lines[0], (fragment, lines[0])
-  assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ fails if anything a user had is changed or deleted. Every bad input is one `erro
 the documented exit code, and no traceback.
 """
 
-import hashlib
 import os
 import random
 import shutil
@@ -18,7 +17,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, cli, restore_train_state, tiny_config
+from conftest import (REPO, assert_one_error_line, cli, error_lines, restore_train_state, snapshot,
+                      tiny_config)
 from jdiff import errors
 
 QUICKSTART = "--config=configs/quickstart.py:tiny"
@@ -36,30 +36,6 @@ def override(args, field, value):
   override is refused)."""
   flag = f"--config.{field}="
   return [arg for arg in args if not arg.startswith(flag)] + [f"{flag}{value}"]
-
-
-def snapshot(directory) -> dict:
-  """{relative path: sha256} of every file under directory."""
-  files = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, "rb") as f:
-        files[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-  return files
-
-
-def error_lines(result):
-  return [line for line in result.stderr.splitlines() if line.startswith("error:")]
-
-
-def assert_one_error_line(result, code, *fragments):
-  lines = error_lines(result)
-  assert result.returncode == code, (result.returncode, result.stderr[-3000:])
-  assert len(lines) == 1, result.stderr[-3000:]
-  for fragment in fragments:
-    assert fragment in lines[0], (fragment, lines[0])
-  assert "Traceback" not in result.stderr, result.stderr[-3000:]
 
 
 def damage(step_dir):

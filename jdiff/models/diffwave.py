@@ -84,6 +84,7 @@ class MelUpsampler(nn.Module):
   """
   hop: int = REFERENCE_MEL_HOP
   dtype: Any = jnp.float32
+  weight_norm: bool = False  # weight-normed transposed convs (philsyn/DiffWave-Vocoder's)
 
   @nn.compact
   def __call__(self, mel):
@@ -93,10 +94,12 @@ class MelUpsampler(nn.Module):
     time_pad = 2 * stride - 1 - stride // 2  # lax padding of torch's padding s / 2
     x = jnp.swapaxes(mel, 1, 2)[..., None]  # [B, n_mels, frames, 1]
     for i in range(2):
-      x = nn.ConvTranspose(1, (3, 2 * stride), strides=(1, stride),
-                           padding=((1, 1), (time_pad, time_pad)),
-                           dtype=self.dtype, name=f"upsample_{i}")(x)
-      x = nn.leaky_relu(x, 0.4)
+      upsample = nn.ConvTranspose(1, (3, 2 * stride), strides=(1, stride),
+                                  padding=((1, 1), (time_pad, time_pad)),
+                                  dtype=self.dtype, name=f"upsample_{i}")
+      if self.weight_norm:
+        upsample = nn.WeightNorm(upsample, feature_axes=-1, name=f"weight_norm_{i}")
+      x = nn.leaky_relu(upsample(x), 0.4)
     return jnp.swapaxes(x[..., 0], 1, 2)
 
 
@@ -107,6 +110,8 @@ class ResidualLayer(nn.Module):
   weight_norm: bool = True
   dtype: Any = jnp.float32
   conv_filter_grad: str = "auto"
+  step_in_residual: bool = False  # DiffWave.step_in_residual
+  own_upsampler_hop: int = 0       # DiffWave.mel_upsampler='per_layer': this layer's upsampler
 
   @nn.compact
   def __call__(self, x, temb, mel=None):
@@ -114,8 +119,13 @@ class ResidualLayer(nn.Module):
     conv = functools.partial(Conv1x, weight_norm=self.weight_norm, dtype=self.dtype,
                              conv_filter_grad=self.conv_filter_grad)
     h = x + nn.Dense(c, dtype=self.dtype, name="fc_t")(temb)[:, None, :]
+    if self.step_in_residual:
+      x = h
     h = conv(2 * c, 3, self.dilation, name="dilated_conv")(h)
     if mel is not None:
+      if self.own_upsampler_hop:
+        mel = MelUpsampler(self.own_upsampler_hop, dtype=self.dtype, weight_norm=self.weight_norm,
+                           name="mel_upsampler")(mel)
       h = h + conv(2 * c, 1, name="mel_conv")(mel)
     out = gated_unit(h)
     res = conv(c, 1, name="res_conv")(out)
@@ -135,6 +145,15 @@ class DiffWave(nn.Module):
   weight_norm: bool = True
   dtype: Any = jnp.float32
   conv_filter_grad: str = "auto"  # auto | matmul | xla (models/conv.py)
+  # The reference code's residual as it runs: its `h = x; h += fc_t(temb)` adds the step
+  # embedding to x in place, so a layer returns (x + fc_t(temb) + res) sqrt(1/2). Its released
+  # checkpoints need it (jdiff.tools.import_weights --from=diffwave); jdiff's own training
+  # defaults to (x + res) sqrt(1/2), as lmnt-com/diffwave and the paper write it.
+  step_in_residual: bool = False
+  # shared: one upsampler for all layers (lmnt-com/diffwave); per_layer: each residual layer
+  # upsamples the mel itself with weight-normed transposed convs (philsyn/DiffWave-Vocoder, whose
+  # checkpoints need it).
+  mel_upsampler: str = "shared"
 
   @property
   def num_levels(self) -> int:
@@ -157,14 +176,20 @@ class DiffWave(nn.Module):
     temb = layers.timestep_embedding(t, self.embed_dims[0])
     temb = nn.swish(nn.Dense(self.embed_dims[1], dtype=self.dtype, name="fc_t1")(temb))
     temb = nn.swish(nn.Dense(self.embed_dims[2], dtype=self.dtype, name="fc_t2")(temb))
+    if self.mel_upsampler not in ("shared", "per_layer"):
+      raise ValueError(f"mel_upsampler={self.mel_upsampler!r}: allowed 'shared', 'per_layer'")
+    per_layer = self.mel_upsampler == "per_layer"
     if mel is not None:
-      mel = MelUpsampler(self.mel_hop, dtype=self.dtype,
-                         name="mel_upsampler")(mel.astype(self.dtype))
+      mel = mel.astype(self.dtype)
+      if not per_layer:
+        mel = MelUpsampler(self.mel_hop, dtype=self.dtype, name="mel_upsampler")(mel)
     skip = 0.0
     for n in range(self.num_layers):
       h, skip_n = ResidualLayer(self.residual_channels, self.skip_channels,
                                 2 ** (n % self.dilation_cycle), self.weight_norm,
                                 dtype=self.dtype, conv_filter_grad=self.conv_filter_grad,
+                                step_in_residual=self.step_in_residual,
+                                own_upsampler_hop=self.mel_hop if per_layer else 0,
                                 name=f"residual_{n}")(h, temb, mel)
       skip = skip + skip_n
     h = skip * math.sqrt(1.0 / self.num_layers)
