@@ -25,6 +25,7 @@ from jdiff import diffusion as diffusion_lib
 from jdiff import objectives
 from jdiff import parallel
 from jdiff import sampling
+from jdiff import samplers
 from jdiff import schedules
 from jdiff.errors import CheckpointMissingError
 from jdiff.models import diffwave
@@ -325,42 +326,32 @@ def depth_schedule(config) -> Optional[np.ndarray]:
 
 def clip_x0(config, name: Optional[str] = None, clip_x0_setting: Optional[str] = None) -> bool:
   """Whether sampler `name` clips its x0 prediction: sampling.clip_x0, where 'auto' means what
-  the sampler's reference code does (sampling.REFERENCE_CLIP_X0)."""
+  the sampler's reference code does (its registry record's clip_x0, jdiff/samplers.py)."""
   setting = clip_x0_setting or config.sampling.clip_x0
   if setting == "auto":
-    return sampling.REFERENCE_CLIP_X0[name or config.sampling.name]
+    return samplers.get(name or config.sampling.name).clip_x0
   return setting == "on"
 
 
 def build_plan(config, diffusion: diffusion_lib.GaussianDiffusion, name: Optional[str] = None,
                steps: Optional[int] = None, **overrides) -> sampling.Plan:
-  """The plan of config.sampling (name / steps / other sampling fields overridable); 'auto'
-  fields take the sampler's reference default."""
+  """The plan of config.sampling (name / steps / other sampling fields overridable) from the
+  sampler registry (jdiff/samplers.py); 'auto' fields take the sampler's reference default."""
   s = config.sampling
-  name = name or s.name
-  steps = steps or s.steps
-  get = lambda field: overrides.get(field, s[field])
+  sampler = samplers.get(name or s.name)
+  fields = ml_collections.ConfigDict(s.to_dict())
+  fields.update({field: value for field, value in overrides.items() if field in fields})
+  fields.name = sampler.name
   d = config.diffusion
-  betas = schedules.get_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end)
-  common = dict(variance_type=d.variance_type,
-                clip_denoised=clip_x0(config, name, overrides.get("clip_x0")),
-                depth_schedule=depth_schedule(config))
-  schedule = get("schedule")
-  if schedule == "auto" and name in sampling.REFERENCE_SCHEDULE:
-    schedule = sampling.REFERENCE_SCHEDULE[name]
-  if name == "ancestral":
-    return sampling.ancestral_plan(diffusion, **common)
-  if name == "respaced":
-    return sampling.respaced_plan(
-        betas, schedules.respaced_steps(d.num_timesteps, steps, get("respacing")), **common)
-  if name == "ddim":
-    return sampling.ddim_plan(
-        betas, schedules.step_schedule(d.num_timesteps, steps, schedule), eta=get("eta"),
-        **common)
-  if name == "fastdpm":
-    return sampling.fastdpm_plan(betas, steps, kind=get("fastdpm_kind"), schedule=schedule,
-                                 kappa=get("kappa"), var_domain=get("var_domain"), **common)
-  raise ValueError(f"sampler {name!r}: allowed {sampling.SAMPLERS}")
+  context = samplers.PlanContext(
+      betas=schedules.get_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end),
+      diffusion=diffusion, steps=steps or s.steps,
+      schedule=sampler.resolve_schedule(fields.schedule),
+      common=dict(variance_type=d.variance_type,
+                  clip_denoised=clip_x0(config, sampler.name, overrides.get("clip_x0")),
+                  depth_schedule=depth_schedule(config)))
+  fields.steps = context.steps
+  return sampler.plan(fields, context)
 
 
 def build_sampler(config, diffusion: diffusion_lib.GaussianDiffusion,

@@ -17,6 +17,14 @@ RESPACINGS = ("even", "ddim")             # respaced: K evenly spaced | one stri
 STEP_SCHEDULES = ("uniform", "linear", "quadratic")  # DDIM / FastDPM-STEP step selection
 VAR_SCHEDULES = ("linear", "quadratic")    # FastDPM-VAR noise-level selection
 VAR_DOMAINS = ("reference", "full")        # FastDPM-VAR search domain: its code's | up to beta 1
+# Multistep solvers (DPM-Solver, DPM-Solver++, UniPC): the official codes' step spacings (real
+# steps, ending at step 0's noise level) and diffusers' timestep_spacing (integer steps, ending
+# at sigma = 0 as its schedulers do).
+OFFICIAL_SPACINGS = ("time_uniform", "logsnr", "time_quadratic")
+DIFFUSERS_SPACINGS = ("linspace", "leading", "trailing")
+SOLVER_SPACINGS = OFFICIAL_SPACINGS + DIFFUSERS_SPACINGS
+SOLVER_ORDERS = (1, 2, 3)
+UNIPC_VARIANTS = ("bh1", "bh2")            # B(h) = h | expm1(h)
 
 
 
@@ -37,8 +45,7 @@ LOSSES = ("simple", "hybrid", "iwdiff")
 IWDIFF_WEIGHTS = ("sum", "mean")           # softmax over Algorithm 3's l_i | per-pixel means
 TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
 
-# sampling.py
-SAMPLERS = ("ancestral", "respaced", "ddim", "fastdpm")
+# sampling.py. The sampler names are the registry's (jdiff/samplers.py): choices.SAMPLERS reads it.
 CLIP_X0 = ("auto", "on", "off")           # auto: what the sampler's reference code does
 FASTDPM_KINDS = ("var", "step")
 
@@ -80,7 +87,15 @@ SURROGATE_KINDS = ("none", "sngan", "ddpm")
 BENCH_KINDS = ("core", "depth", "samplers", "precision")
 # The halves of the depth bench (bench.depth_parts).
 BENCH_DEPTH_PARTS = ("training", "sampling")
-BENCH_SAMPLER_FAMILIES = ("ddpm", "respaced", "ddim", "fastdpm", "surrogate")
+# BENCH_SAMPLER_FAMILIES: "ddpm", every other registered sampler, "surrogate" (samplers.py).
 
 # main.py
 MODES = ("train", "sample", "evaluate", "reference_stats", "summary", "bench")
+
+
+def __getattr__(name):
+  """SAMPLERS, BENCH_SAMPLER_FAMILIES: read from the registry in jdiff.samplers on use (no jax)."""
+  if name in ("SAMPLERS", "BENCH_SAMPLER_FAMILIES"):
+    from jdiff import samplers  # pylint: disable=g-import-not-at-top
+    return samplers.names() if name == "SAMPLERS" else samplers.bench_families()
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence, Tuple
 import ml_collections
 
 from jdiff import choices
+from jdiff import samplers
 from jdiff.errors import ConfigError
 from jdiff.models import presets
 
@@ -68,6 +69,7 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("data.image_size", POSITIVE_INT),
     ("data.num_channels", one_of(1, 3)),
     ("data.random_flip", BOOL),
+    ("data.streaming", one_of("auto", "always", "never")),
     ("model.ch", POSITIVE_INT),
     ("model.ch_mult", POSITIVE_INTS),
     ("model.num_res_blocks", POSITIVE_INT),
@@ -114,11 +116,14 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("sampling.respacing", ((lambda value: value in choices.RESPACINGS or (
         isinstance(value, str) and choices.parse_section_counts(value) is not None)),
                             f"one of {list(choices.RESPACINGS)} or counts per section like '10,10,10'")),
-    ("sampling.schedule", one_of("auto", *choices.STEP_SCHEDULES)),
+    ("sampling.schedule", one_of("auto", *samplers.all_schedules())),
     ("sampling.eta", in_range(0.0, 1.0)),
     ("sampling.kappa", in_range(0.0, 1.0)),
     ("sampling.fastdpm_kind", one_of(*choices.FASTDPM_KINDS)),
     ("sampling.var_domain", one_of(*choices.VAR_DOMAINS)),
+    ("sampling.order", one_of(*choices.SOLVER_ORDERS)),
+    ("sampling.lower_order_final", BOOL),
+    ("sampling.unipc_variant", one_of(*choices.UNIPC_VARIANTS)),
     ("model.kind", one_of(*choices.MODEL_KINDS)),
     ("gan.z_dim", POSITIVE_INT),
     ("gan.g_ch", POSITIVE_INT),
@@ -307,43 +312,25 @@ def _validate_audio(config: ml_collections.ConfigDict) -> None:
 
 
 def _validate_sampling(config: ml_collections.ConfigDict) -> None:
-  """Sampler fields that depend on each other (sampling.name, schedule, steps; surrogate)."""
+  """Sampler fields that depend on each other (the registry's rules for sampling.name: steps,
+  schedule, its own relations; surrogate)."""
   s, d = config.sampling, config.diffusion
-  if s.name != "ancestral":
+  sampler = samplers.get(s.name)
+  if sampler.uses_steps:
     _check(s.steps <= d.num_timesteps, "sampling.steps", s.steps,
            f"<= diffusion.num_timesteps ({d.num_timesteps})")
-  if s.name in ("ddim", "fastdpm"):
-    _check(s.steps >= 2, "sampling.steps", s.steps, f">= 2 for sampling.name={s.name!r}")
+    if sampler.min_steps > 1:
+      _check(s.steps >= sampler.min_steps, "sampling.steps", s.steps,
+             f">= {sampler.min_steps} for sampling.name={s.name!r}")
   if "clip_denoised" in s:
     raise ConfigError(f"the config sets sampling.clip_denoised={s.clip_denoised!r}, a field that "
                       "sampling.clip_x0 replaced ('auto' = each sampler's reference default, "
                       "'on', 'off')")
-  sections = choices.parse_section_counts(s.respacing)
-  if s.name == "respaced" and sections is not None:
-    _check(s.steps == sum(sections), "sampling.steps", s.steps,
-           f"the sum of sampling.respacing={s.respacing!r} ({sum(sections)})")
-    _check(all(count <= d.num_timesteps // len(sections) for count in sections),
-           "sampling.respacing", s.respacing,
-           f"at most {d.num_timesteps // len(sections)} steps per section "
-           f"({len(sections)} sections of {d.num_timesteps} steps)")
-  if s.name == "respaced" and s.respacing == "ddim":
-    _check(any(len(range(0, d.num_timesteps, stride)) == s.steps
-               for stride in range(1, d.num_timesteps + 1)), "sampling.steps", s.steps,
-           f"a count that some stride of range(0, {d.num_timesteps}, stride) gives exactly, "
-           "with sampling.respacing='ddim' (or use 'even')")
-  var = s.name == "fastdpm" and s.fastdpm_kind == "var"
-  if s.name == "ddim" or (s.name == "fastdpm" and not var):
-    _check(s.schedule in ("auto",) + choices.STEP_SCHEDULES, "sampling.schedule", s.schedule,
-           f"one of {['auto', *choices.STEP_SCHEDULES]} for sampling.name={s.name!r} "
-           f"(fastdpm_kind={s.fastdpm_kind!r})")
-  if var:
-    _check(s.schedule in ("auto",) + choices.VAR_SCHEDULES, "sampling.schedule", s.schedule,
-           f"one of {['auto', *choices.VAR_SCHEDULES]} for FastDPM VAR")
-  if s.name == "fastdpm":
-    _check(d.beta_schedule == "linear" and d.beta_end > d.beta_start and d.num_timesteps >= 2,
-           "diffusion.beta_schedule", d.beta_schedule,
-           "'linear' with beta_end > beta_start and num_timesteps >= 2 for FastDPM (its "
-           "continuous noise map is that of a linear schedule)")
+  if sampler.schedules:
+    _check(s.schedule in ("auto",) + sampler.schedules, "sampling.schedule", s.schedule,
+           f"one of {['auto', *sampler.schedules]} for sampling.name={s.name!r}")
+  if sampler.validate is not None:
+    sampler.validate(config, _check)
   size = config.data.image_size
   if config.model.kind == "sngan":
     _check(size >= 4 and size & (size - 1) == 0, "data.image_size", size,
@@ -430,6 +417,9 @@ def default_config() -> ml_collections.ConfigDict:
       npz_key="",         # data.source=npz: the array to train on ("" = images/x/train_x, or the
                           # only uint8 image array in the file)
       data_dir="",        # TFDS data_dir ("" = TFDS default)
+      streaming="auto",   # TFDS sets: read each step's rows by index from array_record files
+                          # (always) | decode the split once into <data_dir>/jdiff_cache/*.npy
+                          # (never) | auto: stream above 2 GiB decoded, else the cache (jdiff/data.py)
       split="train",
       image_size=32,
       num_channels=3,
@@ -476,20 +466,26 @@ def default_config() -> ml_collections.ConfigDict:
   ))
   config.sampling = ml_collections.ConfigDict(dict(
       batch_size=64, num_samples=64,
-      name="ancestral",     # ancestral | respaced | ddim | fastdpm
+      name="ancestral",     # a sampler of jdiff/samplers.py: ancestral | respaced | ddim | fastdpm |
+                            # dpm_solver_pp | dpm_solver | unipc
       clip_x0="auto",       # auto: as the sampler's reference code (ancestral/respaced clip x0 to
                             # [-1, 1], ddim/fastdpm do not) | on | off
-      steps=50,             # respaced / ddim / fastdpm: network evaluations per sample
+      steps=50,             # all but ancestral: network evaluations per sample
       respacing="even",     # respaced: even (K evenly spaced) | ddim (one stride) | "10,10,10"
                             # (improved-diffusion's counts per equal section; steps = their sum)
-      schedule="auto",      # auto (ddim: uniform; fastdpm: quadratic) | ddim, fastdpm step:
-                            # uniform (range(0, T, T//S)) | linear (floor(i (T-1)/(S-1))) |
-                            # quadratic; fastdpm var: linear | quadratic
+      schedule="auto",      # auto (ddim: uniform; fastdpm: quadratic; solvers: time_uniform) |
+                            # ddim, fastdpm step: uniform (range(0, T, T//S)) | linear
+                            # (floor(i (T-1)/(S-1))) | quadratic; fastdpm var: linear | quadratic;
+                            # solvers: time_uniform | logsnr | time_quadratic (the official codes)
+                            # | linspace | leading | trailing (diffusers' schedulers, step for step)
       eta=0.0,              # ddim: 0 deterministic, 1 DDPM-like
       kappa=1.0,            # fastdpm: 1 DDPM-rev (FastDPM's default), 0 DDIM-rev
       fastdpm_kind="step",  # var | step
       var_domain="reference",  # fastdpm var: reference (FastDPM's search domain; its quadratic
                                # levels at S <= 20 end above abar_T) | full (products always match)
+      order=2,              # solvers: 1 | 2 (DPM-Solver++ 2M) | 3 (3M); UniPC: UniPC-p
+      lower_order_final=True,  # solvers: lower orders at the last steps, as the references do
+      unipc_variant="bh1",  # unipc: bh1 (B(h) = h, the official default) | bh2 (expm1(h), diffusers')
       mel_split="train",    # mel-conditioned DiffWave (diffwave.n_mels > 0): sample i is
                             # conditioned on the mel of clip i of config.data at this split
   ))

@@ -1,18 +1,21 @@
 """Image data: TFDS sets, sklearn digits, and local folders / .npz / idx files.
 
 Every source becomes one uint8 array [N, H, W, C] (in memory, or a memory-mapped .npy cache
-for large TFDS sets). Batches are drawn by index: the permutation of epoch e comes from
-(seed, e), so the batch of step s is a pure function of (seed, s). That is what lets a resumed
-run continue identically, and lets each process read only its own shard of the global batch.
+for TFDS sets), or, for large TFDS sets stored as array_record (config.data.streaming), a
+random-access `TfdsImages` that reads and decodes only the rows asked for. Batches are drawn by
+index: the permutation of epoch e comes from (seed, e), so the batch of step s is a pure function
+of (seed, s), whichever of the two holds the images. That is what lets a resumed run continue
+identically, and lets each process read only its own shard of the global batch.
 Conversion to floats in [-1, 1] and random flips happen on the device, inside the train step.
 """
 
+import concurrent.futures
 import gzip
 import os
 import socket
 import zipfile
 import zlib
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple, Union
 
 import jax
 import numpy as np
@@ -25,6 +28,10 @@ from jdiff import files
 from jdiff.errors import DataError
 
 TFDS_SOURCES = choices.TFDS_SOURCES
+STREAMING = ("auto", "always", "never")  # config.data.streaming (config_lib validates it)
+# data.streaming='auto' streams a TFDS split (stored as array_record) whose decoded uint8 images
+# would take more than this; smaller splits are decoded once into the .npy cache.
+STREAM_ABOVE_BYTES = 2 * 1024 ** 3
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 NPZ_CONVENTIONAL_KEYS = ("images", "x", "train_x")  # used, in this order, when data.npz_key is ""
 EXPECTED_IMAGES = "expected uint8 images [N, H, W] or [N, H, W, C] with C = 1 or 3"
@@ -307,36 +314,171 @@ def _tfds_cache_path(name: str, split: str, image_size: int, data_dir: str) -> s
   return os.path.join(root, "jdiff_cache", f"{name}_{split.replace(':', '_')}_{image_size}.npy")
 
 
-def _load_tfds(name: str, split: str, image_size: int, num_channels: int, data_dir: str) -> np.ndarray:
-  """Decodes a TFDS split once into a uint8 .npy cache (memory-mapped afterwards)."""
-  cache = _tfds_cache_path(name, split, image_size, data_dir)
-  cached = files.load_npy_cache(cache)
-  if cached is not None:
-    return cached
+def _tfds_builder(name: str, split: str, data_dir: str, file_format: Optional[str]):
+  """(prepared TFDS builder, number of examples of `split`). A set not prepared yet is prepared in
+  `file_format` (None: TFDS's default); a prepared one is read in the format it was written in."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds.builder(name, data_dir=data_dir or None)
-    builder.download_and_prepare()
-    dataset = builder.as_dataset(split=split, shuffle_files=False)
+    if file_format is None:
+      builder.download_and_prepare()  # nothing to do for a prepared set
+    elif not builder.is_prepared():
+      builder.download_and_prepare(file_format=file_format)
     count = builder.info.splits[split].num_examples
   except Exception as e:  # TFDS raises many types for missing data / no network.
     raise DataError(
-        f"TFDS data set {name!r} (split {split!r}) could not be loaded: {str(e).splitlines()[0]}. "
+        f"TFDS data set {name!r} (split {split!r}) could not be loaded: {_short(e)}. "
         "Download it where there is network (tfds build " + name + "), point config.data.data_dir "
         "at it, or use data.source=folder/npz with a local copy.") from e
+  return builder, count
+
+
+def _random_access(builder) -> bool:
+  """Whether the prepared set is stored in a format TFDS reads by index (array_record); False
+  with a TFDS too old to read by index."""
+  formats = getattr(builder.info, "available_file_formats", None)
+  if formats is None:
+    return False
+  from tensorflow_datasets.core import file_adapters  # pylint: disable=g-import-not-at-top
+  return bool(formats() & file_adapters.FileFormat.with_random_access())
+
+
+def _file_format(builder) -> str:
+  """The name of the file format a prepared set is stored in ('tfrecord', 'array_record', ...)."""
+  file_format = getattr(builder.info, "file_format", None)
+  return str(getattr(file_format, "value", file_format or "an unknown format"))
+
+
+class TfdsImages:
+  """A TFDS split read by index (array_record files), as uint8 [N, size, size, C].
+
+  Nothing is decoded up front and nothing is written: `images[indices]` reads those records,
+  decodes their images and fits them (center crop, box resize, channels: `_fit`), in a few threads.
+  BatchStream asks each process only for its rows of each global batch.
+  """
+
+  def __init__(self, builder, name: str, split: str, image_size: int, num_channels: int,
+               threads: Optional[int] = None):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    self._records = builder.as_data_source(
+        split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    self._features = builder.info.features
+    self.name, self.split = name, split
+    self.shape = (len(self._records), image_size, image_size, num_channels)
+    self.dtype = np.dtype(np.uint8)
+    self.ndim = 4
+    self._threads = threads or min(8, os.cpu_count() or 1)
+    self._pool = None
+
+  def __len__(self) -> int:
+    return self.shape[0]
+
+  def _image(self, index: int, record: bytes) -> np.ndarray:
+    image = self._features.deserialize_example_np(record)["image"]
+    return _fit(np.asarray(image)[None], self.shape[1], self.shape[3],
+                f"TFDS {self.name!r} image {index}")[0]
+
+  def read(self, indices: Sequence[int]) -> np.ndarray:
+    """uint8 [len(indices), size, size, C]: the images of these rows, in this order."""
+    indices = [int(i) for i in indices]
+    for i in indices:
+      if not 0 <= i < len(self):
+        raise IndexError(f"row {i} of TFDS {self.name!r} split {self.split!r} ({len(self)} rows)")
+    out = np.empty((len(indices),) + self.shape[1:], np.uint8)
+    if not indices:
+      return out
+    records = self._records.__getitems__(indices)
+    if self._pool is None and self._threads > 1 and len(indices) > 1:
+      self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, "jdiff-decode")
+    images = (self._pool.map(self._image, indices, records) if self._pool is not None
+              else map(self._image, indices, records))
+    for row, image in enumerate(images):
+      out[row] = image
+    return out
+
+  def __getitem__(self, key) -> np.ndarray:
+    if isinstance(key, slice):
+      return self.read(range(*key.indices(len(self))))
+    if np.ndim(key) == 0:
+      return self.read([key])[0]
+    return self.read(np.asarray(key).reshape(-1)).reshape(np.shape(key) + self.shape[1:])
+
+  def __array__(self, dtype=None, copy=None):  # np.asarray(images): decodes the whole split
+    del copy
+    images = self.read(range(len(self)))
+    return images if dtype is None else images.astype(dtype)
+
+
+def _decode_to_cache(builder, name: str, split: str, count: int, image_size: int,
+                     num_channels: int, cache: str) -> np.ndarray:
+  """Decodes the whole split once into the uint8 .npy `cache`; returns it memory-mapped."""
   os.makedirs(os.path.dirname(cache), exist_ok=True)
   # Several processes (one per node of a multi-host run, or per GPU) may decode into a shared
   # data_dir at once: each writes its own partial file; the atomic rename makes one of them the cache.
   partial = f"{cache}.partial-{socket.gethostname()}-{os.getpid()}.npy"
   out = np.lib.format.open_memmap(partial, "w+", np.uint8, (count, image_size, image_size, num_channels))
-  for i, example in enumerate(tfds.as_numpy(dataset)):
-    out[i] = _fit(example["image"][None], image_size, num_channels, f"TFDS {name!r} image {i}")[0]
-    if i % 10000 == 0:
-      logging.info("decoding %s: %d / %d", name, i, count)
+  if _random_access(builder):  # array_record: tf.data cannot read it; read it by index
+    source = TfdsImages(builder, name, split, image_size, num_channels)
+    chunk = 1024
+    for start in range(0, count, chunk):
+      out[start:start + chunk] = source.read(range(start, min(start + chunk, count)))
+      logging.info("decoding %s: %d / %d", name, min(start + chunk, count), count)
+  else:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    dataset = builder.as_dataset(split=split, shuffle_files=False)
+    for i, example in enumerate(tfds.as_numpy(dataset)):
+      out[i] = _fit(example["image"][None], image_size, num_channels, f"TFDS {name!r} image {i}")[0]
+      if i % 10000 == 0:
+        logging.info("decoding %s: %d / %d", name, i, count)
   out.flush()
   del out
   os.replace(partial, cache)
   return np.load(cache, mmap_mode="r")
+
+
+def _load_tfds(name: str, split: str, image_size: int, num_channels: int, data_dir: str,
+               streaming: str = "never", prepare_as: Optional[str] = None
+               ) -> Union[np.ndarray, TfdsImages]:
+  """A TFDS split: streamed by index (TfdsImages) or decoded once into a uint8 .npy cache
+  (memory-mapped afterwards), as config.data.streaming says:
+    never:  the cache;
+    always: stream; the set must be stored as array_record;
+    auto:   an existing cache if there is one; else stream when the decoded split would exceed
+            STREAM_ABOVE_BYTES and the set is array_record, else the cache.
+  A set not prepared yet is prepared as array_record when streaming is 'always', else in
+  prepare_as (None: TFDS's default, which may be its prebuilt tfrecord copy); the cache reads
+  either format. To stream a large set with 'auto', prepare it as array_record first
+  (tfds build NAME --file_format=array_record).
+  """
+  if streaming not in STREAMING:
+    raise DataError(f"config.data.streaming={streaming!r}: expected one of {list(STREAMING)}")
+  cache = _tfds_cache_path(name, split, image_size, data_dir)
+  if streaming != "always":
+    cached = files.load_npy_cache(cache)
+    if cached is not None:
+      return cached
+  builder, count = _tfds_builder(name, split, data_dir,
+                                 "array_record" if streaming == "always" else prepare_as)
+  decoded_bytes = count * image_size * image_size * num_channels
+  if streaming != "never":
+    random_access = _random_access(builder)
+    if streaming == "always" and not random_access:
+      raise DataError(
+          f"config.data.streaming='always': TFDS {name!r} at {builder.data_dir} is stored as "
+          f"{_file_format(builder)}, which has no random access; prepare it as array_record in "
+          f"another data_dir (tfds build {name} --file_format=array_record --data_dir=DIR, then "
+          "config.data.data_dir=DIR; or tfds convert_format, which needs apache-beam), or set "
+          "data.streaming='auto' to decode it into the .npy cache")
+    if streaming == "always" or (random_access and decoded_bytes > STREAM_ABOVE_BYTES):
+      logging.info("data: streaming TFDS %s split %s (%d images, %.1f GB decoded) from %s",
+                   name, split, count, decoded_bytes / 1e9, builder.data_dir)
+      return TfdsImages(builder, name, split, image_size, num_channels)
+    if decoded_bytes > STREAM_ABOVE_BYTES:
+      logging.warning("data: TFDS %s at %s is stored as %s (no random access): decoding all %.1f GB "
+                      "into %s instead of streaming (prepare it as array_record to stream)",
+                      name, builder.data_dir, _file_format(builder), decoded_bytes / 1e9,
+                      cache)
+  return _decode_to_cache(builder, name, split, count, image_size, num_channels, cache)
 
 
 def load_images(data_config) -> np.ndarray:
@@ -349,7 +491,9 @@ def load_images(data_config) -> np.ndarray:
   if source == "digits":
     images, where = load_digits(), "sklearn digits"
   elif source in TFDS_SOURCES:
-    return _load_tfds(source, data_config.split, size, channels, data_config.get("data_dir", ""))
+    prepare_as = "array_record" if data_config.get("streaming", "auto") == "always" else None
+    return _load_tfds(source, data_config.split, size, channels, data_config.get("data_dir", ""),
+                      prepare_as=prepare_as)
   else:
     if not os.path.exists(path):
       raise DataError(f"config.data.path={path!r}: does not exist (data.source={source!r})")
@@ -367,10 +511,25 @@ def load_images(data_config) -> np.ndarray:
   return _fit(images, size, channels, where)
 
 
-class BatchStream:
-  """Deterministic batches by index; each process gets its rows of every global batch."""
+def load_image_source(data_config) -> Union[np.ndarray, TfdsImages]:
+  """What BatchStream draws from for config.data: load_images' array, except for a TFDS set that
+  config.data.streaming streams (a TfdsImages read by index; see _load_tfds)."""
+  if data_config.get("kind", "image") != "audio" and data_config.source in TFDS_SOURCES:
+    return _load_tfds(data_config.source, data_config.split, data_config.image_size,
+                      data_config.num_channels, data_config.get("data_dir", ""),
+                      data_config.get("streaming", "auto"))
+  return load_images(data_config)
 
-  def __init__(self, images: np.ndarray, global_batch_size: int, seed: int,
+
+class BatchStream:
+  """Deterministic batches by index; each process gets its rows of every global batch.
+
+  `images` is an array (in memory or a memory-mapped cache) or a TfdsImages; the rows of a step
+  are the same either way. From a TfdsImages, only this process's rows are read and decoded, and
+  the batch of step s + 1 is read in a background thread while step s trains.
+  """
+
+  def __init__(self, images: Union[np.ndarray, TfdsImages], global_batch_size: int, seed: int,
                process_index: Optional[int] = None, process_count: Optional[int] = None):
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -384,11 +543,17 @@ class BatchStream:
     self.process_index = process_index
     self.seed = seed
     self._permutations = {}
+    self._prefetch = isinstance(images, TfdsImages)
+    self._reader = None   # the one thread that reads a TfdsImages
+    self._pending = None  # (step, future of its batch)
+    self._last = None     # (step, its batch)
 
   def _permutation(self, epoch: int) -> np.ndarray:
-    if epoch not in self._permutations:
-      self._permutations = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.images))}
-    return self._permutations[epoch]
+    cached = self._permutations  # one epoch's; the prefetch thread may replace it meanwhile
+    if epoch not in cached:
+      cached = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.images))}
+      self._permutations = cached
+    return cached[epoch]
 
   def indices(self, step: int) -> np.ndarray:
     """Indices of this process's rows of the global batch of `step`."""
@@ -398,6 +563,21 @@ class BatchStream:
     return np.array([self._permutation(e)[o] for e, o in zip(epochs, offsets)])
 
   def batch(self, step: int) -> np.ndarray:
+    """This process's rows of the global batch of `step` (uint8 [local batch, H, W, C])."""
+    if not self._prefetch:
+      return self._read(step)
+    if self._last is not None and self._last[0] == step:  # asked again (compile, then step 1)
+      return self._last[1].copy()
+    if self._reader is None:
+      self._reader = concurrent.futures.ThreadPoolExecutor(1, "jdiff-prefetch")
+    pending, self._pending = self._pending, None
+    future = (pending[1] if pending is not None and pending[0] == step
+              else self._reader.submit(self._read, step))
+    self._pending = (step + 1, self._reader.submit(self._read, step + 1))
+    self._last = (step, future.result())
+    return self._last[1].copy()
+
+  def _read(self, step: int) -> np.ndarray:
     indices = self.indices(step)
     order = np.argsort(indices)  # sorted reads are faster on a memory map
     batch = np.empty((len(indices),) + self.images.shape[1:], self.images.dtype)

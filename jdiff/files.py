@@ -7,8 +7,11 @@ so the final name holds either the old complete file or the new complete one. A 
 that belongs together (a sample run's .npz, grid and WAVs) is written as a folder by
 `replace_folder` and swapped in whole.
 
-On object stores (`gs://...`) an object appears only when its upload completes, so there the
-file is written in place through etils.epath.
+Every path may be local or on an object store (`gs://...`): jdiff's own reads and writes of
+workdirs, statistics, caches and results go through this module and etils.epath (checkpoints
+through orbax). On an object store an object appears only when its upload completes, so there a
+file is written in place; a set of files is uploaded from a local staging folder and files of
+the previous set that the new one lacks are then deleted.
 
 Write failures (disk full, read-only, permission, a workdir that is a file) become one
 `WorkdirError` line naming the path (`write_error`).
@@ -69,6 +72,59 @@ def is_remote(path) -> bool:
   return "://" in os.fspath(path)
 
 
+def absolute(path) -> str:
+  """A local path made absolute; a remote one (gs://...) as it is (abspath would mangle it)."""
+  path = os.fspath(path)
+  return path if is_remote(path) else os.path.abspath(path)
+
+
+def exists(path) -> bool:
+  return epath.Path(path).exists()
+
+
+def is_dir(path) -> bool:
+  return epath.Path(path).is_dir()
+
+
+def listdir(path) -> list:
+  """Names in a folder (empty when it does not exist)."""
+  folder = epath.Path(path)
+  return sorted(child.name for child in folder.iterdir()) if folder.is_dir() else []
+
+
+def read_text(path) -> str:
+  return epath.Path(path).read_text()
+
+
+def load_npz(path) -> dict:
+  """{name: array} of an .npz, local or remote (read whole: object stores do not seek cheaply)."""
+  if not is_remote(path):
+    with np.load(path) as archive:
+      return {name: archive[name] for name in archive.files}
+  with np.load(io.BytesIO(epath.Path(path).read_bytes())) as archive:
+    return {name: archive[name] for name in archive.files}
+
+
+def move(source, target) -> None:
+  """Renames a file or folder (locally atomic; on an object store a copy, then a delete)."""
+  source, target = os.fspath(source), os.fspath(target)
+  if not is_remote(source):
+    os.replace(source, target)
+    return
+  source_path = epath.Path(source)
+  if not source_path.is_dir():
+    source_path.copy(epath.Path(target), overwrite=True)
+    source_path.unlink()
+    return
+  for root, _, names in epath.Path(source).walk():
+    for name in names:
+      relative = os.path.relpath(os.fspath(root / name), source)
+      destination = epath.Path(target) / relative
+      destination.parent.mkdir(parents=True, exist_ok=True)
+      (root / name).copy(destination, overwrite=True)
+  source_path.rmtree()
+
+
 def write_error(path, error: OSError, what: str = "write") -> WorkdirError:
   """One line for a failed write of `path`."""
   reason = WRITE_ERRNOS.get(error.errno) or error.strerror or str(error) or type(error).__name__
@@ -85,6 +141,7 @@ def atomic_write(path, mode: str = "wb", sync: bool = True) -> Iterator[io.IOBas
   """
   path = os.fspath(path)
   if is_remote(path):
+    epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
     with epath.Path(path).open(mode) as f:
       yield f
     return
@@ -165,7 +222,15 @@ def check_writable(folder, what: str = "outputs") -> None:
   folder that cannot be written is one WorkdirError line (an existing file in the way included)."""
   folder = os.fspath(folder)
   if is_remote(folder):
-    return  # object stores have no folders to check; a failed upload is reported when it happens
+    probe_path = epath.Path(folder) / f".jdiff-write-probe-{os.getpid()}"
+    try:
+      probe_path.parent.mkdir(parents=True, exist_ok=True)  # folders: no-ops on object stores
+      probe_path.write_bytes(b"jdiff")
+      probe_path.unlink()
+    except Exception as e:  # pylint: disable=broad-except  (each store raises its own types)
+      raise WorkdirError(f"cannot write {what} to {folder}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    return
   probe = os.path.join(folder, f".jdiff-write-probe-{os.getpid()}")
   try:
     os.makedirs(folder, exist_ok=True)
@@ -191,10 +256,11 @@ def check_workdir(workdir) -> None:
 def load_npy_cache(path: str):
   """The memory-mapped .npy cache at path; None when absent or unreadable (damaged: a warning
   names it, and the caller makes it again)."""
-  if not os.path.exists(path):
+  if not exists(path):
     return None
   try:
-    array = np.load(path, mmap_mode="r")
+    array = (np.load(io.BytesIO(epath.Path(path).read_bytes())) if is_remote(path)
+             else np.load(path, mmap_mode="r"))
   except (ValueError, OSError, EOFError) as e:
     logging.warning("cache %s is damaged (%s: %s); making it again", path, type(e).__name__, e)
     return None
@@ -205,11 +271,10 @@ def load_npy_cache(path: str):
 def load_npz_cache(path: str):
   """{name: array} of the .npz cache at path; None when absent or unreadable (damaged: a warning
   names it, and the caller makes it again)."""
-  if not os.path.exists(path):
+  if not exists(path):
     return None
   try:
-    with np.load(path) as archive:
-      arrays = {name: archive[name] for name in archive.files}
+    arrays = load_npz(path)
   except Exception as e:  # pylint: disable=broad-except  (zip, zlib, pickle and shape errors)
     logging.warning("cache %s is damaged (%s: %s); making it again", path, type(e).__name__, e)
     return None
@@ -224,6 +289,8 @@ def load_npz_cache(path: str):
 def recover_folder(final) -> None:
   """Finishes or undoes a replace_folder that a kill interrupted: removes half-written new sets
   and, when the final folder is missing, puts the previous complete set back."""
+  if is_remote(final):
+    return  # nothing is staged on the store itself (_replace_remote_folder)
   final = os.path.abspath(os.fspath(final))
   parent, name = os.path.split(final)
   if not os.path.isdir(parent):
@@ -246,6 +313,10 @@ def replace_folder(final) -> Iterator[str]:
   """`with replace_folder(out) as tmp: <write files into tmp>`: when the block ends, tmp becomes
   `out` and the previous `out` is deleted; until then `out` is untouched. An exception (disk
   full, Ctrl-C) removes tmp and leaves `out` as it was."""
+  if is_remote(final):
+    with _replace_remote_folder(os.fspath(final)) as staging:
+      yield staging
+    return
   final = os.path.abspath(os.fspath(final))
   recover_folder(final)
   parent, name = os.path.split(final)
@@ -280,6 +351,30 @@ def replace_folder(final) -> Iterator[str]:
     shutil.rmtree(staging, ignore_errors=True)
     recover_folder(final)
     raise
+
+
+@contextlib.contextmanager
+def _replace_remote_folder(final: str) -> Iterator[str]:
+  """replace_folder on an object store: the set is made in a local folder, uploaded object by
+  object (each appears whole), then the previous set's objects the new set lacks are deleted."""
+  with tempfile.TemporaryDirectory(prefix="jdiff-staging-") as staging:
+    yield staging
+    target = epath.Path(final)
+    target.mkdir(parents=True, exist_ok=True)
+    new_names = set()
+    for root, _, names in os.walk(staging):
+      for name in names:
+        relative = os.path.relpath(os.path.join(root, name), staging)
+        new_names.add(relative)
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with open(os.path.join(root, name), "rb") as f:
+          destination.write_bytes(f.read())
+    for root, _, names in target.walk():
+      for name in names:
+        relative = os.path.relpath(os.fspath(root / name), final)
+        if relative not in new_names:
+          (root / name).unlink()
 
 
 def remove_partials(folder) -> None:

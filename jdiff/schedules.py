@@ -230,3 +230,75 @@ def var_steps(beta_start: float, beta_end: float, num_timesteps: int, num_steps:
   log_gamma = np.cumsum(np.log1p(-var_betas(beta_start, beta_end, num_timesteps, num_steps,
                                             schedule, domain)))
   return continuous_step(log_gamma, beta_start, beta_end, num_timesteps), log_gamma
+
+
+# Multistep ODE solvers (DPM-Solver, DPM-Solver++, UniPC) on a discrete-time DDPM.
+#
+# alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t). At a real
+# 0-based step tau, log alpha is the piecewise-linear interpolation of 0.5 log abar between integer
+# steps: the official DPM-Solver code's NoiseScheduleVP('discrete') with its continuous time
+# t = (tau + 1) / T (t_0 = 1 / T is step 0, t = 1 is step T - 1).
+
+SOLVER_SPACINGS = choices.SOLVER_SPACINGS
+DIFFUSERS_SPACINGS = choices.DIFFUSERS_SPACINGS
+
+
+def solver_log_alpha(log_alphas_cumprod: np.ndarray, tau) -> np.ndarray:
+  """log alpha at real 0-based steps tau in [0, T - 1] (0.5 log abar interpolated), float64."""
+  log_a = 0.5 * np.asarray(log_alphas_cumprod, np.float64)
+  return np.interp(np.asarray(tau, np.float64), np.arange(len(log_a), dtype=np.float64), log_a)
+
+
+def solver_lambda(log_alpha) -> np.ndarray:
+  """lambda = log alpha - log sigma, sigma = sqrt(1 - alpha^2); +inf at alpha = 1."""
+  log_alpha = np.asarray(log_alpha, np.float64)
+  with np.errstate(divide="ignore"):
+    return log_alpha - 0.5 * np.log(-np.expm1(2.0 * log_alpha))
+
+
+def solver_step_from_lambda(log_alphas_cumprod: np.ndarray, lam) -> np.ndarray:
+  """The real step whose lambda is `lam` (the official code's inverse_lambda: log alpha =
+  -0.5 log(1 + exp(-2 lambda)), then the interpolation inverted)."""
+  log_alpha = -0.5 * np.logaddexp(0.0, -2.0 * np.asarray(lam, np.float64))
+  log_a = 0.5 * np.asarray(log_alphas_cumprod, np.float64)
+  steps = np.arange(len(log_a), dtype=np.float64)
+  return np.interp(log_alpha, log_a[::-1], steps[::-1])
+
+
+def solver_steps(log_alphas_cumprod: np.ndarray, num_steps: int, spacing: str):
+  """(the num_steps network steps, decreasing; the final step, or None for sigma = 0).
+
+  Official DPM-Solver / UniPC code (model at real steps, ending at step 0's noise level, t_0 = 1/T):
+    time_uniform:   tau = linspace(T - 1, 0, S + 1) (t = linspace(1, 1/T, S + 1));
+    time_quadratic: t = linspace(1, sqrt(1/T), S + 1)^2, tau = T t - 1;
+    logsnr:         lambda uniform between lambda(T - 1) and lambda(0), tau by inverse_lambda.
+  The network is called at the first S; the last is where the sample ends (x at step 0's level).
+  diffusers' DPMSolverMultistepScheduler / UniPCMultistepScheduler timestep_spacing (integer
+  steps, steps_offset 0), ending at sigma = 0 (final_sigmas_type 'zero'):
+    linspace: round(linspace(0, T - 1, S + 1))[::-1][:-1];
+    leading:  arange(S + 1)[::-1][:-1] * (T // (S + 1));
+    trailing: round(arange(T, 0, -T / S)) - 1.
+  """
+  num_timesteps = len(log_alphas_cumprod)
+  if not 1 <= num_steps <= num_timesteps:
+    raise ValueError(f"num_steps={num_steps}: must be in [1, {num_timesteps}]")
+  T = num_timesteps  # pylint: disable=invalid-name
+  if spacing == "time_uniform":
+    taus = np.linspace(T - 1.0, 0.0, num_steps + 1)
+  elif spacing == "time_quadratic":
+    t = np.linspace(1.0, np.sqrt(1.0 / T), num_steps + 1) ** 2
+    taus = T * t - 1.0
+  elif spacing == "logsnr":
+    ends = solver_lambda(solver_log_alpha(log_alphas_cumprod, [T - 1.0, 0.0]))
+    taus = solver_step_from_lambda(log_alphas_cumprod, np.linspace(ends[0], ends[1], num_steps + 1))
+  elif spacing == "linspace":
+    return np.linspace(0, T - 1, num_steps + 1).round()[::-1][:-1].astype(np.float64), None
+  elif spacing == "leading":
+    ratio = T // (num_steps + 1)
+    return (np.arange(0, num_steps + 1) * ratio).round()[::-1][:-1].astype(np.float64), None
+  elif spacing == "trailing":
+    return (np.arange(T, 0, -T / num_steps).round() - 1).astype(np.float64), None
+  else:
+    raise ValueError(f"solver spacing {spacing!r}: allowed {SOLVER_SPACINGS}")
+  taus = np.clip(taus, 0.0, T - 1.0)
+  return taus[:-1], float(taus[-1])

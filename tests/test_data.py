@@ -198,3 +198,174 @@ def test_batch_stream_is_deterministic_and_processes_split_the_global_batch():
   halves = [data.BatchStream(images, 4, seed=3, process_index=p, process_count=2).batch(5)
             for p in range(2)]
   np.testing.assert_array_equal(np.concatenate(halves), stream.batch(5))
+
+
+# A TFDS-format data set written by the test itself (array_record files, no network): 40 distinct
+# 12x10 RGB images, which config image_size 8 center-crops to 10x10 and box-resizes.
+TINY_TFDS = "jdiff_tiny_images"
+TINY_ROWS = 40
+
+
+def _tiny_raw_images():
+  images = np.random.default_rng(7).integers(0, 256, (TINY_ROWS, 12, 10, 3), dtype=np.uint8)
+  images[:, 0, 0, 0] = np.arange(TINY_ROWS)  # distinct even if the random draws were not
+  return images
+
+
+def _prepare_tiny_tfds(data_dir, file_format):
+  """Writes the tiny set under data_dir/jdiff_tiny_images/1.0.0 in file_format (PNGs encoded
+  with PIL, so that TensorFlow is not imported)."""
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  class JdiffTinyImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+          {"image": tfds.features.Image(shape=(None, None, 3)), "label": tfds.features.ClassLabel(
+              num_classes=TINY_ROWS)}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i, image in enumerate(_tiny_raw_images()):
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, "PNG")
+        png.seek(0)
+        yield i, {"image": png, "label": i}
+
+  assert JdiffTinyImages.name == TINY_TFDS
+  JdiffTinyImages(data_dir=str(data_dir), file_format=file_format).download_and_prepare()
+  return data_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_tfds_prepared(tmp_path_factory):
+  return _prepare_tiny_tfds(tmp_path_factory.mktemp("tfds"), "array_record")
+
+
+@pytest.fixture
+def tiny_tfds(tiny_tfds_prepared, tmp_path, monkeypatch):
+  """A fresh data_dir holding the prepared tiny set (no jdiff_cache yet); its name is accepted
+  as a TFDS source."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path / "tfds"
+  shutil.copytree(tiny_tfds_prepared, data_dir)
+  monkeypatch.setattr(data, "TFDS_SOURCES", data.TFDS_SOURCES + (TINY_TFDS,))
+  return str(data_dir)
+
+
+def _cache_files(data_dir):
+  cache = os.path.join(data_dir, "jdiff_cache")
+  return sorted(os.listdir(cache)) if os.path.isdir(cache) else []
+
+
+def _tiny_config(data_dir, streaming):
+  return data_config(source=TINY_TFDS, data_dir=data_dir, image_size=8, num_channels=3,
+                     streaming=streaming)
+
+
+def _tiny_expected(data_dir):
+  """The tiny set's images fitted to 8x8, in the order of the split (TFDS shuffles on writing;
+  each example's label is its index in _tiny_raw_images)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  examples = tfds.builder(TINY_TFDS, data_dir=data_dir).as_data_source("train")
+  labels = [examples[i]["label"] for i in range(len(examples))]
+  assert sorted(labels) == list(range(TINY_ROWS))
+  return data._fit(_tiny_raw_images(), 8, 3)[labels]  # pylint: disable=protected-access
+
+
+def test_streamed_tfds_batches_equal_the_cached_ones_and_write_no_cache(tiny_tfds):
+  expected = _tiny_expected(tiny_tfds)
+  streamed = data.load_image_source(_tiny_config(tiny_tfds, "always"))
+  assert isinstance(streamed, data.TfdsImages)
+  assert len(streamed) == TINY_ROWS and streamed.shape == (TINY_ROWS, 8, 8, 3)
+  np.testing.assert_array_equal(streamed[[5, 0, 39]], expected[[5, 0, 39]])
+  np.testing.assert_array_equal(streamed[3], expected[3])
+  stream = data.BatchStream(streamed, 12, seed=3, process_index=0, process_count=1)
+  streamed_batches = [stream.batch(step) for step in range(8)]  # 96 rows: crosses 2 epochs
+  assert _cache_files(tiny_tfds) == []  # nothing decoded to disk
+
+  cached = data.load_image_source(_tiny_config(tiny_tfds, "never"))
+  assert isinstance(cached, np.ndarray) and _cache_files(tiny_tfds) == [f"{TINY_TFDS}_train_8.npy"]
+  np.testing.assert_array_equal(cached, expected)
+  from_cache = data.BatchStream(cached, 12, seed=3, process_index=0, process_count=1)
+  for step, batch in enumerate(streamed_batches):
+    np.testing.assert_array_equal(batch, from_cache.batch(step))
+    np.testing.assert_array_equal(batch, expected[stream.indices(step)])
+  # A resumed run (a new stream starting at step 5) continues with the same batches.
+  resumed = data.BatchStream(data.load_image_source(_tiny_config(tiny_tfds, "always")), 12,
+                             seed=3, process_index=0, process_count=1)
+  for step, batch in zip(range(5, 8), resumed.iterate(5)):
+    np.testing.assert_array_equal(batch, streamed_batches[step])
+  # load_images still gives an array (the cache) whatever data.streaming says.
+  assert isinstance(data.load_images(_tiny_config(tiny_tfds, "always")), np.ndarray)
+
+
+def test_each_process_reads_only_its_rows_of_the_global_batch(tiny_tfds):
+  source = data.load_image_source(_tiny_config(tiny_tfds, "always"))
+  reference = data.BatchStream(source, 12, seed=5, process_index=0, process_count=1)
+  for step in (0, 1, 2, 3, 6):
+    read, batches = [], []
+    for process_index in range(2):
+      source = data.load_image_source(_tiny_config(tiny_tfds, "always"))  # one per process
+      records = source._records  # pylint: disable=protected-access
+      real_getitems = records.__getitems__
+      log = []
+      source._records = type("Spy", (), {  # pylint: disable=protected-access
+          "__getitems__": lambda self, keys, log=log, real=real_getitems: (
+              log.extend(keys), real(keys))[1]})()
+      stream = data.BatchStream(source, 12, seed=5, process_index=process_index, process_count=2)
+      batches.append(stream.batch(step))
+      stream._reader.shutdown(wait=True)  # pylint: disable=protected-access
+      # It read its 6 rows of this step, and of the next step (the prefetch), nothing else.
+      own = list(stream.indices(step)) + list(stream.indices(step + 1))
+      assert sorted(log) == sorted(own)
+      read.append(set(stream.indices(step)))
+    global_rows = reference.indices(step)
+    if step < 3:  # within the first epoch the rows of a global batch are distinct
+      assert not read[0] & read[1]
+    assert read[0] | read[1] == set(global_rows)
+    np.testing.assert_array_equal(np.concatenate(batches), reference.batch(step))
+
+
+def test_auto_streams_only_sets_above_the_size_limit(tiny_tfds, monkeypatch):
+  assert isinstance(data.load_image_source(_tiny_config(tiny_tfds, "auto")), np.ndarray)
+  assert _cache_files(tiny_tfds) == [f"{TINY_TFDS}_train_8.npy"]
+  os.remove(os.path.join(tiny_tfds, "jdiff_cache", f"{TINY_TFDS}_train_8.npy"))
+  monkeypatch.setattr(data, "STREAM_ABOVE_BYTES", TINY_ROWS * 8 * 8 * 3 - 1)
+  assert isinstance(data.load_image_source(_tiny_config(tiny_tfds, "auto")), data.TfdsImages)
+  assert _cache_files(tiny_tfds) == []
+
+
+def test_a_tfrecord_set_is_cached_not_streamed_and_always_says_why_in_one_line(
+    tmp_path, monkeypatch, caplog):
+  data_dir = str(_prepare_tiny_tfds(tmp_path / "tfds", "tfrecord"))
+  monkeypatch.setattr(data, "TFDS_SOURCES", data.TFDS_SOURCES + (TINY_TFDS,))
+  with pytest.raises(data.DataError) as info:
+    data.load_image_source(_tiny_config(data_dir, "always"))
+  message = str(info.value)
+  assert "\n" not in message and "data.streaming='always'" in message and "tfrecord" in message
+  assert _cache_files(data_dir) == []
+  # auto, above the size limit: one warning line, then the cache (read through tf.data).
+  monkeypatch.setattr(data, "STREAM_ABOVE_BYTES", 0)
+  images = data.load_image_source(_tiny_config(data_dir, "auto"))
+  assert isinstance(images, np.ndarray) and _cache_files(data_dir) == [f"{TINY_TFDS}_train_8.npy"]
+  assert "no random access" in caplog.text
+  expected = data._fit(_tiny_raw_images(), 8, 3)  # pylint: disable=protected-access
+  assert sorted(map(bytes, images)) == sorted(map(bytes, expected))
+
+
+def test_data_streaming_is_validated():
+  from jdiff import config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.default_config()
+  assert config.data.streaming == "auto"
+  config.data.streaming = "sometimes"
+  with pytest.raises(config_lib.ConfigError, match=r"data\.streaming"):
+    config_lib.validate(config)
+  with pytest.raises(data.DataError, match="streaming='sometimes'"):
+    data.load_image_source(data_config(source="cifar10", streaming="sometimes"))

@@ -39,6 +39,7 @@ import jax
 import numpy as np
 from absl import logging
 from clu import metric_writers
+from etils import epath
 from jax.experimental import multihost_utils
 
 from jdiff import audio as audio_lib
@@ -61,12 +62,10 @@ GRID_SIZE = 256
 
 
 def default_name(config, network_evaluations: int) -> str:
-  """e.g. "ancestral1000", "ddim50_eta0.0", "fastdpm-step10_kappa0.0", "+ _c2" for adaptive depth."""
-  s = config.sampling
-  name = {"ancestral": f"ancestral{network_evaluations}",
-          "respaced": f"respaced{s.steps}-{s.respacing}",
-          "ddim": f"ddim{s.steps}_eta{s.eta}",
-          "fastdpm": f"fastdpm-{s.fastdpm_kind}{s.steps}_kappa{s.kappa}"}[s.name]
+  """e.g. "ancestral1000", "ddim50_eta0.0", "dpmpp2m20", "+ _c2" for adaptive depth: the
+  sampler's registry label (jdiff/samplers.py)."""
+  from jdiff import samplers  # pylint: disable=g-import-not-at-top  (the import block is shared)
+  name = samplers.get(config.sampling.name).label(config.sampling, network_evaluations)
   if config.depth.power > 0:
     name += f"_c{config.depth.power:g}"
   if config.surrogate.kind != "none":
@@ -76,10 +75,8 @@ def default_name(config, network_evaluations: int) -> str:
 
 def curve_name(config) -> str:
   """The sampler without its step count: trade-off plots join runs with the same curve name."""
-  s = config.sampling
-  curve = {"ancestral": "ancestral", "respaced": f"respaced-{s.respacing}",
-           "ddim": f"DDIM eta={s.eta}",
-           "fastdpm": f"FastDPM-{s.fastdpm_kind.upper()} kappa={s.kappa}"}[s.name]
+  from jdiff import samplers  # pylint: disable=g-import-not-at-top  (the import block is shared)
+  curve = samplers.get(config.sampling.name).curve(config.sampling)
   if config.depth.power > 0:
     curve += f" c={config.depth.power:g}"
   if config.surrogate.kind != "none":
@@ -121,15 +118,15 @@ def _set_aside(out_dir: str, why: str) -> None:
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
   target = f"{out_dir}.replaced-{stamp}"
   if jax.process_index() == 0:
-    os.replace(out_dir, target)
+    files.move(out_dir, target)
   logging.warning("evaluate: %s %s; moved it to %s and sampling anew", out_dir, why, target)
 
 
 def _readable_batch(path: str, batch_size: int) -> bool:
   """Whether a stored sample batch is whole (a damaged one is reported and made again)."""
   try:
-    with np.load(path) as f:
-      ok = len(f["images"]) == batch_size and np.isfinite(float(f["seconds"]))
+    stored = files.load_npz(path)
+    ok = len(stored["images"]) == batch_size and np.isfinite(float(stored["seconds"]))
   except Exception as e:  # pylint: disable=broad-except  (zip, zlib, key and pickle errors)
     logging.warning("evaluate: sample batch %s is damaged (%s: %s); making it again", path,
                     type(e).__name__, e)
@@ -143,8 +140,7 @@ def _readable_batch(path: str, batch_size: int) -> bool:
 def _stored_signature(signature_path: str) -> Optional[dict]:
   """sampler.json's content; None (with a warning) when it is unreadable."""
   try:
-    with open(signature_path) as f:
-      return json.load(f)
+    return json.loads(files.read_text(signature_path))
   except (OSError, ValueError) as e:
     logging.warning("evaluate: %s is damaged (%s: %s)", signature_path, type(e).__name__, e)
     return None
@@ -164,7 +160,7 @@ def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> T
   if jax.process_index() == 0:
     files.remove_partials(out_dir)
     files.remove_partials(sample_dir)
-  if os.path.exists(signature_path):
+  if files.exists(signature_path):
     stored = _stored_signature(signature_path)
     if stored != signature:
       why = ("holds samples whose sampler.json is unreadable" if stored is None else
@@ -173,14 +169,14 @@ def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> T
       multihost_utils.sync_global_devices("jdiff evaluate: read sampler.json")
       _set_aside(out_dir, why)
       multihost_utils.sync_global_devices("jdiff evaluate: old samples set aside")
-  elif os.path.isdir(sample_dir) and os.listdir(sample_dir):
+  elif files.listdir(sample_dir):
     multihost_utils.sync_global_devices("jdiff evaluate: read sampler.json")
     _set_aside(out_dir, "holds samples without a sampler.json")
     multihost_utils.sync_global_devices("jdiff evaluate: old samples set aside")
   num_batches = -(-config.evaluation.num_samples // generator.batch_size)
   paths = [os.path.join(sample_dir, f"batch_{i:05d}.npz") for i in range(num_batches)]
   missing = [i for i, path in enumerate(paths)
-             if not (os.path.exists(path) and _readable_batch(path, generator.batch_size))]
+             if not (files.exists(path) and _readable_batch(path, generator.batch_size))]
   # Every process must see the same `missing` before process 0 writes anything.
   multihost_utils.sync_global_devices("jdiff evaluate: listed sample batches")
   if jax.process_index() == 0:
@@ -211,9 +207,9 @@ def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> T
 
   batches, seconds = [], []
   for path in paths:
-    with np.load(path) as f:
-      batches.append(f["images"])
-      seconds.append(float(f["seconds"]))
+    stored = files.load_npz(path)
+    batches.append(stored["images"])
+    seconds.append(float(stored["seconds"]))
   samples = np.concatenate(batches)[:config.evaluation.num_samples]
   timing = {"seconds_per_sample": float(np.sum(seconds)) / (num_batches * generator.batch_size),
             "compile_s": compile_s, "batches_generated_now": len(missing),
@@ -226,16 +222,21 @@ def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> T
 
 
 def _content_fingerprint(path: str) -> list:
-  """[relative path, size, mtime in ns] of a file, or of every file under a folder: what changes
-  when the data is replaced or edited in place."""
-  if os.path.isfile(path):
-    stat = os.stat(path)
-    return [[os.path.basename(path), stat.st_size, stat.st_mtime_ns]]
+  """[relative path, size, modification time] of a file, or of every file under a folder: what
+  changes when the data is replaced or edited in place (local or on an object store)."""
+  def size_and_time(file: epath.Path):
+    if files.is_remote(path):
+      stat = file.stat()
+      return [stat.length, stat.mtime]
+    stat = os.stat(file)  # nanoseconds: a file rewritten within the same second still differs
+    return [stat.st_size, stat.st_mtime_ns]
+  root_path = epath.Path(path)
+  if not root_path.is_dir():
+    return [[root_path.name, *size_and_time(root_path)]]
   entries = []
-  for root, _, names in os.walk(path):
+  for root, _, names in root_path.walk():
     for name in names:
-      stat = os.stat(os.path.join(root, name))
-      entries.append([os.path.relpath(os.path.join(root, name), path), stat.st_size, stat.st_mtime_ns])
+      entries.append([os.path.relpath(os.fspath(root / name), path), *size_and_time(root / name)])
   return sorted(entries)
 
 
@@ -247,12 +248,12 @@ def _data_key(config, split: str) -> str:
   key = f"{data.source}-{split}-{data.image_size}px{data.num_channels}c"
   selection = {}
   if data.source in ("folder", "npz", "idx"):
-    path = os.path.abspath(data.path)
-    selection = {"path": path, "content": _content_fingerprint(path) if os.path.exists(path) else []}
+    path = files.absolute(data.path)
+    selection = {"path": path, "content": _content_fingerprint(path) if files.exists(path) else []}
     if data.source == "npz":
       selection["npz_key"] = data.get("npz_key", "")
   elif data.get("data_dir"):
-    selection = {"data_dir": os.path.abspath(data.data_dir)}
+    selection = {"data_dir": files.absolute(data.data_dir)}
   if selection:
     key += "-" + hashlib.sha256(json.dumps(selection, sort_keys=True).encode()).hexdigest()[:12]
   return key
@@ -454,7 +455,7 @@ def inception_scores(config, samples_uint8: np.ndarray,
   if "fid" in wanted:
     if config.evaluation.reference_stats:
       reference = inputs.reference_stats or _reference_stats(config)
-      scores["fid_reference"] = os.path.abspath(config.evaluation.reference_stats)
+      scores["fid_reference"] = files.absolute(config.evaluation.reference_stats)
     else:
       reference = metrics_lib.feature_statistics(
           reference_inception_features(config, variables, tag, split)["pool3"])
@@ -520,7 +521,7 @@ def sc09_scores(config, samples_int16: np.ndarray, scorer) -> dict:
           "voicing": scores[voicing], "voicing_real_anchor": anchors["real"][voicing],
           "voicing_noise_anchor": anchors["noise"][voicing],
           "sc09_metric": f"{fd} / {inception_score}: not the papers' FID / IS",
-          "sc09_reference": os.path.abspath(sc09_reference(config)),
+          "sc09_reference": files.absolute(sc09_reference(config)),
           "sc09_classifier_held_out_accuracy": scorer.held_out_accuracy}
 
 
@@ -528,7 +529,7 @@ def scoring_signature(config, metrics) -> dict:
   """What the scores of a set of samples depend on besides the samples: the metrics, every
   evaluation field and the reference data (its path made absolute), as metrics.json stores it."""
   data = config.data.to_dict()
-  data["path"] = os.path.abspath(data["path"]) if data.get("path") else data.get("path")
+  data["path"] = files.absolute(data["path"]) if data.get("path") else data.get("path")
   return json.loads(json.dumps({"metrics": list(metrics), "evaluation": config.evaluation.to_dict(),
                                 "data": data}))
 
@@ -537,11 +538,10 @@ def _kept_results(out_dir: str, scoring: dict, signature: dict) -> Optional[dict
   """The metrics.json in out_dir when it scored these very samples (signature) as `scoring`
   says, else None (an unreadable file is reported and scored again)."""
   path = os.path.join(out_dir, "metrics.json")
-  if not os.path.exists(path):
+  if not files.exists(path):
     return None
   try:
-    with open(path) as f:
-      results = json.load(f)
+    results = json.loads(files.read_text(path))
   except (OSError, ValueError) as e:
     logging.warning("evaluate: %s is damaged (%s: %s); scoring again", path, type(e).__name__, e)
     return None
@@ -553,6 +553,8 @@ def _kept_results(out_dir: str, scoring: dict, signature: dict) -> Optional[dict
 
 def _remove_empty_folders(folder: str, down_to: str) -> None:
   """Removes folder and its parents while empty, stopping at down_to (which existed before)."""
+  if files.is_remote(folder):
+    return  # an object store has no empty folders
   folder, down_to = os.path.abspath(folder), os.path.abspath(down_to)
   while folder != down_to and folder.startswith(down_to + os.sep):
     try:
@@ -563,6 +565,8 @@ def _remove_empty_folders(folder: str, down_to: str) -> None:
 
 
 def _existing_ancestor(folder: str) -> str:
+  if files.is_remote(folder):
+    return folder
   folder = os.path.abspath(folder)
   while not os.path.exists(folder) and os.path.dirname(folder) != folder:
     folder = os.path.dirname(folder)

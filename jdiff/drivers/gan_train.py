@@ -89,7 +89,7 @@ def train(config, workdir: str, from_scratch: bool = False):
   train.train for what is refused, and for SIGTERM / SIGINT)."""
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.training.batch_size, "training.batch_size")
-  images = data_lib.load_images(config.data)
+  images = data_lib.load_image_source(config.data)
   stream = data_lib.BatchStream(images, config.training.batch_size, config.seed)
   generator, discriminator = gan.build_gan(config)
   optimizer = builders.build_gan_optimizer(config)

@@ -61,6 +61,8 @@ class Generator:
 
   def compile(self) -> float:
     """Compiles the sampler now; returns the seconds it took."""
+    if not hasattr(self.sample_fn, "lower"):
+      return 0.0  # compiled already
     start = time.perf_counter()
     self.sample_fn = self.sample_fn.lower(self.params, self.rng, self._mel(0)).compile()
     return time.perf_counter() - start

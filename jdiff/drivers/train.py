@@ -255,7 +255,7 @@ def restore_or_init(config, checkpointer, model, optimizer, mesh, from_scratch=F
 def write_config_record(config, workdir: str) -> None:
   """<workdir>/config.json: the config of the latest train run, for people (checkpoints carry
   their own copy, which is what a resuming run is checked against)."""
-  if jax.process_index() != 0 or "://" in workdir:
+  if jax.process_index() != 0:
     return
   path = os.path.join(workdir, "config.json")
   files.write_json(path, json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str)))
@@ -280,7 +280,7 @@ def train(config, workdir: str, from_scratch: bool = False) -> TrainResult:
   """
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.training.batch_size, "training.batch_size")
-  images = data_lib.load_images(config.data)
+  images = data_lib.load_image_source(config.data)  # an array, or a TFDS set read by index
   stream = data_lib.BatchStream(images, images_per_step(config), config.seed)
   logging.info("data: %s, %d images of shape %s", config.data.source, len(images), images.shape[1:])
 

@@ -4,6 +4,7 @@ feature statistics files; a batched feature extractor sharded over all devices, 
 The metrics take features and logits as numpy arrays and compute in float64 on the host.
 """
 
+import io
 import os
 import re
 import warnings
@@ -15,6 +16,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 import scipy.stats
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jdiff import cpu_kernels
@@ -78,8 +80,8 @@ def save_statistics(path: str, mu: np.ndarray, sigma: np.ndarray, fid_preprocess
 
 def statistics_preprocessing(path: str) -> Optional[str]:
   """The FID preprocessing convention a statistics file records (save_statistics), or None."""
-  with np.load(path) as f:
-    return str(f["fid_preprocessing"]) if "fid_preprocessing" in f else None
+  stored = files.load_npz(path)
+  return str(stored["fid_preprocessing"]) if "fid_preprocessing" in stored else None
 
 
 def load_statistics(path: str, dim: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -88,12 +90,10 @@ def load_statistics(path: str, dim: Optional[int] = None) -> Tuple[np.ndarray, n
   Raises ValueError (one line) unless mu is [D] and sigma [D, D] (D = dim when given), both
   finite. Errors of reading the file itself (missing, not an archive) pass through.
   """
-  with open(path, "rb") as f:  # a missing or unreadable file is an OSError
-    is_zip = zipfile.is_zipfile(f)
-  loaded = np.load(path) if is_zip else None
-  if not isinstance(loaded, np.lib.npyio.NpzFile):
+  content = epath.Path(path).read_bytes()  # a missing or unreadable file is an OSError
+  if not zipfile.is_zipfile(io.BytesIO(content)):
     raise ValueError(f"{path} is not an .npz archive (expected one with the keys 'mu' and 'sigma')")
-  with loaded as f:
+  with np.load(io.BytesIO(content)) as f:
     if "mu" not in f or "sigma" not in f:
       raise ValueError(f"{path} lacks the keys 'mu' and 'sigma' (has {sorted(f.keys())})")
     mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)

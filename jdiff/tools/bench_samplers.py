@@ -1,6 +1,7 @@
 """Sampler benchmark (config.bench.kind = 'samplers'): seconds per sample and network
-evaluations of DDPM-1000, respaced-100/50, DDIM-50/20/10, FastDPM VAR/STEP x DDPM-rev/DDIM-rev
-at S in {10, 20, 50, 100}, and surrogate diffusion at each config.surrogate.t_mids; each
+evaluations of each registered sampler's bench rows (jdiff/samplers.py: DDPM-1000,
+respaced-100/50, DDIM-50/20/10, FastDPM VAR/STEP x DDPM-rev/DDIM-rev at S in {10, 20, 50, 100},
+DPM-Solver++ 2M and UniPC bh1 at 20/10/5), and surrogate diffusion at each config.surrogate.t_mids; each
 relative to DDPM (all T steps), and against its step share: seconds / ((NFE / T) x DDPM's
 seconds), 1.0 when a step costs what a DDPM step costs (median, min..max over rounds). Every
 sampler is compiled first, then all run once per round, in turn, bench.num_iters rounds after a
@@ -23,38 +24,25 @@ import numpy as np
 from absl import logging
 
 from jdiff import builders
-from jdiff import choices
 from jdiff import parallel
+from jdiff import samplers
 from jdiff import sampling
 from jdiff.errors import CheckpointMissingError
 from jdiff.tools import report
 from jdiff.tools import timing
 
-FAMILIES = choices.BENCH_SAMPLER_FAMILIES  # ("ddpm", "respaced", "ddim", "fastdpm", "surrogate")
-
-
 def _specs(config) -> List[Tuple[str, str, dict]]:
-  """(family, label, builders.build_plan overrides) for every sampler the bench runs."""
-  T = config.diffusion.num_timesteps
-  specs = [("ddpm", f"DDPM-{T}", dict(name="ancestral"))]
-  specs += [("respaced", f"respaced-{k}", dict(name="respaced", steps=k, respacing="even"))
-            for k in (100, 50) if k <= T]
-  step_schedule = config.sampling.schedule
-  if step_schedule not in choices.STEP_SCHEDULES:  # auto, or a VAR-only name
-    step_schedule = sampling.REFERENCE_SCHEDULE["ddim"]
-  specs += [("ddim", f"DDIM-{k} ({step_schedule})",
-             dict(name="ddim", steps=k, eta=0.0, schedule=step_schedule))
-            for k in (50, 20, 10) if k <= T]
-  if config.diffusion.beta_schedule == "linear" and T >= 2:
-    for kind in ("var", "step"):
-      for reverse, kappa in (("DDPM-rev", 1.0), ("DDIM-rev", 0.0)):
-        specs += [("fastdpm", f"FastDPM-{kind.upper()}-{reverse}-{s} (quadratic)",
-                   dict(name="fastdpm", steps=s, fastdpm_kind=kind, schedule="quadratic",
-                        kappa=kappa)) for s in (10, 20, 50, 100) if s <= T]
+  """(family, label, builders.build_plan overrides) for every sampler the bench runs: each
+  registered sampler's bench rows (jdiff/samplers.py; ancestral's family is 'ddpm', the
+  baseline), then surrogate diffusion at each t_mid."""
+  specs = []
+  for name, sampler in samplers.REGISTRY.items():
+    family = "ddpm" if name == "ancestral" else name
+    specs += [(family, label, overrides) for label, overrides in sampler.bench(config)]
   if config.surrogate.kind != "none":
     specs += [("surrogate", f"{config.surrogate.kind}+{config.sampling.name} t_mid={t_mid}",
                dict(t_mid=t_mid)) for t_mid in config.surrogate.t_mids]
-  wanted = tuple(config.bench.samplers) or FAMILIES
+  wanted = tuple(config.bench.samplers) or samplers.bench_families()
   return [spec for spec in specs if spec[0] in wanted or spec[0] == "ddpm"]
 
 

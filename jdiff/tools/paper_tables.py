@@ -17,8 +17,9 @@ with --mode=evaluate's machinery, and write the table as markdown, JSON and a pl
 
 Tables (TABLES):
   samplers  FastDPM review Tables 1-2 shape: DDPM ancestral (T steps), respaced (even), DDIM
-            eta 0 and 1, FastDPM {VAR, STEP} x {DDPM-rev (kappa 1), DDIM-rev (kappa 0)}, each at
-            S in --steps: s/image, FID, KID (and Digits FD when configured). One trained model.
+            eta 0 and 1, FastDPM {VAR, STEP} x {DDPM-rev (kappa 1), DDIM-rev (kappa 0)},
+            DPM-Solver++ 2M, UniPC bh1 (every registered sampler's table rows, jdiff/samplers.py),
+            each at S in --steps: s/image, FID, KID (and Digits FD when configured). One model.
   depth     adaptive U-Net paper Tables 1-3 shape: skip type x c (depth.power): FID, KID,
             s/image and the time saved against c = 0 of the same model. One model per skip type
             and training scheme of --schemes (random: one model serves every c; bucketed: batches
@@ -64,6 +65,7 @@ from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
 from jdiff import files
 from jdiff import parallel
+from jdiff import samplers
 from jdiff.drivers import evaluate as evaluate_lib
 from jdiff.drivers import train as train_lib
 from jdiff.tools import cli
@@ -106,9 +108,9 @@ def _sampling(**fields) -> Dict[str, object]:
 
 
 def sampler_rows(config, settings: Mapping) -> List[Row]:
-  """FastDPM review Tables 1-2: every sampler family at every S of settings["steps"] (DDPM at T)."""
+  """FastDPM review Tables 1-2: every registered sampler's table rows (jdiff/samplers.py) at
+  every S of settings["steps"] (DDPM at T)."""
   T = config.diffusion.num_timesteps  # pylint: disable=invalid-name
-  schedule = settings["fastdpm_schedule"]
   # DDPM costs T evaluations a sample: settings["ddpm_num_samples"] > 0 gives it fewer samples
   # than the other rows, 0 leaves it out, < 0 gives it the others' number.
   ddpm_samples = settings["ddpm_num_samples"]
@@ -119,20 +121,9 @@ def sampler_rows(config, settings: Mapping) -> List[Row]:
   for steps in settings["steps"]:
     if steps > T:
       raise config_lib.ConfigError(f"--steps={steps}: must be <= diffusion.num_timesteps ({T})")
-    rows += [
-        Row(f"respaced{steps}", "respaced (even)", steps,
-            _sampling(name="respaced", steps=steps, respacing="even")),
-        Row(f"ddim{steps}-eta0", "DDIM eta=0", steps, _sampling(name="ddim", steps=steps, eta=0.0)),
-        Row(f"ddim{steps}-eta1", "DDIM eta=1", steps, _sampling(name="ddim", steps=steps, eta=1.0)),
-    ]
-    for kind in ("var", "step"):
-      # FastDPM's variance schedules are linear | quadratic; its step schedules uniform | quadratic.
-      kind_schedule = "linear" if kind == "var" and schedule == "uniform" else schedule
-      for kappa, reverse in ((1.0, "DDPM-rev"), (0.0, "DDIM-rev")):
-        rows.append(Row(f"fastdpm-{kind}{steps}-kappa{kappa:g}-{kind_schedule}",
-                        f"FastDPM-{kind.upper()} {reverse}", steps,
-                        _sampling(name="fastdpm", fastdpm_kind=kind, steps=steps, kappa=kappa,
-                                  schedule=kind_schedule)))
+    for sampler in samplers.REGISTRY.values():
+      rows += [Row(key, label, steps, _sampling(**fields))
+               for key, label, fields in sampler.table_rows(config, steps, settings)]
   return rows
 
 
@@ -372,9 +363,8 @@ def _train(config, workdir: str):
     trainer = train_lib
   timing_path = os.path.join(workdir, TRAIN_TIMING)
   timing = {"timed_steps": 0, "seconds": 0.0}
-  if os.path.exists(timing_path):
-    with open(timing_path) as f:
-      timing = json.load(f)
+  if files.exists(timing_path):
+    timing = json.loads(files.read_text(timing_path))
   checkpointer = checkpoint_lib.Checkpointer(workdir, read_only=True)
   steps = checkpointer.all_steps()
   checkpointer.close()
@@ -444,10 +434,8 @@ def write_table(name: str, results: List[dict], workdir: str, run: Mapping,
                         *[f"- {note}" for note in notes if note],
                         *([f"\n![{name}: {plot_axes}]({name}.png)"] if y_key else [])]) + "\n"
   if jax.process_index() == 0:
-    os.makedirs(out, exist_ok=True)
     path = os.path.join(out, f"{name}.md")
-    with open(path, "w") as f:
-      f.write(markdown)
+    files.write_bytes(path, markdown.encode())
     report.write_json(os.path.join(out, f"{name}.json"), {"run": run, "rows": results},
                       announce=announce)
     if announce:
