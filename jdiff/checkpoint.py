@@ -444,6 +444,7 @@ class Checkpointer:
       else:
         self._set_aside(step, why)
         _barrier("jdiff checkpoints: damaged step set aside")
+        self.manager.reload()  # it must not think the moved step exists when this run saves it
     if damaged and not self.read_only:
       self.manager.reload()
     unreadable_now = {str(step) for step in damaged} if self.read_only else set()

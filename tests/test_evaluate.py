@@ -77,10 +77,13 @@ def test_evaluate_digits_writes_metrics_grid_and_scalars_and_resumes(tmp_path):
   np.testing.assert_array_equal(_stored_samples(out_dir)[:10], samples)
   assert again["digits_fd"] == results["digits_fd"]
 
-  # Samples of another sampler are never mixed into these.
+  # Samples of another sampler (batch size) are never mixed into these: the old folder is moved
+  # aside whole and the evaluation samples anew.
   config.sampling.batch_size = 2
-  with pytest.raises(evaluate.EvaluationError, match="evaluation.name"):
-    evaluate.evaluate(config, workdir)
+  other = evaluate.evaluate(config, workdir)
+  assert other["batches_generated_now"] == 5 and other["samples_signature"]["batch_size"] == 2
+  assert [name for name in os.listdir(os.path.dirname(out_dir))
+          if name.startswith("step_2.replaced-")]
 
 
 def test_evaluate_again_keeps_the_scores_of_kept_samples_unless_scoring_changed(
@@ -96,7 +99,8 @@ def test_evaluate_again_keeps_the_scores_of_kept_samples_unless_scoring_changed(
   real_fd = digits_fd.digits_frechet_distance
   monkeypatch.setattr(digits_fd, "digits_frechet_distance",
                       lambda images: scored.append(1) or real_fd(images))
-  assert evaluate.evaluate(config, workdir) == json.loads(json.dumps(first)) and not scored
+  kept = dict(json.loads(json.dumps(first)), batches_generated_now=0, batches_kept=1)
+  assert evaluate.evaluate(config, workdir) == kept and not scored
   # Another evaluation field: scored again.
   config.evaluation.kid_subsets = config.evaluation.kid_subsets + 1
   again = evaluate.evaluate(config, workdir)
@@ -207,7 +211,8 @@ def trained_workdir(tmp_path_factory):
 
 def _evaluate_without_sampling(monkeypatch, tmp_path, trained_workdir, **evaluation):
   """Runs evaluate on a copy of the trained workdir with generate_samples replaced by a stub
-  that records calls; returns (the raised EvaluationError, the calls)."""
+  that records calls; returns the message of the one-line error it raised (an EvaluationError,
+  or a WorkdirError for the output folder) before any sample was made."""
   workdir = tmp_path / "run"
   if not workdir.exists():
     shutil.copytree(trained_workdir, workdir)
@@ -219,7 +224,7 @@ def _evaluate_without_sampling(monkeypatch, tmp_path, trained_workdir, **evaluat
   monkeypatch.setattr(evaluate, "generate_samples", no_sampling)
   config = tiny_config()
   config.evaluation.update(num_samples=4, **evaluation)
-  with pytest.raises(errors.EvaluationError) as raised:
+  with pytest.raises((errors.EvaluationError, errors.WorkdirError)) as raised:
     evaluate.evaluate(config, str(workdir))
   assert calls == []
   message = str(raised.value)
@@ -276,7 +281,8 @@ def test_evaluate_rejects_an_unwritable_output_folder_before_sampling(
   (tmp_path / "run" / "eval").write_text("not a folder")
   message = _evaluate_without_sampling(monkeypatch, tmp_path, trained_workdir, metrics=("digits_fd",))
   out_dir = os.path.join(str(tmp_path / "run"), "eval", "ancestral20", "step_2")
-  assert message == f"{out_dir}: cannot write evaluation outputs (Not a directory)"
+  assert message == (f"cannot write evaluation outputs to {out_dir}: a path component is a "
+                     "file, not a folder")
 
 
 def test_load_statistics_checks_shapes_and_values(tmp_path):

@@ -484,7 +484,7 @@ def sc09_reference(config) -> str:
   given = config.evaluation.sc09_reference
   if given:
     return given
-  if config.data.source == "folder":
+  if config.data.source in ("folder", "sc09") and config.data.path:
     return config.data.path
   raise EvaluationError(
       f"config.evaluation.sc09_reference='': sc09_fd needs labelled SC09 clips (a folder or .tar.gz "

@@ -159,10 +159,11 @@ def sample(config, workdir: str) -> str:
 def sample_with_step(config, workdir: str) -> Tuple[str, int]:
   """sample(), and the checkpoint step it sampled."""
   out_dir = os.path.join(workdir, "samples")
+  # Restores first: a mistyped workdir is "no checkpoint", and nothing is created there.
+  generator = build_generator(config, workdir, parallel.make_mesh())
   if jax.process_index() == 0:
     files.recover_folder(out_dir)
     files.check_writable(workdir, "samples")  # before minutes of sampling, not after
-  generator = build_generator(config, workdir, parallel.make_mesh())
   logging.info("sampling %d samples from checkpoint step %d", config.sampling.num_samples,
                generator.checkpoint_step)
   num_batches = -(-config.sampling.num_samples // generator.batch_size)
