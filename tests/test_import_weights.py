@@ -488,32 +488,11 @@ def test_diffwave_unknown_or_missing_weights_are_an_error():
     diffwave_pt.params_from_state_dict(config, missing, "x.pkl")
 
 
-def test_diffwave_import_refuses_to_write_what_jdiff_would_sample_wrongly(tmp_path):
-  config, _ = diffwave_load()
-  if getattr(builders.build_model(config), "step_in_residual", False):
-    pytest.skip("builders.build_model passes config.diffwave.step_in_residual on")
-  with pytest.raises(ConfigError, match="does not pass config.diffwave.step_in_residual"):
-    import_weights.import_model("diffwave", os.path.join(DIFFWAVE_TINY, "100.pkl"),
-                                str(tmp_path / "w"),
-                                diffwave_config=os.path.join(DIFFWAVE_TINY, "config.json"))
-  assert not (tmp_path / "w").exists()
-
-
 @pytest.mark.parametrize("variant", ["diffwave_tiny", "diffwave_vocoder_tiny"])
-def test_diffwave_workdir(tmp_path, monkeypatch, variant):
-  """The import writes a workdir that restores into the reference's network. Until
-  builders.build_model passes config.diffwave.step_in_residual / mel_upsampler on (a one-line
-  change there: docs/pretrained.md), this test passes them on itself."""
+def test_diffwave_workdir(tmp_path, variant):
+  """The import writes a workdir that restores into the reference's network (builders passes
+  config.diffwave.step_in_residual / mel_upsampler on to DiffWave)."""
   folder = os.path.join(FIXTURES, variant)
-  build_model = builders.build_model
-  if not getattr(build_model(diffwave_load()[0]), "step_in_residual", False):
-    def passing_build_model(config):
-      model = build_model(config)
-      if config.model.kind != "diffwave":
-        return model
-      return model.clone(step_in_residual=config.diffwave.get("step_in_residual", False),
-                         mel_upsampler=config.diffwave.get("mel_upsampler", "shared"))
-    monkeypatch.setattr(builders, "build_model", passing_build_model)
   workdir = tmp_path / "diffwave"
   import_weights.import_model("diffwave", os.path.join(folder, "100.pkl"), str(workdir),
                               diffwave_config=os.path.join(folder, "config.json"))

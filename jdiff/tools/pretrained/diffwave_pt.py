@@ -206,24 +206,10 @@ def params_from_state_dict(config, arrays: Mapping[str, np.ndarray], where: str)
 
 
 def reference_model(config):
-  """The jdiff DiffWave that computes the reference's network (config.diffwave's reference
-  fields applied, whether or not builders.build_model passes them on)."""
+  """The jdiff DiffWave that computes the reference's network: builders.build_model passes
+  config.diffwave's reference fields (step_in_residual, mel_upsampler) on."""
   from jdiff import builders  # pylint: disable=g-import-not-at-top
-  return builders.build_model(config).clone(step_in_residual=config.diffwave.step_in_residual,
-                                            mel_upsampler=config.diffwave.mel_upsampler)
-
-
-def check_builders_pass_reference_fields(config) -> None:
-  """Refuses to write a workdir that jdiff would sample with another network: the reference's
-  weights need DiffWave(step_in_residual=True) (and the vocoder's mel_upsampler='per_layer'),
-  which jdiff.builders.build_model must pass on from config.diffwave."""
-  from jdiff import builders  # pylint: disable=g-import-not-at-top
-  model = builders.build_model(config)
-  for field in ("step_in_residual", "mel_upsampler"):
-    if getattr(model, field, None) != config.diffwave[field]:
-      raise ConfigError(f"this jdiff's builders.build_model does not pass config.diffwave.{field} "
-                        "on to DiffWave, so the imported model would sample wrongly: nothing "
-                        "written (docs/pretrained.md, DiffWave)")
+  return builders.build_model(config)
 
 
 def load(path: str, config_path: Optional[str] = None):
@@ -240,6 +226,5 @@ def load(path: str, config_path: Optional[str] = None):
     arrays = {k[len("module."):]: v for k, v in arrays.items()}
   config = jdiff_config(arrays, reference_config)
   params = params_from_state_dict(config, arrays, path)
-  check_builders_pass_reference_fields(config)
   match = re.match(r"(\d+)\.(pkl|pt|pth)$", os.path.basename(path))
   return config, params, int(match.group(1)) if match else 0, path
