@@ -60,6 +60,30 @@ POSITIVE_INTS = ((lambda value: isinstance(value, (tuple, list)) and len(value) 
 INTS = ((lambda value: isinstance(value, (tuple, list)) and all(positive_int(v) for v in value)),
         "a list of positive integers")
 
+class _Allowed:
+  """'one of [...]' of a list read when the message is made (the sampler registry may grow after
+  this module is imported)."""
+
+  def __init__(self, values: Callable[[], Sequence[Any]]):
+    self._values = values
+
+  def __str__(self):
+    return f"one of {list(self._values())}"
+
+  __format__ = lambda self, spec: format(str(self), spec)
+
+
+def registered_sampler() -> Tuple[Callable[[Any], bool], _Allowed]:
+  """sampling.name: a sampler of the registry (jdiff/samplers.py)."""
+  return (lambda value: value in samplers.REGISTRY), _Allowed(samplers.names)
+
+
+def registered_schedule() -> Tuple[Callable[[Any], bool], _Allowed]:
+  """sampling.schedule: 'auto' or a schedule some registered sampler takes."""
+  values = lambda: ("auto",) + samplers.all_schedules()
+  return (lambda value: value in values()), _Allowed(values)
+
+
 # (field, (check, what is allowed)); each later module adds its fields here.
 RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("seed", NON_NEGATIVE_INT),
@@ -111,12 +135,12 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("sampling.batch_size", POSITIVE_INT),
     ("sampling.num_samples", POSITIVE_INT),
     ("sampling.clip_x0", one_of(*choices.CLIP_X0)),
-    ("sampling.name", one_of(*choices.SAMPLERS)),
+    ("sampling.name", registered_sampler()),
     ("sampling.steps", POSITIVE_INT),
     ("sampling.respacing", ((lambda value: value in choices.RESPACINGS or (
         isinstance(value, str) and choices.parse_section_counts(value) is not None)),
                             f"one of {list(choices.RESPACINGS)} or counts per section like '10,10,10'")),
-    ("sampling.schedule", one_of("auto", *samplers.all_schedules())),
+    ("sampling.schedule", registered_schedule()),
     ("sampling.eta", in_range(0.0, 1.0)),
     ("sampling.kappa", in_range(0.0, 1.0)),
     ("sampling.fastdpm_kind", one_of(*choices.FASTDPM_KINDS)),
@@ -153,7 +177,9 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
                             f"a non-empty list from {list(choices.BENCH_DEPTH_PARTS)}")),
     ("evaluation.name", ((lambda value: isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.-]*", value)
                           is not None), "a folder name of letters, digits, '_', '.', '-' (or '')")),
-    ("evaluation.num_samples", POSITIVE_INT),
+    ("evaluation.num_samples", ((lambda value: _is_int(value) and value >= 2),
+                                "an integer >= 2 (every metric compares sets: a covariance, "
+                                "a kernel mean)")),
     ("evaluation.metrics", ((lambda value: isinstance(value, (tuple, list)) and len(value) > 0
                              and all(v in choices.EVALUATION_METRICS for v in value)),
                             f"a non-empty list from {list(choices.EVALUATION_METRICS)}")),

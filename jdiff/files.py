@@ -31,7 +31,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from jdiff.errors import WorkdirError
+from jdiff.errors import WorkdirError  # pylint: disable=unused-import  (also files.WorkdirError)
 
 PARTIAL = ".partial-"    # <name>.partial-<pid>...: being written; removed or renamed when done
 REPLACED = ".replaced-"  # <folder>.replaced-<pid>: the previous set while a new one is swapped in

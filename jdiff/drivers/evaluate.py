@@ -475,7 +475,9 @@ def inception_scores(config, samples_uint8: np.ndarray,
                                     len(reference_pool3))
     # kid_std above is the protocol's spread over subsets, not an error of the finite sets;
     # this interval is (metrics.kid_with_interval).
-    scores["kid_interval"] = metrics_lib.kid_with_interval(pool3, reference_pool3, seed=config.seed)
+    if min(len(pool3), len(reference_pool3)) >= 4:
+      scores["kid_interval"] = metrics_lib.kid_with_interval(pool3, reference_pool3,
+                                                             seed=config.seed)
   return scores
 
 
@@ -638,7 +640,13 @@ def evaluate(config, workdir: str) -> dict:
                         "seconds_per_sample", "sc09_fd", "sc09_is", "voicing")}
   if jax.process_index() == 0:
     files.write_json(os.path.join(out_dir, "metrics.json"), results)
-    writer = metric_writers.create_default_writer(workdir)
-    writer.write_scalars(generator.checkpoint_step, scalars)
-    writer.close()
+    try:
+      writer = metric_writers.create_default_writer(workdir)
+      writer.write_scalars(generator.checkpoint_step, scalars)
+      writer.close()
+    except Exception as e:  # pylint: disable=broad-except  (TensorFlow's file errors)
+      # metrics.json holds every score: a full disk here loses only the TensorBoard copy.
+      logging.warning("evaluate: could not write TensorBoard scalars to %s (%s: %s); the scores "
+                      "are in %s", workdir, type(e).__name__, str(e).splitlines()[0] if str(e)
+                      else "", os.path.join(out_dir, "metrics.json"))
   return results

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.linalg
 import scipy.special
 import scipy.stats
+from absl import logging
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -278,5 +279,8 @@ def cached_features(name: str, compute: Callable[[], Mapping[str, np.ndarray]],
     return cached
   features = {key: np.asarray(value) for key, value in compute().items()}
   if jax.process_index() == 0:
-    files.save_npz(path, **features)
+    try:
+      files.save_npz(path, **features)
+    except files.WorkdirError as e:  # a cache that cannot be written costs time, not the result
+      logging.warning("%s; going on without caching these features", e)
   return features
