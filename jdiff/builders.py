@@ -349,7 +349,8 @@ def build_plan(config, diffusion: diffusion_lib.GaussianDiffusion, name: Optiona
       schedule=sampler.resolve_schedule(fields.schedule),
       common=dict(variance_type=d.variance_type,
                   clip_denoised=clip_x0(config, sampler.name, overrides.get("clip_x0")),
-                  depth_schedule=depth_schedule(config)))
+                  depth_schedule=depth_schedule(config)),
+      sampling=sampling, schedules=schedules)
   fields.steps = context.steps
   return sampler.plan(fields, context)
 

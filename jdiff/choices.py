@@ -45,7 +45,7 @@ LOSSES = ("simple", "hybrid", "iwdiff")
 IWDIFF_WEIGHTS = ("sum", "mean")           # softmax over Algorithm 3's l_i | per-pixel means
 TIMESTEP_SAMPLERS = ("uniform", "loss_aware")
 
-# sampling.py. The sampler names are the registry's (jdiff/samplers.py): choices.SAMPLERS reads it.
+# sampling.py. The sampler names are the registry's: jdiff/samplers.py (samplers.names()).
 CLIP_X0 = ("auto", "on", "off")           # auto: what the sampler's reference code does
 FASTDPM_KINDS = ("var", "step")
 
@@ -87,15 +87,8 @@ SURROGATE_KINDS = ("none", "sngan", "ddpm")
 BENCH_KINDS = ("core", "depth", "samplers", "precision")
 # The halves of the depth bench (bench.depth_parts).
 BENCH_DEPTH_PARTS = ("training", "sampling")
-# BENCH_SAMPLER_FAMILIES: "ddpm", every other registered sampler, "surrogate" (samplers.py).
+# The sampler bench's families: samplers.bench_families() ("ddpm", every other registered sampler,
+# "surrogate").
 
 # main.py
 MODES = ("train", "sample", "evaluate", "reference_stats", "summary", "bench")
-
-
-def __getattr__(name):
-  """SAMPLERS, BENCH_SAMPLER_FAMILIES: read from the registry in jdiff.samplers on use (no jax)."""
-  if name in ("SAMPLERS", "BENCH_SAMPLER_FAMILIES"):
-    from jdiff import samplers  # pylint: disable=g-import-not-at-top
-    return samplers.names() if name == "SAMPLERS" else samplers.bench_families()
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

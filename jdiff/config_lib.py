@@ -166,8 +166,8 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("bench.num_iters", POSITIVE_INT),
     ("bench.sampler_steps", NON_NEGATIVE_INT),
     ("bench.samplers", ((lambda value: isinstance(value, (tuple, list)) and all(
-        v in choices.BENCH_SAMPLER_FAMILIES for v in value)),
-                        f"a list of sampler families from {list(choices.BENCH_SAMPLER_FAMILIES)}")),
+        v in samplers.bench_families() for v in value)),
+                        f"a list of sampler families from {list(samplers.bench_families())}")),
     ("bench.quality_samples", NON_NEGATIVE_INT),
     ("bench.skip_types", ((lambda value: isinstance(value, (tuple, list)) and all(
         v in choices.SKIP_TYPES for v in value)),

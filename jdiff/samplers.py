@@ -10,8 +10,8 @@ A record says how to build the plan from the config's sampling fields (`plan(s, 
 arguments every plan takes), which `config.sampling` fields it reads, its reference defaults
 (x0 clipping, what schedule='auto' means), its names (the evaluation folder stem, the plot
 curve, the tables' label) and the rows it adds to the sampler bench and the sampler table.
-The plan functions import jdiff.sampling when called, so importing this module stays cheap
-(config validation runs before jax loads).
+The plan functions get jdiff.sampling / jdiff.schedules in their PlanContext, so this module
+imports no jax (config validation runs before jax loads).
 """
 
 import dataclasses
@@ -28,6 +28,10 @@ class PlanContext:
   steps: int            # sampling.steps (or the override)
   schedule: str         # sampling.schedule with 'auto' resolved to the sampler's default
   common: Dict[str, Any]  # variance_type, clip_denoised, depth_schedule
+  # The modules the plans are built with (jdiff.sampling, jdiff.schedules), handed in by
+  # builders.build_plan: this registry is read by config validation, which imports no jax.
+  sampling: Any = None
+  schedules: Any = None
 
   @property
   def num_timesteps(self) -> int:
@@ -94,23 +98,13 @@ def bench_families() -> Tuple[str, ...]:
   return ("ddpm",) + tuple(name for name in REGISTRY if name != "ancestral") + ("surrogate",)
 
 
-def _sampling():
-  from jdiff import sampling  # pylint: disable=g-import-not-at-top
-  return sampling
-
-
-def _schedules():
-  from jdiff import schedules  # pylint: disable=g-import-not-at-top
-  return schedules
-
-
 # ------------------------------------------------------------------------------------------------
 # DDPM ancestral, respaced, DDIM, FastDPM
 
 
 register(Sampler(
     name="ancestral", title="DDPM ancestral",
-    plan=lambda s, c: _sampling().ancestral_plan(c.diffusion, **c.common),
+    plan=lambda s, c: c.sampling.ancestral_plan(c.diffusion, **c.common),
     label=lambda s, evaluations: f"ancestral{evaluations}",
     curve=lambda s: "ancestral",
     clip_x0=True, uses_steps=False,
@@ -136,8 +130,8 @@ def _validate_respaced(config, check):
 
 register(Sampler(
     name="respaced", title="respaced",
-    plan=lambda s, c: _sampling().respaced_plan(
-        c.betas, _schedules().respaced_steps(c.num_timesteps, c.steps, s.respacing), **c.common),
+    plan=lambda s, c: c.sampling.respaced_plan(
+        c.betas, c.schedules.respaced_steps(c.num_timesteps, c.steps, s.respacing), **c.common),
     label=lambda s, evaluations: f"respaced{s.steps}-{s.respacing}",
     curve=lambda s: f"respaced-{s.respacing}",
     fields=("steps", "respacing"), clip_x0=True, validate=_validate_respaced,
@@ -158,8 +152,8 @@ def _ddim_bench(config):
 
 register(Sampler(
     name="ddim", title="DDIM",
-    plan=lambda s, c: _sampling().ddim_plan(
-        c.betas, _schedules().step_schedule(c.num_timesteps, c.steps, c.schedule), eta=s.eta,
+    plan=lambda s, c: c.sampling.ddim_plan(
+        c.betas, c.schedules.step_schedule(c.num_timesteps, c.steps, c.schedule), eta=s.eta,
         **c.common),
     label=lambda s, evaluations: f"ddim{s.steps}_eta{s.eta}",
     curve=lambda s: f"DDIM eta={s.eta}",
@@ -208,7 +202,7 @@ def _fastdpm_rows(config, steps, settings):
 
 register(Sampler(
     name="fastdpm", title="FastDPM",
-    plan=lambda s, c: _sampling().fastdpm_plan(
+    plan=lambda s, c: c.sampling.fastdpm_plan(
         c.betas, c.steps, kind=s.fastdpm_kind, schedule=c.schedule, kappa=s.kappa,
         var_domain=s.var_domain, **c.common),
     label=lambda s, evaluations: f"fastdpm-{s.fastdpm_kind}{s.steps}_kappa{s.kappa}",
@@ -234,7 +228,7 @@ register(Sampler(
 
 def _solver_plan(kind):
   def plan(s, c):
-    return _sampling().multistep_plan(c.betas, c.steps, kind=kind, spacing=c.schedule,
+    return c.sampling.multistep_plan(c.betas, c.steps, kind=kind, spacing=c.schedule,
                                       order=s.order, variant=s.unipc_variant,
                                       lower_order_final=s.lower_order_final, **c.common)
   return plan

@@ -363,10 +363,11 @@ def dpm_solver_update(x, m, lam, lam_next, log_alpha, log_alpha_next, sigma, sig
 
 
 def _unipc_coefficients(h, rks, order: int, variant: str):
-  """UniPC's (hh, expm1(hh), B(h), R, b) for data prediction (Zhao et al. 2023, Algorithm 2 /
-  Eq. (8)-(9)): hh = -h, B(h) = hh (bh1) or expm1(hh) (bh2); R[j-1] = rks^(j-1) and
-  b_j = (j! phi_{j+1}(hh) hh^... ) as the official code's recursion: h_phi_k starts at
-  expm1(hh) / hh - 1, b_j = h_phi_k j! / B(h), h_phi_k <- h_phi_k / hh - 1 / (j + 1)!."""
+  """UniPC's (expm1(hh), B(h), R, b) for data prediction (Zhao et al. 2023, Eq. (8)-(9) and
+  Algorithms 1-2): hh = -h, B(h) = hh (bh1) or expm1(hh) (bh2); row j - 1 of R is rks^(j-1)
+  and b_j = j! phi_{j+1}(hh) hh / B(h) (phi_k the exponential integrators' phi functions), by the
+  official code's recursion: h_phi starts at expm1(hh) / hh - 1, b_j = h_phi j! / B(h),
+  h_phi <- h_phi / hh - 1 / (j + 1)!."""
   hh = -h
   h_phi_1 = np.expm1(hh)
   if variant == "bh1":
@@ -455,6 +456,9 @@ def solver_plan(betas: np.ndarray, steps: np.ndarray, final_step: Optional[float
     raise ValueError(f"solver {kind!r}: allowed {SOLVER_KINDS}")
   if order not in choices.SOLVER_ORDERS:
     raise ValueError(f"solver order {order}: allowed {choices.SOLVER_ORDERS}")
+  if final_step is None and kind == "dpm_solver":
+    raise ValueError("DPM-Solver's noise prediction cannot step to sigma = 0 (its update is "
+                     "sigma' expm1(h) eps with h = inf); end at a step (diffusers: sigma_min)")
   steps = np.asarray(steps, np.float64)
   num = len(steps)
   log_abar = _log_alphas_cumprod(betas)

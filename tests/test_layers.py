@@ -14,7 +14,7 @@ from conftest import REPO
 LAYERS = {
     "base": ("jdiff", "jdiff.choices", "jdiff.errors", "jdiff.console", "jdiff.cpu_kernels",
              "jdiff.host_memory"),
-    "config": ("jdiff.config_lib", "jdiff.models.presets"),
+    "config": ("jdiff.config_lib", "jdiff.models.presets", "jdiff.samplers"),
     "core": ("jdiff.schedules", "jdiff.diffusion", "jdiff.objectives", "jdiff.sampling",
              "jdiff.depth"),
     "models": ("jdiff.models", "jdiff.models.unet", "jdiff.models.layers", "jdiff.models.gan",

@@ -547,10 +547,14 @@ def test_damaged_caches_and_leftovers_are_reported_and_made_again(tmp_path, capl
 # -- 12, 13. Validation, memory, batch sizes; reference statistics of one image -------------------
 
 
-def test_one_timestep_is_refused_by_validation():
+def test_one_timestep_or_one_evaluation_sample_is_refused_by_validation():
   config = tiny_config()
   config.diffusion.num_timesteps = 1
   with pytest.raises(errors.ConfigError, match="diffusion.num_timesteps=1: must be an integer >= 2"):
+    config_lib.validate(config)
+  config = tiny_config()
+  config.evaluation.num_samples = 1  # was a traceback after sampling (a covariance of one)
+  with pytest.raises(errors.ConfigError, match="evaluation.num_samples=1: must be an integer >= 2"):
     config_lib.validate(config)
 
 

@@ -25,7 +25,7 @@ def _row_configs(table, config, settings):
 def test_sampler_table_has_every_family_at_every_step_count():
   config = tiny_config()  # T = 20
   rows, configs = _row_configs("samplers", config, {"steps": (5, 10)})
-  assert len(rows) == 1 + 2 * 7 and len({r.name for r in rows}) == len(rows)
+  assert len(rows) == 1 + 2 * 9 and len({r.name for r in rows}) == len(rows)
   assert configs[0].sampling.name == "ancestral"
   at_5 = {r.label: c.sampling for r, c in zip(rows, configs) if r.x == 5}
   assert at_5["DDIM eta=1"].eta == 1.0 and at_5["DDIM eta=0"].eta == 0.0
@@ -38,7 +38,7 @@ def test_sampler_table_has_every_family_at_every_step_count():
   assert rows[0].name == "ddpm" and configs[0].evaluation.num_samples == 4
   assert {c.evaluation.num_samples for c in configs[1:]} == {config.evaluation.num_samples}
   rows, _ = _row_configs("samplers", config, {"steps": (5,), "ddpm_num_samples": 0})
-  assert len(rows) == 7 and "ddpm" not in [r.name for r in rows]
+  assert len(rows) == 9 and "ddpm" not in [r.name for r in rows]
 
 
 def test_depth_table_trains_one_model_per_skip_type_and_a_baseline():
