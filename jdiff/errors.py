@@ -16,6 +16,9 @@ Exit codes (also in docs/usage.md):
   143  stopped by SIGTERM (preemption): the same
 """
 
+import signal as signal_lib
+from typing import Optional
+
 EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, as shells report it
 
 
@@ -31,6 +34,25 @@ class StopRequested(BaseException):
 def signal_name(stop: BaseException) -> str:
   """"SIGINT" for a KeyboardInterrupt, the signal of a StopRequested."""
   return getattr(stop, "signal_name", "SIGINT")
+
+
+_requested_stop: Optional[str] = None  # the signal a non-training run was asked to stop by
+
+
+def request_stop(signum, frame) -> None:
+  """The SIGINT / SIGTERM handler of the modes that do not train: remembers the signal and
+  raises StopRequested. Python may raise it inside code that swallows exceptions (a garbage
+  collection callback of jaxlib's, for one), so the loops also call raise_if_stop_requested
+  between batches: a signal is never lost."""
+  del frame
+  global _requested_stop
+  _requested_stop = signal_lib.Signals(signum).name
+  raise StopRequested(_requested_stop)
+
+
+def raise_if_stop_requested() -> None:
+  if _requested_stop is not None:
+    raise StopRequested(_requested_stop)
 
 
 class JdiffError(Exception):
@@ -86,6 +108,24 @@ class EvaluationError(JdiffError):
 class OutOfMemoryError(JdiffError):
   """The device ran out of memory; the message names the batch size to lower."""
   exit_code = 1
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+  """XLA's RESOURCE_EXHAUSTED (any backend) or the host's MemoryError."""
+  return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)[:2000]
+
+
+def out_of_memory(error: BaseException, config, mode: str) -> OutOfMemoryError:
+  """One line naming the batch-size field of the mode, its value, and a smaller one to try."""
+  field = {"train": "training.batch_size",
+           "reference_stats": "evaluation.feature_batch_size"}.get(mode, "sampling.batch_size")
+  section, name = field.split(".")
+  value = config[section][name]
+  first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+  return OutOfMemoryError(
+      f"out of memory with --config.{field}={value} ({first[:160]}): lower it, e.g. "
+      f"--config.{field}={max(1, int(value) // 4)}" +
+      (", or set --config.model.remat=True" if mode == "train" else ""))
 
 
 class Interrupted(JdiffError):

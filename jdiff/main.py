@@ -174,37 +174,6 @@ _KEPT_WHEN_STOPPED = {
 }
 
 
-def _raise_stop(signum, frame):
-  del signum, frame
-  raise errors.StopRequested("SIGTERM")
-
-
-def _batch_size_field(config, mode: str) -> str:
-  """The config field whose batch decides memory in this mode."""
-  if mode == "train":
-    return "training.batch_size"
-  if mode == "reference_stats":
-    return "evaluation.feature_batch_size"
-  return "sampling.batch_size"
-
-
-def _out_of_memory(error: BaseException, config, mode: str) -> errors.OutOfMemoryError:
-  field = _batch_size_field(config, mode)
-  value = config
-  for part in field.split("."):
-    value = value[part]
-  first = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-  return errors.OutOfMemoryError(
-      f"out of memory with --config.{field}={value} ({first[:160]}): lower it, e.g. "
-      f"--config.{field}={max(1, int(value) // 4)}" +
-      (", or set --config.model.remat=True" if mode == "train" else ""))
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-  """XLA's RESOURCE_EXHAUSTED (any backend) or the host's MemoryError."""
-  return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in str(error)[:2000]
-
-
 def main(argv):
   if len(argv) > 1:
     extra = argv[1]
@@ -230,8 +199,9 @@ def main(argv):
     if workdir:
       from jdiff import files  # pylint: disable=g-import-not-at-top
       files.check_workdir(workdir)
-    if mode != "train":  # training saves a checkpoint on SIGTERM itself (checkpoint.Interruption)
-      signal.signal(signal.SIGTERM, _raise_stop)
+    if mode != "train":  # training saves a checkpoint on a signal itself (checkpoint.Interruption)
+      signal.signal(signal.SIGTERM, errors.request_stop)
+      signal.signal(signal.SIGINT, errors.request_stop)
     code = _run(config, mode, workdir)
   except errors.JdiffError as e:
     if isinstance(e, errors.NonFiniteLossError):
@@ -250,9 +220,9 @@ def main(argv):
       raise
     _fail(str(files.write_error(e.filename or workdir, e, "write to")), 1)
   except Exception as e:  # pylint: disable=broad-except  (XLA raises its own runtime errors)
-    if not is_out_of_memory(e):
+    if not errors.is_out_of_memory(e):
       raise
-    _fail(str(_out_of_memory(e, config, mode)), 1)
+    _fail(str(errors.out_of_memory(e, config, mode)), 1)
   sys.exit(code)
 
 

@@ -37,6 +37,7 @@ k(floor(t)), the deeper (never cheaper) of its two neighbours' networks.
 """
 
 import dataclasses
+import functools
 from typing import Callable, Dict, Optional
 
 import jax
@@ -60,6 +61,19 @@ def call_model(model_fn: Callable, x, t, depth=None):
   if depth is None:
     return model_fn(x, t_vec)
   return model_fn(x, t_vec, depth=depth)
+
+
+def _x0_and_eps(model_fn, x, row, *, variance_type: str, clip_denoised: bool):
+  """(x0, eps) predicted at a table row with keys t, sqrt_a (sqrt alpha-bar), sqrt_1ma
+  (sqrt(1 - alpha-bar)) and optionally depth; with clip_denoised, x0 is clipped to [-1, 1] and
+  eps recomputed from it (DDIM's and the solvers' shared first half of a step)."""
+  output = call_model(model_fn, x, row["t"], row.get("depth"))
+  eps, _ = diffusion_lib.split_model_output(output, variance_type)
+  x0 = (x - row["sqrt_1ma"] * eps) / row["sqrt_a"]
+  if clip_denoised:
+    x0 = jnp.clip(x0, -1.0, 1.0)
+    eps = (x - row["sqrt_a"] * x0) / row["sqrt_1ma"]
+  return x0, eps
 
 
 def run_step_table(step_fn: Callable, x_init, table: dict):
@@ -204,14 +218,8 @@ def generalized_plan(steps: np.ndarray, log_levels: np.ndarray, *, kappa: float,
       "dir": f32(np.sqrt(np.maximum(one_minus_a_next - sigma2, 0.0))), "sigma": f32(np.sqrt(sigma2)),
   }, depth_schedule)
 
-  def x0_and_eps(model_fn, x, row):
-    output = call_model(model_fn, x, row["t"], row.get("depth"))
-    eps, _ = diffusion_lib.split_model_output(output, variance_type)
-    x0 = (x - row["sqrt_1ma"] * eps) / row["sqrt_a"]
-    if clip_denoised:
-      x0 = jnp.clip(x0, -1.0, 1.0)
-      eps = (x - row["sqrt_a"] * x0) / row["sqrt_1ma"]
-    return x0, eps
+  x0_and_eps = functools.partial(_x0_and_eps, variance_type=variance_type,
+                                 clip_denoised=clip_denoised)
 
   def step(model_fn, x, row, rng):
     x0, eps = x0_and_eps(model_fn, x, row)
@@ -512,14 +520,8 @@ def solver_plan(betas: np.ndarray, steps: np.ndarray, final_step: Optional[float
                   "c_new": f32(corr[:, 2]), "c_hist": f32(corr[:, 3:])})
   table = _with_depth(table, depth_schedule)
 
-  def x0_and_eps(model_fn, x, row):
-    output = call_model(model_fn, x, row["t"], row.get("depth"))
-    eps, _ = diffusion_lib.split_model_output(output, variance_type)
-    x0 = (x - row["sqrt_1ma"] * eps) / row["sqrt_a"]
-    if clip_denoised:
-      x0 = jnp.clip(x0, -1.0, 1.0)
-      eps = (x - row["sqrt_a"] * x0) / row["sqrt_1ma"]
-    return x0, eps
+  x0_and_eps = functools.partial(_x0_and_eps, variance_type=variance_type,
+                                 clip_denoised=clip_denoised)
 
   def combine(coefficients, hist):
     return jnp.tensordot(coefficients, hist, axes=1)

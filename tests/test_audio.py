@@ -491,7 +491,7 @@ def test_evaluate_scores_the_classifier_metric_with_anchors(tmp_path, monkeypatc
   with pytest.raises(EvaluationError, match="sc09_reference=.*absent.tar.gz") as error:
     evaluate.sc09_scorer(config)
   assert "\n" not in str(error.value)
-  config.evaluation.sc09_reference, config.data.source = "", "sc09"
+  config.evaluation.sc09_reference, config.data.source, config.data.path = "", "sc09", ""
   with pytest.raises(EvaluationError, match="sc09_reference='': sc09_fd needs labelled"):
     evaluate.sc09_reference(config)
 

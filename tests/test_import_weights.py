@@ -403,7 +403,8 @@ def test_ddpm_tf_unknown_or_missing_variables_are_an_error(monkeypatch):
 
 
 @pytest.mark.parametrize("spec, size, variance", [
-    ("cifar10_ddpm.py", 32, "fixedlarge"), ("ddpm_256.py:church", 256, "fixedsmall")])
+    ("cifar10_ddpm.py", 32, "fixedlarge"),
+    pytest.param("ddpm_256.py:church", 256, "fixedsmall", marks=pytest.mark.slow)])  # ~25 s
 def test_ddpm_tf_reads_the_released_architectures(monkeypatch, spec, size, variance):
   # Variables named and shaped as Ho et al.'s released cifar10 / 256px checkpoints (with EMA).
   from jdiff.tools.pretrained import ddpm_tf  # pylint: disable=g-import-not-at-top

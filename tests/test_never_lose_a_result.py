@@ -559,18 +559,16 @@ def test_one_timestep_or_one_evaluation_sample_is_refused_by_validation():
 
 
 def test_out_of_memory_names_the_batch_size_to_lower():
-  from jdiff import main  # pylint: disable=g-import-not-at-top
   config = tiny_config()
   config.training.batch_size = 100000
   error = RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 26625749664 bytes.")
-  assert main.is_out_of_memory(error) and not main.is_out_of_memory(RuntimeError("other"))
-  message = str(main._out_of_memory(error, config, "train"))  # pylint: disable=protected-access
+  assert errors.is_out_of_memory(error) and not errors.is_out_of_memory(RuntimeError("other"))
+  message = str(errors.out_of_memory(error, config, "train"))
   assert message.startswith("out of memory with --config.training.batch_size=100000 "
                             "(RESOURCE_EXHAUSTED: Out of memory allocating")
   assert "--config.training.batch_size=25000" in message and "remat" in message
   config.sampling.batch_size = 64
-  assert "--config.sampling.batch_size=64" in str(main._out_of_memory(  # pylint: disable=protected-access
-      error, config, "sample"))
+  assert "--config.sampling.batch_size=64" in str(errors.out_of_memory(error, config, "sample"))
 
 
 @pytest.mark.slow  # ~45 s: XLA tries the allocation first

@@ -190,6 +190,7 @@ def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> T
   done = 0
   try:
     for done, i in enumerate(missing):
+      errors.raise_if_stop_requested()
       batch_start = time.perf_counter()
       images = generator.sample(i)
       seconds = time.perf_counter() - batch_start
@@ -197,6 +198,7 @@ def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> T
         files.save_npz(paths[i], images=images, seconds=seconds)  # fsynced, then renamed
       report(done + 1)
     done = len(missing)
+    errors.raise_if_stop_requested()
   except (KeyboardInterrupt, errors.StopRequested) as e:
     finished = num_batches - len(missing) + done
     raise errors.Interrupted(

@@ -171,8 +171,10 @@ def sample_with_step(config, workdir: str) -> Tuple[str, int]:
   report = progress.batches("sampling", num_batches)
   try:
     for i in range(num_batches):
+      errors.raise_if_stop_requested()
       batches.append(generator.sample(i))
       report(i + 1)
+    errors.raise_if_stop_requested()
   except (KeyboardInterrupt, errors.StopRequested) as e:
     raise errors.Interrupted(errors.signal_name(e), f"stopped by {errors.signal_name(e)} after "
                              f"{len(batches)} of {num_batches} batches: nothing written, {out_dir} "

@@ -21,6 +21,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jdiff import cpu_kernels
+from jdiff import errors
 from jdiff import files
 from jdiff import progress
 from jdiff.evaluation import cache_dir
@@ -253,6 +254,7 @@ def extract_features(apply_fn: Callable, variables, images: Union[np.ndarray, It
   variables = jax.device_put(variables, replicated)
   outputs = []
   for batch, num_real in _fixed_size_batches(images, batch_size):
+    errors.raise_if_stop_requested()  # a signal that Python delivered somewhere it was swallowed
     result = run(variables, jax.device_put(batch, batch_sharding))
     outputs.append(jax.tree_util.tree_map(lambda x: np.asarray(x)[:num_real], result))
     if report:
