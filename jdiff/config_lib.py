@@ -383,11 +383,12 @@ _OBJECTIVE_FIELDS = ("training.loss", "training.iwdiff_k", "training.timestep_sa
 CHECKPOINT_PURPOSES = ("train", "sample")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict, prefix: str = "") -> dict:
+  """{"section.field": value} of a nested dict (a config's to_dict())."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
+      flat.update(flatten(value, f"{prefix}{key}."))
     else:
       flat[f"{prefix}{key}"] = value
   return flat
@@ -401,7 +402,7 @@ def checkpoint_identity(config: ml_collections.ConfigDict, purpose: str) -> dict
   identity = {}
   resolved = config.to_dict()
   resolved["model"] = resolved_model_config(config).to_dict()
-  for field, value in _flatten(resolved).items():
+  for field, value in flatten(resolved).items():
     section, _, name = field.partition(".")
     audio_fields = ("data.kind", "data.audio_length", "data.sample_rate")
     holds = ((section == "model" and name not in _COMPUTE_ONLY_MODEL_FIELDS)

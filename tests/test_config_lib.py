@@ -13,7 +13,7 @@ from jdiff import errors
 
 
 def _fields(config) -> set:
-  return set(config_lib._flatten(config.to_dict()))  # pylint: disable=protected-access
+  return set(config_lib.flatten(config.to_dict()))
 
 
 def test_load_config_with_variant_and_errors(tmp_path):

@@ -110,15 +110,8 @@ def _changed(value, default) -> bool:
 
 def config_overrides(config) -> Dict[str, object]:
   """{dotted field: value} where config differs from config_lib.default_config()."""
-  def flat(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-      if isinstance(value, dict):
-        out.update(flat(value, f"{prefix}{key}."))
-      else:
-        out[f"{prefix}{key}"] = value
-    return out
-  current, default = flat(config.to_dict()), flat(config_lib.default_config().to_dict())
+  current = config_lib.flatten(config.to_dict())
+  default = config_lib.flatten(config_lib.default_config().to_dict())
   return {field: value for field, value in current.items()
           if field not in default or _changed(value, default[field])}
 
