@@ -19,7 +19,6 @@ Sources (config.data.source with data.kind = "audio"):
 import io
 import math
 import os
-import socket
 import tarfile
 import warnings
 from typing import Iterable, Iterator, Optional, Sequence, Tuple
@@ -226,11 +225,7 @@ def _cached(cache: str, make) -> np.ndarray:
   """np.load(cache) (memory-mapped), making it first with make() -> int16 array if absent."""
   cached = files.load_npy_cache(cache)
   if cached is None:
-    waves = make()
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    partial = f"{cache}.partial-{socket.gethostname()}-{os.getpid()}.npy"
-    np.save(partial, waves)
-    os.replace(partial, cache)
+    files.save_npy(cache, make())
   return np.load(cache, mmap_mode="r")
 
 

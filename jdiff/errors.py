@@ -23,8 +23,8 @@ EXIT_INTERRUPTED = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal number, a
 
 
 class StopRequested(BaseException):
-  """Raised by the SIGTERM handler of the modes that do not train (Ctrl-C raises
-  KeyboardInterrupt): unwinds the run so that it can say what it kept."""
+  """Raised by request_stop, the SIGINT / SIGTERM handler of the modes that do not train:
+  unwinds the run so that it can say what it kept."""
 
   def __init__(self, signal_name: str = "SIGTERM"):
     super().__init__(signal_name)

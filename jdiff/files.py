@@ -82,10 +82,6 @@ def exists(path) -> bool:
   return epath.Path(path).exists()
 
 
-def is_dir(path) -> bool:
-  return epath.Path(path).is_dir()
-
-
 def listdir(path) -> list:
   """Names in a folder (empty when it does not exist)."""
   folder = epath.Path(path)

@@ -218,7 +218,7 @@ def main(argv):
     from jdiff import files  # pylint: disable=g-import-not-at-top
     if e.errno not in files.WRITE_ERRNOS:
       raise
-    _fail(str(files.write_error(e.filename or workdir, e, "write to")), 1)
+    _fail(str(files.write_error(e.filename or workdir, e, "use")), 1)
   except Exception as e:  # pylint: disable=broad-except  (XLA raises its own runtime errors)
     if not errors.is_out_of_memory(e):
       raise

@@ -272,29 +272,26 @@ def _solver_bench(name, title, extra=None):
   return bench
 
 
-register(Sampler(
-    name="dpm_solver_pp", title="DPM-Solver++",
-    plan=_solver_plan("dpm_solver_pp"),
-    label=lambda s, evaluations: f"dpmpp{s.order}m{s.steps}" + _solver_suffix(s),
-    curve=lambda s: f"DPM-Solver++ {s.order}M" + _solver_suffix(s).replace("_", " "),
-    fields=_SOLVER_FIELDS, schedules=choices.SOLVER_SPACINGS, default_schedule="time_uniform",
-    validate=_validate_solver, bench=_solver_bench("dpm_solver_pp", "DPM-Solver++ 2M"),
-    table_rows=_solver_rows("dpm_solver_pp", "DPM-Solver++ 2M")))
+def _register_solver(name: str, title: str, label: Callable, curve: Callable,
+                     extra_fields: Tuple[str, ...] = (), row_title: str = "",
+                     row_fields: Optional[Dict[str, Any]] = None) -> None:
+  """One multistep solver: its plan is sampling.multistep_plan(kind=name); with row_title, it
+  has rows in the sampler bench and the sampler table (order 2, that title)."""
+  rows = dict(bench=_solver_bench(name, row_title, row_fields),
+              table_rows=_solver_rows(name, row_title, row_fields)) if row_title else {}
+  register(Sampler(
+      name=name, title=title, plan=_solver_plan(name),
+      label=lambda s, evaluations: label(s) + _solver_suffix(s),
+      curve=lambda s: curve(s) + _solver_suffix(s).replace("_", " "),
+      fields=_SOLVER_FIELDS + extra_fields, schedules=choices.SOLVER_SPACINGS,
+      default_schedule="time_uniform", validate=_validate_solver, **rows))
 
-register(Sampler(
-    name="dpm_solver", title="DPM-Solver",
-    plan=_solver_plan("dpm_solver"),
-    label=lambda s, evaluations: f"dpm{s.order}m{s.steps}" + _solver_suffix(s),
-    curve=lambda s: f"DPM-Solver {s.order}M" + _solver_suffix(s).replace("_", " "),
-    fields=_SOLVER_FIELDS, schedules=choices.SOLVER_SPACINGS, default_schedule="time_uniform",
-    validate=_validate_solver))
 
-register(Sampler(
-    name="unipc", title="UniPC",
-    plan=_solver_plan("unipc"),
-    label=lambda s, evaluations: f"unipc-{s.unipc_variant}-{s.order}o{s.steps}" + _solver_suffix(s),
-    curve=lambda s: f"UniPC {s.unipc_variant} order {s.order}" + _solver_suffix(s).replace("_", " "),
-    fields=_SOLVER_FIELDS + ("unipc_variant",), schedules=choices.SOLVER_SPACINGS,
-    default_schedule="time_uniform", validate=_validate_solver,
-    bench=_solver_bench("unipc", "UniPC bh1"),
-    table_rows=_solver_rows("unipc", "UniPC bh1", dict(unipc_variant="bh1"))))
+_register_solver("dpm_solver_pp", "DPM-Solver++", lambda s: f"dpmpp{s.order}m{s.steps}",
+                 lambda s: f"DPM-Solver++ {s.order}M", row_title="DPM-Solver++ 2M")
+_register_solver("dpm_solver", "DPM-Solver", lambda s: f"dpm{s.order}m{s.steps}",
+                 lambda s: f"DPM-Solver {s.order}M")
+_register_solver("unipc", "UniPC", lambda s: f"unipc-{s.unipc_variant}-{s.order}o{s.steps}",
+                 lambda s: f"UniPC {s.unipc_variant} order {s.order}",
+                 extra_fields=("unipc_variant",), row_title="UniPC bh1",
+                 row_fields=dict(unipc_variant="bh1"))

@@ -122,19 +122,23 @@ def _set_aside(out_dir: str, why: str) -> None:
   logging.warning("evaluate: %s %s; moved it to %s and sampling anew", out_dir, why, target)
 
 
-def _readable_batch(path: str, batch_size: int) -> bool:
-  """Whether a stored sample batch is whole (a damaged one is reported and made again)."""
+def _stored_batch(path: str, batch_size: int) -> Optional[Tuple[np.ndarray, float]]:
+  """(images, seconds) of a whole stored sample batch; None when absent or damaged (a damaged
+  one is reported, and made again)."""
+  if not files.exists(path):
+    return None
   try:
     stored = files.load_npz(path)
-    ok = len(stored["images"]) == batch_size and np.isfinite(float(stored["seconds"]))
+    images, seconds = stored["images"], float(stored["seconds"])
   except Exception as e:  # pylint: disable=broad-except  (zip, zlib, key and pickle errors)
     logging.warning("evaluate: sample batch %s is damaged (%s: %s); making it again", path,
                     type(e).__name__, e)
-    return False
-  if not ok:
+    return None
+  if len(images) != batch_size or not np.isfinite(seconds):
     logging.warning("evaluate: sample batch %s does not hold %d samples; making it again", path,
                     batch_size)
-  return ok
+    return None
+  return images, seconds
 
 
 def _stored_signature(signature_path: str) -> Optional[dict]:
@@ -175,8 +179,8 @@ def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> T
     multihost_utils.sync_global_devices("jdiff evaluate: old samples set aside")
   num_batches = -(-config.evaluation.num_samples // generator.batch_size)
   paths = [os.path.join(sample_dir, f"batch_{i:05d}.npz") for i in range(num_batches)]
-  missing = [i for i, path in enumerate(paths)
-             if not (files.exists(path) and _readable_batch(path, generator.batch_size))]
+  batches = [_stored_batch(path, generator.batch_size) for path in paths]  # (images, seconds)
+  missing = [i for i, batch in enumerate(batches) if batch is None]
   # Every process must see the same `missing` before process 0 writes anything.
   multihost_utils.sync_global_devices("jdiff evaluate: listed sample batches")
   if jax.process_index() == 0:
@@ -196,6 +200,7 @@ def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> T
       seconds = time.perf_counter() - batch_start
       if jax.process_index() == 0:
         files.save_npz(paths[i], images=images, seconds=seconds)  # fsynced, then renamed
+      batches[i] = images, seconds
       report(done + 1)
     done = len(missing)
     errors.raise_if_stop_requested()
@@ -207,12 +212,8 @@ def generate_samples(config, generator: sample_lib.Generator, out_dir: str) -> T
         f"kept in {sample_dir}; run the same command to continue from them") from None
   multihost_utils.sync_global_devices("jdiff evaluate: sample batches written")
 
-  batches, seconds = [], []
-  for path in paths:
-    stored = files.load_npz(path)
-    batches.append(stored["images"])
-    seconds.append(float(stored["seconds"]))
-  samples = np.concatenate(batches)[:config.evaluation.num_samples]
+  seconds = [batch_seconds for _, batch_seconds in batches]
+  samples = np.concatenate([images for images, _ in batches])[:config.evaluation.num_samples]
   timing = {"seconds_per_sample": float(np.sum(seconds)) / (num_batches * generator.batch_size),
             "compile_s": compile_s, "batches_generated_now": len(missing),
             "batches_kept": num_batches - len(missing), "samples_signature": signature}

@@ -35,25 +35,7 @@ from jdiff.tools import cli
 
 FORMATS = ("diffusers", "ddpm_tf", "diffwave")
 
-_FROM = flags.DEFINE_enum("from", None, FORMATS, "Import from this format.")
-_TO = flags.DEFINE_enum("to", None, ("diffusers",), "Export the workdir's model to this format.")
-_SOURCE = flags.DEFINE_string("source", None, "What to import: a folder, file, checkpoint or hub id.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "The jdiff workdir (written by an import, read by "
-                               "an export).")
-_OUT = flags.DEFINE_string("out", None, "--to: the folder to write.")
-_CONFIG = flags.DEFINE_string("config", None, "--to: the workdir's config file (default "
-                              "<workdir>/config.py).")
-_WEIGHTS = flags.DEFINE_enum("weights", "ema", ("ema", "raw"), "ddpm_tf: which weights sampling "
-                             "uses (the EMA ones, as the paper's samples, or the raw ones).")
-_NUM_GROUPS = flags.DEFINE_integer("num_groups", 32, "ddpm_tf: GroupNorm groups of the model (Ho "
-                                   "et al.'s code: 32, which its checkpoints do not record).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "ddpm_tf: the model's image size (default: "
-                                   "attention at 16x16, as all of Ho et al.'s models).")
-_DIFFWAVE_CONFIG = flags.DEFINE_string("diffwave_config", None, "diffwave: the reference code's "
-                                       "config.json (wavenet_config and diffusion_config).")
-_STEP = flags.DEFINE_integer("step", None, "The checkpoint step to write, also the config's "
-                             "training.num_steps (default: the source's training step where it "
-                             "records one, else 1).")
+FLAGS = flags.FLAGS
 
 
 def import_model(fmt: str, source: str, workdir: str, **options) -> str:
@@ -95,30 +77,56 @@ def export_model(workdir: str, out: str, config_path: str = "") -> None:
   diffusers_format.export(config, params, out)
 
 
+def _define_flags() -> None:
+  """The command line; defined only when run as a program, so importing this module (a
+  notebook, the tests) leaves absl's flags to jdiff.main."""
+  flags.DEFINE_enum("from", None, FORMATS, "Import from this format.")
+  flags.DEFINE_enum("to", None, ("diffusers",), "Export the workdir's model to this format.")
+  flags.DEFINE_string("source", None, "What to import: a folder, file, checkpoint or hub id.")
+  flags.DEFINE_string("workdir", None, "The jdiff workdir (written by an import, read by "
+      "an export).")
+  flags.DEFINE_string("out", None, "--to: the folder to write.")
+  flags.DEFINE_string("config", None, "--to: the workdir's config file (default "
+      "<workdir>/config.py).")
+  flags.DEFINE_enum("weights", "ema", ("ema", "raw"), "ddpm_tf: which weights sampling "
+      "uses (the EMA ones, as the paper's samples, or the raw ones).")
+  flags.DEFINE_integer("num_groups", 32, "ddpm_tf: GroupNorm groups of the model (Ho "
+      "et al.'s code: 32, which its checkpoints do not record).")
+  flags.DEFINE_integer("image_size", None, "ddpm_tf: the model's image size (default: "
+      "attention at 16x16, as all of Ho et al.'s models).")
+  flags.DEFINE_string("diffwave_config", None, "diffwave: the reference code's "
+      "config.json (wavenet_config and diffusion_config).")
+  flags.DEFINE_integer("step", None, "The checkpoint step to write, also the config's "
+      "training.num_steps (default: the source's training step where it "
+      "records one, else 1).")
+
+
 @cli.one_line_errors
 def main(argv):
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments {argv[1:]}")
-  if (_FROM.value is None) == (_TO.value is None):
+  if (FLAGS["from"].value is None) == (FLAGS["to"].value is None):
     raise ConfigError("give one of --from=<format> (import) or --to=diffusers (export)")
-  if not _WORKDIR.value:
+  if not FLAGS["workdir"].value:
     raise ConfigError("--workdir is required")
-  if _TO.value:
-    if not _OUT.value:
+  if FLAGS["to"].value:
+    if not FLAGS["out"].value:
       raise ConfigError("--out: the folder to write is required with --to")
-    export_model(_WORKDIR.value, _OUT.value, _CONFIG.value or "")
-    print(f"wrote {_OUT.value} (diffusers UNet2DModel + DDPMScheduler)")
+    export_model(FLAGS["workdir"].value, FLAGS["out"].value, FLAGS["config"].value or "")
+    print(f"wrote {FLAGS['out'].value} (diffusers UNet2DModel + DDPMScheduler)")
     return 0
-  if not _SOURCE.value:
+  if not FLAGS["source"].value:
     raise ConfigError("--source is required with --from")
-  path = import_model(_FROM.value, _SOURCE.value, _WORKDIR.value, weights=_WEIGHTS.value,
-                      num_groups=_NUM_GROUPS.value, image_size=_IMAGE_SIZE.value,
-                      diffwave_config=_DIFFWAVE_CONFIG.value,
-                      step=_STEP.value)
-  print(f"wrote {path} and a checkpoint in {_WORKDIR.value}\nsample it: python -m jdiff.main "
-        f"--config={path} --workdir={_WORKDIR.value} --mode=sample")
+  workdir = FLAGS["workdir"].value
+  path = import_model(FLAGS["from"].value, FLAGS["source"].value, workdir,
+                      weights=FLAGS["weights"].value, num_groups=FLAGS["num_groups"].value,
+                      image_size=FLAGS["image_size"].value,
+                      diffwave_config=FLAGS["diffwave_config"].value, step=FLAGS["step"].value)
+  print(f"wrote {path} and a checkpoint in {workdir}\nsample it: python -m jdiff.main "
+        f"--config={path} --workdir={workdir} --mode=sample")
   return 0
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main, flags_parser=cli.parse_flags)
