@@ -362,7 +362,7 @@ def test_feature_cache_keys_follow_the_data_content_and_selection(tmp_path, capl
 # -- 5. 16-bit PNGs --------------------------------------------------------------------------
 
 
-def test_16_bit_pngs_are_scaled_not_clipped_and_float_images_are_refused(tmp_path):
+def test_16_bit_pngs_are_scaled_not_clipped_and_32_bit_images_are_refused(tmp_path):
   folder = tmp_path / "images"
   folder.mkdir()
   wide = (np.arange(64).reshape(8, 8) * 1040).astype(np.uint16)  # 0 .. 65520
