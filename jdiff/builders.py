@@ -16,10 +16,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from jdiff import audio
 from jdiff import checkpoint as checkpoint_lib
+from jdiff import conditioning
 from jdiff import config_lib
-from jdiff import cpu_kernels
+from jdiff import compute as compute_lib
 from jdiff import depth as depth_lib
 from jdiff import diffusion as diffusion_lib
 from jdiff import objectives
@@ -48,29 +48,21 @@ def output_channels(config) -> int:
   return config.data.num_channels * factor
 
 
-def conv_filter_grad(config) -> str:
-  """model.conv_filter_grad, with 'auto' settled where the train step needs it: XLA:CPU's own
-  filter-gradient convolution is ~250x slower inside a loop or a branch than at a program's top
-  level (measured, [8, 32, 32, 128] -> 128, Eigen or YNNPACK: 7.8 s inside lax.switch or
-  lax.scan against 29 ms outside), so where the gradient is taken inside one (a traced depth
-  under depth.dispatch=switch; IWDiff's accumulating scan over draws) 'auto' means the matrix
-  products (models/conv.py). So does it for DiffWave's dilated 1-D convolutions, whose train
-  step is faster with them on either library (configs/sc09_cpu.py on Eigen: 0.39 s against
-  0.49 s a step, docs/results/audio_cpu/bench_train_step.json). Elsewhere models/conv.py's
-  filter_grad_fn settles 'auto'."""
-  filter_grad = model_config(config).conv_filter_grad
-  matmul_wins = (
-      (config.depth.dispatch == "switch" and config.depth.training != "full")
-      or (config.training.loss == "iwdiff" and config.training.iwdiff_accumulate)
-      or model_config(config).kind == "diffwave")
-  if filter_grad == "auto" and matmul_wins and jax.default_backend() == "cpu":
-    return "matmul"
-  return filter_grad
+def gradient_in_loop(config) -> bool:
+  """Whether the train step differentiates the model inside lax.switch or lax.scan (a traced
+  depth under depth.dispatch=switch; IWDiff's accumulating scan): a fact a backend's choice of
+  convolution may depend on (jdiff/compute.py)."""
+  return ((config.depth.dispatch == "switch" and config.depth.training != "full")
+          or (config.training.loss == "iwdiff" and config.training.iwdiff_accumulate))
 
 
-def build_model(config):
-  """The diffusion model: the U-Net, or DiffWave for audio (model.kind='diffwave')."""
+def build_model(config, compute: Optional[compute_lib.Compute] = None):
+  """The diffusion model: the U-Net, or DiffWave for audio (model.kind='diffwave'), with the
+  convolution of `compute` (default: the process's backend, compute.for_backend(config))."""
+  compute = compute or compute_lib.for_backend(config)
   model = model_config(config)
+  convolution = compute.convolution(gradient_in_loop=gradient_in_loop(config),
+                                    one_dimensional=model.kind == "diffwave")
   if model.kind == "diffwave":
     d = config.diffwave
     return diffwave.DiffWave(
@@ -78,7 +70,7 @@ def build_model(config):
         num_layers=d.num_layers, dilation_cycle=d.dilation_cycle, embed_dims=tuple(d.embed_dims),
         out_ch=output_channels(config), n_mels=d.n_mels, mel_hop=d.mel_hop,
         weight_norm=d.weight_norm, dtype=jnp.dtype(model.dtype),
-        conv_filter_grad=conv_filter_grad(config),
+        convolution=convolution,
         # Imported reference checkpoints only (jdiff.tools.pretrained.diffwave_pt); absent from
         # default_config, so the identity of existing checkpoints is unchanged.
         step_in_residual=d.get("step_in_residual", False),
@@ -88,7 +80,7 @@ def build_model(config):
       attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
       out_ch=output_channels(config), num_groups=model.num_groups, skip_type=model.skip_type,
       block_type=model.block_type, remat=model.remat, dtype=jnp.dtype(model.dtype),
-      conv_filter_grad=conv_filter_grad(config))
+      convolution=convolution, num_classes=model.get("num_classes", 0))
 
 
 def num_levels(config) -> int:
@@ -109,37 +101,17 @@ def build_diffusion(config) -> diffusion_lib.GaussianDiffusion:
       schedules.get_betas(d.beta_schedule, d.num_timesteps, d.beta_start, d.beta_end))
 
 
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
-  """optax.clip_by_global_norm, with the same (empty) state, that takes the gradients' global
-  norm as `grad_norm=` when the caller has it: the train step computes it anyway (for its
-  non-finite guard and its metrics), and computing it again streams every gradient through
-  memory once more (the Ho net's optimizer and EMA update: 67 ms instead of 75 ms on 2 CPU
-  cores, measured 2026-12-07).
-
-  Clipping multiplies by one scalar, min(1, max_norm / norm), where optax selects between t and
-  t / norm * max_norm per element: XLA:CPU fuses a multiply by a scalar into each of Adam's
-  loops, where optax's division made it write a divided copy of every gradient first (one more
-  pass over 35.7M floats: the update 59.7 ms against 51.6, median of 40 interleaved rounds,
-  measured 2026-12-07). The result is optax's bit for bit where it does not clip and within an
-  ulp or two where it does."""
-
-  def update_fn(updates, state, params=None, *, grad_norm=None, **extra_args):
-    del params, extra_args
-    if grad_norm is None:
-      grad_norm = optax.tree.norm(updates)
-    scale = jnp.where(grad_norm < max_norm, 1.0, max_norm / grad_norm)
-    return jax.tree.map(lambda t: t * scale.astype(t.dtype), updates), state
-
-  return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update_fn)
-
-
-def build_optimizer(training_config) -> optax.GradientTransformationExtraArgs:
+def build_optimizer(training_config, compute: Optional[compute_lib.Compute] = None
+                    ) -> optax.GradientTransformationExtraArgs:
   """Adam with linear warmup (lr (step + 1) / warmup for the first warmup steps) and
-  global-norm clipping (Ho et al.); update(..., grad_norm=norm) skips recomputing the norm."""
+  global-norm clipping (Ho et al.) by `compute` (default: the process's backend's);
+  update(..., grad_norm=norm) lets a clipping that takes it skip recomputing the norm."""
+  compute = compute or compute_lib.for_backend()
   warmup = max(training_config.warmup_steps, 1)
   lr = training_config.learning_rate
   learning_rate = optax.linear_schedule(lr / warmup, lr, warmup - 1) if warmup > 1 else lr
-  return optax.chain(clip_by_global_norm(training_config.grad_clip), optax.adam(learning_rate))
+  return optax.chain(compute.clip_by_global_norm(training_config.grad_clip),
+                     optax.adam(learning_rate))
 
 
 def parameter_count(config) -> int:
@@ -181,10 +153,10 @@ def init_params(model, config, rng):
 
 
 def new_params(model, config, seed: int):
-  """init_params(model, config, key(seed)) as one run-once program (cpu_kernels: a fraction of
-  the compile, the same values; op by op it takes longer still)."""
-  return cpu_kernels.jit(lambda: init_params(model, config, jax.random.key(seed)),
-                         run_once=True)()
+  """init_params(model, config, key(seed)) as one program that runs once (compiled as such by
+  the backend's Compute; op by op it takes longer still)."""
+  return compute_lib.for_backend(config).jit(
+      lambda: init_params(model, config, jax.random.key(seed)), run_once=True)()
 
 
 def init_loss_history(config):
@@ -195,7 +167,8 @@ def init_loss_history(config):
 
 def build_state(config, model, optimizer, mesh) -> TrainState:
   """A new train state (step 0), replicated on the mesh."""
-  @functools.partial(cpu_kernels.jit, out_shardings=parallel.replicated(mesh), run_once=True)
+  @functools.partial(compute_lib.for_backend(config).jit, out_shardings=parallel.replicated(mesh),
+                     run_once=True)
   def init():
     params = init_params(model, config, jax.random.key(config.seed))
     return TrainState(step=jnp.int32(0), params=params, ema_params=params,
@@ -264,52 +237,34 @@ def restore_ema_params(config, workdir: str, model, mesh):
 # The model function
 
 
-def make_model_fn(model, params, *, train: bool = False, dropout_rng=None, mel=None) -> Callable:
+def make_model_fn(model, params, *, train: bool = False, dropout_rng=None,
+                  cond: Optional[Dict[str, Any]] = None) -> Callable:
   """model_fn(x_t, t, depth=None) -> model output; depth None is the full network, an int that
-  shortcut depth, a traced scalar any depth (lax.switch, depth.apply_at_depth). mel: the
-  conditioning spectrogram of a mel-conditioned DiffWave (conditioning_mel)."""
+  shortcut depth, a traced scalar any depth (lax.switch, depth.apply_at_depth). cond: the
+  conditioning pytree (jdiff/conditioning.py; {} or None: unconditional), rows as x_t's."""
   rngs = {"dropout": dropout_rng} if dropout_rng is not None else None
-  conditioning = {"mel": mel} if mel is not None else {}
+  cond = cond or {}
 
   def model_fn(x, t, depth=None):
     return depth_lib.apply_at_depth(
         lambda x, t, shortcut_depth: model.apply(
             {"params": params}, x, t, shortcut_depth=shortcut_depth, train=train, rngs=rngs,
-            **conditioning),
+            **cond),
         model.num_levels, depth, x, t)
   return model_fn
 
 
-def mel_conditioned(config) -> bool:
-  return config.model.kind == "diffwave" and config.diffwave.n_mels > 0
-
-
-def conditioning_mel(config, waves):
-  """[B, L, 1] float waves -> their [B, L / diffwave.mel_hop, diffwave.n_mels] conditioning
-  spectrogram, or None for an unconditional model.
-
-  The vocoder's STFT (lmnt-com/diffwave params.py; jdiff.audio.mel_spectrogram): periodic Hann
-  window of diffwave.mel_n_fft points (the reference: 1024), hop diffwave.mel_hop (256, the
-  upsampler's factor), magnitude, Slaney mel filters 20 Hz .. sample_rate / 2, dB scaled to
-  [0, 1]; diffwave.n_mels bands (80).
-  """
-  if not mel_conditioned(config):
-    return None
-  d = config.diffwave
-  return audio.mel_spectrogram(waves, sample_rate=config.data.sample_rate, n_fft=d.mel_n_fft,
-                               hop=d.mel_hop, n_mels=d.n_mels)
-
-
-def random_crops(config, rng, waves, mel):
-  """A vocoder's training crops (lmnt-com/diffwave's crop_mel_frames, learner.py / dataset.py):
-  for each clip, training.crop_mel_frames consecutive frames of its mel (computed on the whole
-  clip) from a uniformly drawn start frame f, and the samples under them, [f hop, (f + c) hop).
-  [B, L, 1], [B, L / hop, M] -> [B, c hop, 1], [B, c, M]."""
-  frames, hop = config.training.crop_mel_frames, config.diffwave.mel_hop
-  starts = jax.random.randint(rng, (waves.shape[0],), 0, mel.shape[1] - frames + 1)
-  crop = lambda array, start, size: jax.lax.dynamic_slice_in_dim(array, start, size, axis=0)
-  return (jax.vmap(lambda wave, f: crop(wave, f * hop, frames * hop))(waves, starts),
-          jax.vmap(lambda spectrogram, f: crop(spectrogram, f, frames))(mel, starts))
+def make_sampling_model_fn(config, model, params, cond: Optional[Dict[str, Any]] = None
+                           ) -> Callable:
+  """The model_fn(x_t, t, depth=None) samplers run: the model told `cond`, with classifier-free
+  guidance (conditioning.guided) where sampling.guidance != 0."""
+  guidance = config.sampling.get("guidance", 0.0)
+  if not cond or not guidance:
+    return make_model_fn(model, params, cond=cond)
+  null_cond = conditioning.kind(config).null(config, cond)
+  return conditioning.guided(
+      lambda x, t, depth, both_cond: make_model_fn(model, params, cond=both_cond)(x, t, depth),
+      cond, null_cond, guidance, config.diffusion.variance_type)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -373,24 +328,29 @@ def build_sampler(config, diffusion: diffusion_lib.GaussianDiffusion,
 
 
 def make_sample_fn(sampler: Callable, model, mesh, image_shape_, batch_size: int,
-                   tick: Optional[Callable[[], None]] = None):
-  """Jitted (params, rng, mel=None) -> images [batch_size, *image_shape], the batch sharded on
-  the mesh (mel [batch_size, frames, n_mels]: a mel-conditioned DiffWave's conditioning).
+                   tick: Optional[Callable[[], None]] = None,
+                   compute: Optional[compute_lib.Compute] = None,
+                   model_fn_of: Optional[Callable] = None):
+  """Jitted (params, rng, cond=None) -> images [batch_size, *image_shape], the batch sharded on
+  the mesh (cond: the conditioning pytree of the batch's samples, jdiff/conditioning.py).
 
-  sampler(model_fn, x_T, rng) runs the reverse process on make_model_fn(model, params).
+  sampler(model_fn, x_T, rng) runs the reverse process on model_fn_of(params, cond) (default:
+  make_model_fn(model, params, cond=cond); --mode=sample: make_sampling_model_fn, guided).
   tick (e.g. progress.within_batch): a host callback at every network evaluation, for progress
   inside one long batch; the samples are the same with or without it (tests/test_progress.py),
-  but XLA's persistent cache keeps no executable with host callbacks.
+  but XLA's persistent cache keeps no executable with host callbacks. compute: whose jit
+  (default: the process's backend's).
   """
   parallel.check_batch_divisible(batch_size, "sampling.batch_size")
   sharding = parallel.batch_sharding(mesh)
 
-  @functools.partial(cpu_kernels.jit, out_shardings=sharding)
-  def sample_fn(params, rng, mel=None):
+  @functools.partial((compute or compute_lib.for_backend()).jit, out_shardings=sharding)
+  def sample_fn(params, rng, cond=None):
     noise_rng, sampler_rng = jax.random.split(rng)
     x_T = jax.random.normal(noise_rng, (batch_size,) + tuple(image_shape_))
     x_T = jax.lax.with_sharding_constraint(x_T, sharding)
-    model_fn = make_model_fn(model, params, mel=mel)
+    model_fn = (model_fn_of(params, cond) if model_fn_of is not None
+                else make_model_fn(model, params, cond=cond))
     if tick is not None:
       network = model_fn
 

@@ -7,9 +7,9 @@ importing jax: a bad flag is reported before anything heavy loads.
 
 import math
 
-# host_memory.py: keep freed memory in the process (mallopt) unless an accelerator plugin is
-# installed | always | never (glibc's defaults)
-HOST_MEMORY = ("auto", "keep", "release")
+# The CPU backend's tuning (jdiff/cpu, config.cpu): freed host memory kept in the process for the
+# next step (mallopt) | glibc's defaults
+HOST_MEMORY = ("keep", "release")
 
 # schedules.py
 BETA_SCHEDULES = ("linear", "cosine")
@@ -58,10 +58,10 @@ MODEL_KINDS = ("unet", "sngan", "diffwave")
 SKIP_TYPES = ("zero", "duplicate", "interpolate")
 BLOCK_TYPES = ("res", "mbconv")
 PRECISIONS = ("float32", "bfloat16")
-# How convolutions compute their filter gradient (jdiff/models/conv.py).
-FILTER_GRADS = ("auto", "matmul", "xla")
-# Which kernels XLA:CPU runs convolutions with (jdiff/cpu_kernels.py).
+# The CPU backend's convolutions (jdiff/cpu, config.cpu): which kernels XLA:CPU runs them with,
+# and how their filter gradient is computed (jdiff/cpu/convolutions.py).
 CPU_CONVOLUTIONS = ("winograd", "eigen", "ynn")
+FILTER_GRADS = ("auto", "matmul", "xla")
 
 # data.py
 TFDS_SOURCES = ("cifar10", "mnist", "fashion_mnist", "celeb_a")

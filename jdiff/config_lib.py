@@ -87,13 +87,15 @@ def registered_schedule() -> Tuple[Callable[[Any], bool], _Allowed]:
 # (field, (check, what is allowed)); each later module adds its fields here.
 RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("seed", NON_NEGATIVE_INT),
-    ("cpu_convolutions", one_of(*choices.CPU_CONVOLUTIONS)),
-    ("host_memory", one_of(*choices.HOST_MEMORY)),
+    ("cpu.convolutions", one_of(*choices.CPU_CONVOLUTIONS)),
+    ("cpu.filter_grad", one_of(*choices.FILTER_GRADS)),
+    ("cpu.host_memory", one_of(*choices.HOST_MEMORY)),
     ("data.source", one_of(*choices.DATA_SOURCES)),
     ("data.image_size", POSITIVE_INT),
     ("data.num_channels", one_of(1, 3)),
     ("data.random_flip", BOOL),
     ("data.streaming", one_of("auto", "always", "never")),
+    ("data.label_key", STRING),
     ("model.ch", POSITIVE_INT),
     ("model.ch_mult", POSITIVE_INTS),
     ("model.num_res_blocks", POSITIVE_INT),
@@ -105,7 +107,6 @@ RULES: Sequence[Tuple[str, Tuple[Callable[[Any], bool], str]]] = (
     ("model.preset", one_of("", *presets.PRESETS)),
     ("model.remat", BOOL),
     ("model.dtype", one_of(*choices.PRECISIONS)),
-    ("model.conv_filter_grad", one_of(*choices.FILTER_GRADS)),
     ("diffusion.num_timesteps", ((lambda value: _is_int(value) and value >= 2),
                                  "an integer >= 2 (a diffusion needs at least two steps)")),
     ("diffusion.beta_schedule", one_of(*choices.BETA_SCHEDULES)),
@@ -292,6 +293,36 @@ def validate(config: ml_collections.ConfigDict) -> None:
            "without 'digits_fd' when data.num_channels=3 (Digits FD scores grayscale digits)")
   _validate_audio(config)
   _validate_sampling(config)
+  _validate_classes(config)
+
+
+def _validate_classes(config: ml_collections.ConfigDict) -> None:
+  """Class conditioning needs labels and the U-Net; guidance needs a trained null label."""
+  num_classes = config.model.num_classes
+  _check(_is_int(num_classes) and num_classes >= 0, "model.num_classes", num_classes,
+         "an integer >= 0 (0: unconditional)")
+  _check(0.0 <= config.training.p_uncond < 1.0, "training.p_uncond", config.training.p_uncond,
+         "in [0, 1)")
+  label_key = config.data.get("label_key", "")
+  if num_classes:
+    _check(config.model.kind == "unet", "model.num_classes", num_classes,
+           "0 unless model.kind='unet' (class conditioning is the U-Net's)")
+    _check(bool(label_key), "data.label_key", label_key,
+           "the labels to read when model.num_classes > 0 ('label' for TFDS, digits and folders; "
+           "the label array's name for npz)")
+    _check(_is_int(config.sampling.class_label)
+           and -1 <= config.sampling.class_label < num_classes, "sampling.class_label",
+           config.sampling.class_label, f"-1 (every class) or a class 0..{num_classes - 1}")
+  else:
+    _check(config.training.p_uncond == 0.0, "training.p_uncond", config.training.p_uncond,
+           "0 unless model.num_classes > 0 (it drops class labels)")
+  guidance = config.sampling.guidance
+  _check(isinstance(guidance, (int, float)) and guidance >= 0, "sampling.guidance", guidance,
+         "a number >= 0")
+  if guidance:
+    _check(num_classes > 0 and config.training.p_uncond > 0, "sampling.guidance", guidance,
+           "0 unless the model is class-conditional (model.num_classes > 0) and was trained with "
+           "training.p_uncond > 0 (guidance needs its unconditional half)")
 
 
 def _validate_audio(config: ml_collections.ConfigDict) -> None:
@@ -373,11 +404,11 @@ def _validate_sampling(config: ml_collections.ConfigDict) -> None:
 
 # What a checkpoint holds. A train run resumes only a checkpoint whose values of these fields
 # equal its own (model, diffusion, image shape and the objective); sampling and evaluation need
-# the model, diffusion and image shape. How it computes (model.remat, model.dtype,
-# model.conv_filter_grad), how it trains (batch size, learning rate, steps, logging) and which
+# the model, diffusion and image shape. How it computes (model.remat, model.dtype, config.cpu),
+# how it trains (batch size, learning rate, steps, logging) and which
 # fixed variance the sampler uses (fixedlarge / fixedsmall) may change between runs. preset: its
 # resolved fields count.
-_COMPUTE_ONLY_MODEL_FIELDS = ("remat", "dtype", "conv_filter_grad", "preset")
+_COMPUTE_ONLY_MODEL_FIELDS = ("remat", "dtype", "preset")
 _OBJECTIVE_FIELDS = ("training.loss", "training.iwdiff_k", "training.timestep_sampler",
                      "training.extra_updates", "depth.training", "gan.n_dis")
 CHECKPOINT_PURPOSES = ("train", "sample")
@@ -415,6 +446,8 @@ def checkpoint_identity(config: ml_collections.ConfigDict, purpose: str) -> dict
         # Bucketed training draws its batches by k(t), so c shapes what was learned.
         or (field == "depth.power" and config.depth.training == "bucketed")
         or (field == "training.iwdiff_weights" and config.training.loss == "iwdiff"))
+    if field == "model.num_classes" and not value:
+      continue  # unconditional, as every checkpoint made before class conditioning
     if field == "diffusion.variance_type" and value != "learned_range":
       # Fixed variances train the same weights (only eps is learned) and differ only in how the
       # sampler adds noise: a checkpoint trained under one samples under the other. (A
@@ -430,13 +463,17 @@ def default_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.distributed = False  # jax.distributed.initialize() (multi-host launches set it)
-  config.cpu_convolutions = "winograd"  # winograd | eigen | ynn: XLA:CPU's kernels for
-                                        # convolutions (winograd: large 3x3 ones as Winograd
-                                        # F(2x2,3x3), the rest on Eigen; eigen: all on Eigen;
-                                        # ynn: XLA's default; jdiff/cpu_kernels.py)
-  config.host_memory = "auto"  # auto | keep | release: glibc keeps the memory XLA:CPU frees for
-                               # the next step (no page faults; auto: unless a GPU/TPU plugin is
-                               # installed; jdiff/host_memory.py) | glibc's defaults
+  # The CPU backend's tuning (jdiff/cpu); ignored on GPU and TPU, which run plain XLA.
+  config.cpu = ml_collections.ConfigDict(dict(
+      convolutions="winograd",  # winograd | eigen | ynn: XLA:CPU's kernels for convolutions
+                                # (winograd: large 3x3 ones as Winograd F(2x2,3x3), the rest on
+                                # Eigen; eigen: all on Eigen; ynn: XLA's default)
+      filter_grad="auto",       # auto | matmul | xla: conv weight gradients as matrix products
+                                # (auto: for gradients inside lax.switch / scan, for DiffWave and
+                                # under convolutions=ynn) | XLA's own
+      host_memory="keep",       # keep | release: glibc keeps the memory XLA:CPU frees for the
+                                # next step (no page faults) | glibc's defaults
+  ))
 
   config.data = ml_collections.ConfigDict(dict(
       source="cifar10",   # a TFDS name, "digits" (sklearn), or a local "folder" / "npz" / "idx"
@@ -447,6 +484,11 @@ def default_config() -> ml_collections.ConfigDict:
       streaming="auto",   # TFDS sets: read each step's rows by index from array_record files
                           # (always) | decode the split once into <data_dir>/jdiff_cache/*.npy
                           # (never) | auto: stream above 2 GiB decoded, else the cache (jdiff/data.py)
+      label_key="",       # class labels (class-conditional models): "" = none (unconditional);
+                          # "label": TFDS sets' "label" feature (any TFDS feature name works),
+                          # sklearn digits' target, a folder's classes (each image's sub-folder of
+                          # <path>/<split>/ or <path>/, numbered in sorted order of folder names);
+                          # data.source=npz: the name of the integer label array in the .npz
       split="train",
       image_size=32,
       num_channels=3,
@@ -465,9 +507,8 @@ def default_config() -> ml_collections.ConfigDict:
       block_type="res",  # res | mbconv (MBConv + squeeze-excitation, Table 4.3)
       preset="",         # "" or a Table 4.3 name (jdiff/models/presets.py); sets block_type,
                          # ch_mult, num_res_blocks and ch
-      conv_filter_grad="auto",  # auto | matmul | xla: conv weight gradients as matrix products
-                                # (auto, on CPU: under cpu_convolutions=ynn, for DiffWave and
-                                # for gradients inside lax.switch / scan; builders.conv_filter_grad)
+      num_classes=0,     # > 0: class-conditional U-Net (labels from data.label_key; a label
+                         # embedding added to the timestep embedding; jdiff/conditioning.py)
   ))
   config.diffusion = ml_collections.ConfigDict(dict(
       num_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
@@ -490,6 +531,8 @@ def default_config() -> ml_collections.ConfigDict:
       timestep_sampler="uniform", # uniform | loss_aware (p_t ∝ sqrt(E[L_t^2]), needs full depth)
       extra_updates=0,            # loss_aware: forward-only history updates per step (paper: 2)
       crop_mel_frames=0,          # vocoder: random crops of this many mel frames (0: whole clips)
+      p_uncond=0.0,               # class-conditional: probability a label is dropped to "none"
+                                  # (classifier-free guidance trains both; Ho & Salimans: 0.1-0.2)
   ))
   config.sampling = ml_collections.ConfigDict(dict(
       batch_size=64, num_samples=64,
@@ -513,6 +556,10 @@ def default_config() -> ml_collections.ConfigDict:
       order=2,              # solvers: 1 | 2 (DPM-Solver++ 2M) | 3 (3M); UniPC: UniPC-p
       lower_order_final=True,  # solvers: lower orders at the last steps, as the references do
       unipc_variant="bh1",  # unipc: bh1 (B(h) = h, the official default) | bh2 (expm1(h), diffusers')
+      guidance=0.0,         # class-conditional: classifier-free guidance w, eps = (1 + w)
+                            # eps(x, c) - w eps(x) (0: the conditional model alone)
+      class_label=-1,       # class-conditional: -1 every class in turn (the grid: one row per
+                            # class) | the one class to sample
       mel_split="train",    # mel-conditioned DiffWave (diffwave.n_mels > 0): sample i is
                             # conditioned on the mel of clip i of config.data at this split
   ))

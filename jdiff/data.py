@@ -26,6 +26,7 @@ from jdiff import audio
 from jdiff import choices
 from jdiff import files
 from jdiff.errors import DataError
+from jdiff.errors import WorkdirError
 
 TFDS_SOURCES = choices.TFDS_SOURCES
 STREAMING = ("auto", "always", "never")  # config.data.streaming (config_lib validates it)
@@ -273,7 +274,8 @@ def _read_npz(path: str, key: str) -> Tuple[np.ndarray, str]:
   return images, where
 
 
-def _read_folder(path: str, split: str, image_size: int, num_channels: int) -> np.ndarray:
+def _folder_files(path: str, split: str) -> Tuple[str, list]:
+  """(the folder read, its image files in the order of the data set: sorted paths)."""
   # The common layout root/<split>/<class>/*.jpg works as is; so does a flat folder.
   if os.path.isdir(os.path.join(path, split)):
     path = os.path.join(path, split)
@@ -283,6 +285,11 @@ def _read_folder(path: str, split: str, image_size: int, num_channels: int) -> n
   if not files:
     raise DataError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) found; "
                     "set config.data.path to a folder of images")
+  return path, files
+
+
+def _read_folder(path: str, split: str, image_size: int, num_channels: int) -> np.ndarray:
+  _, files = _folder_files(path, split)
   images = np.empty((len(files), image_size, image_size, num_channels), np.uint8)
   for i, file in enumerate(files):
     try:
@@ -395,6 +402,24 @@ class TfdsImages:
     for row, image in enumerate(images):
       out[row] = image
     return out
+
+  def labels(self, indices: Sequence[int], label_key: str = "label") -> np.ndarray:
+    """int32 [len(indices)]: feature `label_key` of these rows, in this order. Their images are
+    not decoded (each record is parsed; every feature but the label is left as stored)."""
+    where = f"TFDS {self.name!r} split {self.split!r}"
+    decoders = _skip_all_but(self._features, label_key, where)
+    indices = [int(i) for i in indices]
+    for i in indices:
+      if not 0 <= i < len(self):
+        raise IndexError(f"row {i} of {where} ({len(self)} rows)")
+    values = []
+    chunk = 4096
+    for start in range(0, len(indices), chunk):
+      records = self._records.__getitems__(indices[start:start + chunk])
+      values.extend(self._features.deserialize_example_np(record, decoders=decoders)[label_key]
+                    for record in records)
+    return _as_labels(np.asarray(values, dtype=None if values else np.int32),
+                      f"{where}: feature {label_key!r}")
 
   def __getitem__(self, key) -> np.ndarray:
     if isinstance(key, slice):
@@ -521,23 +546,243 @@ def load_image_source(data_config) -> Union[np.ndarray, TfdsImages]:
   return load_images(data_config)
 
 
+# ----------------------------------------------------------------------------------------------
+# Class labels (config.data.label_key), row for row with load_image_source's images
+
+
+def num_classes_in(labels: np.ndarray) -> int:
+  """The number of classes that labels 0..K-1 imply: max + 1 (0 for no labels)."""
+  return int(np.max(labels)) + 1 if len(labels) else 0
+
+
+def _check_labels(shape: Sequence[int], dtype: np.dtype, where: str,
+                  count: Optional[int] = None, of_what: str = "images") -> None:
+  """Raises a one-line DataError unless (shape, dtype) is integer [count] (the labels' header)."""
+  dtype = np.dtype(dtype)
+  shape = tuple(int(n) for n in shape)
+  if dtype.kind not in "iu":
+    hint = (" (y.astype(np.int32) if they are whole numbers)" if dtype.kind == "f" else
+            " (y.astype(np.int32))" if dtype.kind == "b" else "")
+    raise DataError(f"{where} has dtype {dtype}; class labels must be integers 0..K-1{hint}")
+  if len(shape) != 1:
+    hint = (" (y.reshape(-1))" if len(shape) == 2 and shape[1] == 1 else
+            " (one-hot? y.argmax(-1))" if len(shape) == 2 else "")
+    raise DataError(f"{where} has shape {shape}; class labels must be 1-D [N], one integer per "
+                    f"image{hint}")
+  if count is not None and shape[0] != count:
+    raise DataError(f"{where} holds {shape[0]} labels; the {of_what} are {count} (one label per "
+                    "image, in the same order)")
+
+
+def _as_labels(values, where: str, count: Optional[int] = None,
+               of_what: str = "images") -> np.ndarray:
+  """int32 [N] class labels 0..K-1 from `values`, or a one-line DataError naming `where`."""
+  values = np.asarray(values)
+  _check_labels(values.shape, values.dtype, where, count, of_what)
+  if len(values) and (values.min() < 0 or values.max() > np.iinfo(np.int32).max):
+    raise DataError(f"{where}: labels range from {values.min()} to {values.max()}; class labels "
+                    "must be 0..K-1")
+  return values.astype(np.int32)
+
+
+def _only_label(label_key: str, source: str, what: str) -> None:
+  if label_key != "label":
+    raise DataError(f"config.data.label_key={label_key!r}: data.source={source!r} has one class "
+                    f"label, {what}; set data.label_key='label' (or '' for none)")
+
+
+def _integer_scalar_features(features) -> list:
+  """Names of the top-level TFDS features that are one integer (class labels and the like)."""
+  names = []
+  for name, feature in features.items():
+    try:  # nested features (FeaturesDict, Sequence) have a dict of dtypes / shapes
+      dtype, shape = np.dtype(feature.np_dtype), tuple(feature.shape)
+    except (AttributeError, TypeError, ValueError):
+      continue
+    if dtype.kind in "iu" and shape == ():
+      names.append(name)
+  return names
+
+
+def _skip_all_but(features, label_key: str, where: str) -> dict:
+  """TFDS decoders that leave every top-level image feature undecoded (for reading the label
+  `label_key` alone); a one-line DataError unless `label_key` is an integer scalar feature."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  integers = _integer_scalar_features(features)
+  if label_key not in integers:
+    what = ("is not one integer" if label_key in features.keys() else "is not a feature")
+    raise DataError(f"{where}: config.data.label_key={label_key!r} {what}; its integer features: "
+                    f"{integers or 'none'} (features: {sorted(features.keys())})")
+  return {name: tfds.decode.SkipDecoding() for name, feature in features.items()
+          if name != label_key and isinstance(feature, tfds.features.Image)}
+
+
+def _tfds_labels_path(name: str, split: str, label_key: str, data_dir: str) -> str:
+  """The label cache, next to the image caches (_tfds_cache_path); labels fit every image size."""
+  safe_key = "".join(c if c.isalnum() or c in "-." else "_" for c in label_key)
+  root = os.path.dirname(_tfds_cache_path(name, split, 0, data_dir))
+  return os.path.join(root, f"{name}_{split.replace(':', '_')}_{safe_key}_labels.npy")
+
+
+def _read_tfds_labels(builder, name: str, split: str, count: int, label_key: str,
+                      image_size: int, num_channels: int) -> np.ndarray:
+  """int32 [count]: feature `label_key` of every example, in the order the images are read
+  (by index from array_record; else tf.data's file order, as _decode_to_cache reads them),
+  without decoding any image."""
+  where = f"TFDS {name!r} split {split!r}"
+  if _random_access(builder):
+    labels = TfdsImages(builder, name, split, image_size, num_channels).labels(range(count),
+                                                                               label_key)
+  else:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    _skip_all_but(builder.info.features, label_key, where)
+    dataset = builder.as_dataset(split=split, shuffle_files=False,
+                                 decoders=tfds.decode.PartialDecoding({label_key: True}))
+    labels = [example[label_key] for example in tfds.as_numpy(dataset)]
+    labels = np.asarray(labels, dtype=None if labels else np.int32)
+  return _as_labels(labels, f"{where}: feature {label_key!r}", count, "examples of the split")
+
+
+def _load_tfds_labels(data_config, label_key: str) -> np.ndarray:
+  """The labels of a TFDS split: its label cache, or read once from the records (streamed or
+  not, the images are in the same order) and written to the cache. A data_dir where the cache
+  cannot be written (a read-only copy, for streaming) only costs reading them again next time."""
+  name, split = data_config.source, data_config.split
+  data_dir, streaming = data_config.get("data_dir", ""), data_config.get("streaming", "auto")
+  if streaming not in STREAMING:
+    raise DataError(f"config.data.streaming={streaming!r}: expected one of {list(STREAMING)}")
+  cache = _tfds_labels_path(name, split, label_key, data_dir)
+  cached = files.load_npy_cache(cache)
+  if cached is not None:
+    try:
+      return _as_labels(np.array(cached), f"the label cache {cache}")
+    except DataError as e:
+      logging.warning("data: %s; making it again", e)
+  builder, count = _tfds_builder(name, split, data_dir,
+                                 "array_record" if streaming == "always" else None)
+  labels = _read_tfds_labels(builder, name, split, count, label_key, data_config.image_size,
+                             data_config.num_channels)
+  try:
+    files.save_npy(cache, labels)
+  except (WorkdirError, OSError) as e:
+    logging.warning("data: labels not cached (%s); they are read from the records each time",
+                    _short(e))
+  return labels
+
+
+def _read_npz_labels(path: str, label_key: str, npz_key: str) -> np.ndarray:
+  """The integer array `label_key` of an .npz archive, checked against its image array."""
+  kind = _sniff(path)
+  if kind == "npy":
+    raise DataError(f"{path}: a .npy file holds one array (the images); config.data.label_key="
+                    f"{label_key!r} needs an .npz archive that also holds the labels "
+                    f"(np.savez(path, images=x, {label_key}=y))")
+  if kind != "npz":
+    raise DataError(f"{path}: not a NumPy .npz archive (np.savez) or .npy file ({kind})")
+  with np.load(path, allow_pickle=False) as archive:
+    headers = _npz_headers(archive)
+    images = _choose_npz_array(path, headers, npz_key)
+    count = headers[images][0][0] if headers[images] and headers[images][0] else None
+    integers = [n for n in headers if n != images and headers[n] and len(headers[n][0]) == 1
+                and headers[n][1].kind in "iu"]
+    where = f"{path}: array {label_key!r}"
+    if label_key not in headers:
+      has = (f"its integer 1-D arrays: {_describe_arrays(headers, integers)}" if integers else
+             f"it has no integer 1-D array ({_describe_arrays(headers, list(headers))})")
+      raise DataError(f"{path}: config.data.label_key={label_key!r} is not an array of this file; "
+                      f"{has}")
+    if label_key == images:
+      raise DataError(f"{where} is the image array; set config.data.label_key to its label array "
+                      f"({_describe_arrays(headers, integers) if integers else 'none found'})")
+    if headers[label_key] is None:
+      raise DataError(f"{where} is not a .npy array (np.savez writes one per array)")
+    _check_labels(*headers[label_key], where, count, f"images of array {images!r}")
+    labels = archive[label_key]
+  return _as_labels(labels, where, count, f"images of array {images!r}")
+
+
+def _folder_labels(path: str, split: str) -> np.ndarray:
+  """The class of each image of _read_folder (same order): the sub-folder of the folder read
+  (<path>/<split> or <path>) that holds it; classes numbered in sorted order of their names."""
+  root, image_files = _folder_files(path, split)
+  parts = [os.path.relpath(file, root).split(os.sep) for file in image_files]
+  loose = [p[0] for p in parts if len(p) == 1]
+  if loose:
+    raise DataError(f"{root}: {len(loose)} image files (e.g. {loose[0]!r}) lie in the folder "
+                    "itself, not in a class sub-folder; config.data.label_key='label' takes each "
+                    "image's class from <folder>/<class>/: move them into one, or set "
+                    "data.label_key=''")
+  classes = sorted({p[0] for p in parts})
+  number = {name: i for i, name in enumerate(classes)}
+  shown = ", ".join(f"{i}={name}" for i, name in enumerate(classes[:20]))
+  logging.info("data: %d classes, the sub-folders of %s: %s%s", len(classes), root, shown,
+               ", ..." if len(classes) > 20 else "")
+  return np.array([number[p[0]] for p in parts], np.int32)
+
+
+def load_labels(data_config) -> Optional[np.ndarray]:
+  """int32 [N] class labels of config.data, row for row with load_image_source(data_config);
+  None when config.data.label_key is "" (unconditional). Raises DataError with what to do.
+
+  label_key 'label': sklearn digits' target; a folder's classes (its sub-folders, sorted by name).
+  TFDS sets: the feature named label_key (read without decoding images, cached next to the image
+  cache). data.source=npz: the integer array of that name in the archive.
+  """
+  label_key = data_config.get("label_key", "")
+  if not label_key:
+    return None
+  if not isinstance(label_key, str):
+    raise DataError(f"config.data.label_key={label_key!r}: expected a string")
+  if data_config.get("kind", "image") == "audio":
+    raise DataError(f"config.data.label_key={label_key!r}: class labels of audio (data.kind="
+                    "'audio') are not supported yet; set data.label_key=''")
+  source = data_config.source
+  if source == "digits":
+    _only_label(label_key, source, "sklearn's target (the digit)")
+    from sklearn import datasets  # pylint: disable=g-import-not-at-top
+    return _as_labels(datasets.load_digits().target, "sklearn digits' target")
+  if source in TFDS_SOURCES:
+    return _load_tfds_labels(data_config, label_key)
+  if source not in ("folder", "npz"):
+    raise DataError(f"config.data.label_key={label_key!r}: data.source={source!r} has no class "
+                    "labels (TFDS sets, digits, folder and npz have; for idx files save images "
+                    "and labels with np.savez and use data.source='npz')")
+  path = data_config.get("path", "")
+  if not os.path.exists(path):
+    raise DataError(f"config.data.path={path!r}: does not exist (data.source={source!r})")
+  try:
+    if source == "folder":
+      _only_label(label_key, source, "the sub-folder holding each image")
+      return _folder_labels(path, data_config.split)
+    return _read_npz_labels(path, label_key, data_config.get("npz_key", ""))
+  except _READ_ERRORS as e:
+    raise DataError(f"{path}: unreadable as data.source={source!r} ({_short(e)})") from e
+
+
 class BatchStream:
   """Deterministic batches by index; each process gets its rows of every global batch.
 
   `images` is an array (in memory or a memory-mapped cache) or a TfdsImages; the rows of a step
   are the same either way. From a TfdsImages, only this process's rows are read and decoded, and
   the batch of step s + 1 is read in a background thread while step s trains.
+
+  `labels` (int [N], load_labels): each batch is then {"image": its rows, "label": int32 labels of
+  the same rows}; without them a batch is the image array alone.
   """
 
   def __init__(self, images: Union[np.ndarray, TfdsImages], global_batch_size: int, seed: int,
-               process_index: Optional[int] = None, process_count: Optional[int] = None):
+               process_index: Optional[int] = None, process_count: Optional[int] = None, *,
+               labels: Optional[np.ndarray] = None):
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if global_batch_size % process_count:
       raise ValueError(f"batch size {global_batch_size} not divisible by {process_count} processes")
     if len(images) == 0:
       raise DataError("the data set is empty")
+    if labels is not None:
+      labels = _as_labels(labels, "the labels", len(images))
     self.images = images
+    self.labels = labels
     self.global_batch_size = global_batch_size
     self.local_batch_size = global_batch_size // process_count
     self.process_index = process_index
@@ -562,12 +807,13 @@ class BatchStream:
     epochs, offsets = np.divmod(positions, len(self.images))
     return np.array([self._permutation(e)[o] for e, o in zip(epochs, offsets)])
 
-  def batch(self, step: int) -> np.ndarray:
-    """This process's rows of the global batch of `step` (uint8 [local batch, H, W, C])."""
+  def batch(self, step: int) -> Union[np.ndarray, dict]:
+    """This process's rows of the global batch of `step` (uint8 [local batch, H, W, C]); with
+    labels, {"image": those rows, "label": int32 [local batch], their labels}."""
     if not self._prefetch:
       return self._read(step)
     if self._last is not None and self._last[0] == step:  # asked again (compile, then step 1)
-      return self._last[1].copy()
+      return _copy(self._last[1])
     if self._reader is None:
       self._reader = concurrent.futures.ThreadPoolExecutor(1, "jdiff-prefetch")
     pending, self._pending = self._pending, None
@@ -575,17 +821,24 @@ class BatchStream:
               else self._reader.submit(self._read, step))
     self._pending = (step + 1, self._reader.submit(self._read, step + 1))
     self._last = (step, future.result())
-    return self._last[1].copy()
+    return _copy(self._last[1])
 
-  def _read(self, step: int) -> np.ndarray:
+  def _read(self, step: int) -> Union[np.ndarray, dict]:
     indices = self.indices(step)
     order = np.argsort(indices)  # sorted reads are faster on a memory map
     batch = np.empty((len(indices),) + self.images.shape[1:], self.images.dtype)
     batch[order] = self.images[indices[order]]
-    return batch
+    if self.labels is None:
+      return batch
+    return {"image": batch, "label": self.labels[indices]}
 
-  def iterate(self, start_step: int) -> Iterator[np.ndarray]:
+  def iterate(self, start_step: int) -> Iterator[Union[np.ndarray, dict]]:
     step = start_step
     while True:
       yield self.batch(step)
       step += 1
+
+
+def _copy(batch: Union[np.ndarray, dict]) -> Union[np.ndarray, dict]:
+  return ({name: array.copy() for name, array in batch.items()} if isinstance(batch, dict)
+          else batch.copy())

@@ -19,7 +19,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff import choices
-from jdiff import cpu_kernels
 
 TRAINING_SCHEMES = choices.DEPTH_TRAINING_SCHEMES
 # Guards floor() against N (1 - t)^c landing a rounding error below an integer.
@@ -139,7 +138,7 @@ class HostDepths:
                                               num_levels, power, num_timesteps))(steps)
     self._device = device
     # Compiled now, so that no compile happens once training runs.
-    self._depths = cpu_kernels.jit(depths).lower(self._base_key, self._on_device(0)).compile()
+    self._depths = jax.jit(depths).lower(self._base_key, self._on_device(0)).compile()
 
   def _on_device(self, step: int):
     return jax.device_put(np.int32(step), self._device)

@@ -107,12 +107,10 @@ def parse_flags(argv):
 def _run(config, mode: str, workdir: str) -> int:
   """Runs the mode; returns the exit code (errors propagate as errors.JdiffError)."""
   # Imported after validation, so a bad flag fails before anything heavy loads.
-  from jdiff import cpu_kernels  # pylint: disable=g-import-not-at-top
-  from jdiff import host_memory  # pylint: disable=g-import-not-at-top
+  from jdiff import compute  # pylint: disable=g-import-not-at-top
   from jdiff import parallel  # pylint: disable=g-import-not-at-top
-  host_memory.apply(config.host_memory)  # before jax starts its backend's threads
-  parallel.maybe_initialize_distributed(config.distributed)
-  cpu_kernels.set_convolutions(config.cpu_convolutions)
+  parallel.maybe_initialize_distributed(config.distributed)  # before jax starts its backend
+  compute.for_backend(config).prepare_host()  # before the first program runs
 
   if mode == "train":
     if config.model.kind == "sngan":

@@ -45,11 +45,15 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
-def global_batch_from_local(local_batch: np.ndarray, mesh: Mesh) -> jax.Array:
-  """Assembles the per-process shards of a batch into one global array sharded on 'data'."""
+def global_batch_from_local(local_batch, mesh: Mesh):
+  """Assembles the per-process shards of a batch (an array, or a pytree of arrays with the same
+  rows: {"image": ..., "label": ...}) into global arrays sharded on 'data'."""
   sharding = batch_sharding(mesh)
-  global_shape = (local_batch.shape[0] * jax.process_count(),) + local_batch.shape[1:]
-  return jax.make_array_from_process_local_data(sharding, local_batch, global_shape)
+
+  def assemble(local: np.ndarray) -> jax.Array:
+    global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
+    return jax.make_array_from_process_local_data(sharding, local, global_shape)
+  return jax.tree.map(assemble, local_batch)
 
 
 def check_batch_divisible(batch_size: int, field: str) -> None:

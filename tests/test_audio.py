@@ -5,6 +5,7 @@ import json
 import os
 
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -14,7 +15,9 @@ from flax import traverse_util
 from conftest import REPO, SHARED_DATA, requires_shared_data
 from jdiff import audio
 from jdiff import builders
+from jdiff import conditioning
 from jdiff import config_lib
+from jdiff.cpu import convolutions as cpu_convolutions
 from jdiff import diffusion as diffusion_lib
 from jdiff import parallel
 from jdiff import sampling
@@ -118,15 +121,17 @@ def test_gated_unit_value_and_gradient_against_finite_differences():
 
 @pytest.mark.parametrize("weight_norm", [True, False])
 def test_gradients_match_with_xla_and_matmul_filter_gradients(weight_norm):
-  """models/conv.py's filter gradient in every conv (dilated, 1x1, weight-normed, mel): the same
+  """jdiff/cpu/convolutions.py's filter gradient in every conv (dilated, 1x1, weight-normed, mel): the same
   loss gradients as XLA's own, to float rounding."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 512, 1)), jnp.float32)
   eps = jnp.asarray(rng.normal(size=(2, 512, 1)), jnp.float32)
   t, mel = jnp.array([3.0, 150.5]), jnp.asarray(rng.normal(size=(2, 2, 5)), jnp.float32)
   grads = {}
+  convolutions = {"xla": lax.conv_general_dilated,
+                  "matmul": cpu_convolutions.conv_general_dilated}
   for choice in ("xla", "matmul"):
-    model = _tiny_model(n_mels=5, weight_norm=weight_norm, conv_filter_grad=choice)
+    model = _tiny_model(n_mels=5, weight_norm=weight_norm, convolution=convolutions[choice])
     params = model.init(jax.random.key(0), x, t, method=model.init_all_depths)["params"]
     # A non-zero output conv, so that every layer's gradient is non-zero.
     params["out_conv"]["conv"]["kernel"] = jnp.full_like(params["out_conv"]["conv"]["kernel"], 0.3)
@@ -216,7 +221,7 @@ def test_cpu_vocoder_config_runs_on_its_clip_length():
   assert (config.diffwave.mel_hop, config.diffwave.mel_n_fft) == (64, 256)  # 16 ms, 64 ms
   model = builders.build_model(config)
   waves = jnp.sin(jnp.arange(4096.0) * 0.3)[None, :, None] * jnp.linspace(0, 1, 4096)[None, :, None]
-  mel = builders.conditioning_mel(config, waves)
+  mel = conditioning.mel_of(config, waves)
   assert mel.shape == (1, 64, 80)
   np.testing.assert_allclose(mel, audio.mel_spectrogram(waves, 4000, 256, 64, 80), atol=1e-6)
   params = builders.new_params(model, config, 0)
@@ -225,13 +230,13 @@ def test_cpu_vocoder_config_runs_on_its_clip_length():
 
 
 def test_vocoder_train_step_feeds_each_clips_mel():
-  """diffwave.n_mels > 0: the step conditions on the mel of each clean clip (builders.conditioning_mel)."""
+  """diffwave.n_mels > 0: the step conditions on the mel of each clean clip (conditioning.mel_of)."""
   from jdiff.drivers import train  # pylint: disable=g-import-not-at-top
   config = _vocoder_config()
   config_lib.validate(config)
   _, state, train_step = train.build_fresh_training(config, parallel.make_mesh())
   waves = np.random.default_rng(0).integers(-8000, 8000, (config.training.batch_size, 512, 1))
-  mel = builders.conditioning_mel(config, audio.to_float(waves.astype(np.int16)))
+  mel = conditioning.mel_of(config, audio.to_float(waves.astype(np.int16)))
   assert mel.shape == (config.training.batch_size, 2, 5)
   np.testing.assert_allclose(mel, audio.mel_spectrogram(audio.to_float(waves), 16000, 1024, 256, 5),
                              atol=1e-6)
@@ -259,11 +264,12 @@ def test_vocoder_samples_from_the_mels_of_given_clips(tmp_path):
   config.sampling.update(dict(name="fastdpm", fastdpm_kind="var", steps=3, schedule="quadratic",
                               num_samples=6, batch_size=4))
   train.train(config, str(tmp_path))
-  mels = sample.conditioning_mels(config, 6, 4)
-  clips = sample.conditioning_clips(config, 8)
+  cond = sample.conditioning_of(config, 6, 4)
+  assert list(cond) == ["mel"]
+  mels = cond["mel"]
+  clips = conditioning.conditioning_clips(config, 8)
   assert mels.shape == (8, 2, 5)  # whole batches
-  np.testing.assert_allclose(mels, builders.conditioning_mel(config, audio.to_float(clips)),
-                             atol=1e-6)
+  np.testing.assert_allclose(mels, conditioning.mel_of(config, audio.to_float(clips)), atol=1e-6)
   sample.sample(config, str(tmp_path))
   out = tmp_path / "samples"
   assert np.load(out / "samples.npz")["images"].shape == (6, 512, 1)
@@ -274,8 +280,8 @@ def test_vocoder_samples_from_the_mels_of_given_clips(tmp_path):
   params = dict(params, out_conv={"conv": {"kernel": jnp.ones((1, 8, 1)), "bias": jnp.zeros(1)}})
   sampler, _ = builders.build_sampler(config, builders.build_diffusion(config))
   sample_fn = builders.make_sample_fn(sampler, model, parallel.make_mesh(), (512, 1), 4)
-  first = sample_fn(params, jax.random.key(0), jnp.asarray(mels[:4]))
-  second = sample_fn(params, jax.random.key(0), jnp.asarray(mels[4:8]))
+  first = sample_fn(params, jax.random.key(0), {"mel": jnp.asarray(mels[:4])})
+  second = sample_fn(params, jax.random.key(0), {"mel": jnp.asarray(mels[4:8])})
   assert first.shape == (4, 512, 1) and float(jnp.max(jnp.abs(first - second))) > 0
 
 
@@ -607,9 +613,10 @@ def test_vocoder_random_crops_keep_each_mel_frame_over_its_samples():
   waves = (np.arange(batch)[:, None] * 1000 + np.arange(frames * hop)[None, :])[..., None]
   mel = np.repeat((np.arange(batch)[:, None] * 1000 + np.arange(frames)[None, :] * hop)[..., None],
                   4, axis=-1)
-  crop_waves, crop_mel = builders.random_crops(config, jax.random.key(3),
-                                               jnp.asarray(waves, jnp.float32),
-                                               jnp.asarray(mel, jnp.float32))
+  crop_waves, crop_cond = conditioning.crop(config, jax.random.key(3),
+                                            jnp.asarray(waves, jnp.float32),
+                                            {"mel": jnp.asarray(mel, jnp.float32)})
+  crop_mel = crop_cond["mel"]
   crop_waves, crop_mel = np.asarray(crop_waves), np.asarray(crop_mel)
   assert crop_waves.shape == (batch, 3 * hop, 1) and crop_mel.shape == (batch, 3, 4)
   starts = (crop_mel[:, 0, 0] - np.arange(batch) * 1000) / hop

@@ -51,6 +51,7 @@ VARIANTS_OF = {
 # The counts that the configs' docstrings state (`--mode=summary` prints `parameters: N`).
 DOCUMENTED_PARAMETERS = {
     ("cifar10_ddpm.py", ""): 35_746_307,
+    ("cifar10_classcond.py", ""): 35_751_939,  # and an 11 x 512 label embedding
     ("sc09_diffwave.py", ""): 24_071_681,
     ("ddpm_256.py", "church"): 113_673_219,
 }

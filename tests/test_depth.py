@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jdiff import builders
-from jdiff import cpu_kernels
+from jdiff import compute
 from jdiff import depth
 from jdiff import parallel
 from jdiff import sampling
@@ -40,7 +40,7 @@ def random_params(model):
   which levels contribute. Cached per model (modules are hashable), jitted for speed."""
   x, t = inputs()
 
-  @functools.partial(cpu_kernels.jit, run_once=True)
+  @functools.partial(compute.for_backend().jit, run_once=True)
   def make():
     params = model.init(jax.random.key(0), x, t, method=UNet.init_all_depths)["params"]
     leaves, treedef = jax.tree.flatten(params)

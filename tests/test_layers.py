@@ -12,17 +12,18 @@ from conftest import REPO
 
 # Layer of each module (a prefix ending in "." covers a package), and the layers it may import.
 LAYERS = {
-    "base": ("jdiff", "jdiff.choices", "jdiff.errors", "jdiff.console", "jdiff.cpu_kernels",
-             "jdiff.host_memory"),
+    # compute: the backend's jit and convolution (jdiff.cpu: the CPU's, chosen by compute).
+    "base": ("jdiff", "jdiff.choices", "jdiff.errors", "jdiff.console", "jdiff.compute",
+             "jdiff.cpu."),
     "config": ("jdiff.config_lib", "jdiff.models.presets", "jdiff.samplers"),
     "core": ("jdiff.schedules", "jdiff.diffusion", "jdiff.objectives", "jdiff.sampling",
              "jdiff.depth"),
     "models": ("jdiff.models", "jdiff.models.unet", "jdiff.models.layers", "jdiff.models.gan",
-               "jdiff.models.diffwave", "jdiff.models.conv"),
+               "jdiff.models.diffwave"),
     "infra": ("jdiff.parallel", "jdiff.checkpoint", "jdiff.data", "jdiff.audio", "jdiff.images",
               "jdiff.progress", "jdiff.files",
               "jdiff.evaluation."),
-    "setup": ("jdiff.builders", "jdiff.surrogate"),
+    "setup": ("jdiff.builders", "jdiff.surrogate", "jdiff.conditioning"),
     "drivers": ("jdiff.drivers.",),
     "tools": ("jdiff.tools.",),
     "cli": ("jdiff.main",),

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import tiny_config
 from jdiff import builders
-from jdiff import cpu_kernels
+from jdiff import compute
 from jdiff import depth as depth_lib
 from jdiff import parallel
 from jdiff.drivers import train as train_lib
@@ -45,7 +45,7 @@ def model(block_type, **kwargs):
 def perturbed_params(block_type):
   """Initial parameters with the zero-initialised ones (last conv of each residual branch,
   conv_out, biases) and the GroupNorm scales perturbed, so that every path carries signal."""
-  @functools.partial(cpu_kernels.jit, run_once=True)
+  @functools.partial(compute.for_backend().jit, run_once=True)
   def init():
     params = model(block_type).init(jax.random.key(0), X, T,
                                     method=UNet.init_all_depths)["params"]

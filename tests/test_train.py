@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO, cli, on_four_devices, restore_train_state, tiny_config
 from jdiff import builders
+from jdiff import cpu
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
 from jdiff import errors
@@ -95,15 +96,15 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.parametrize("scale", [0.01, 10.0])  # norm below and above max_norm = 1
-def test_clip_by_global_norm_is_optax_s_with_or_without_the_norm_given(scale):
-  """builders.clip_by_global_norm: optax's clipping (bitwise where it does not clip, to float
+def test_cpu_clip_by_global_norm_is_optax_s_with_or_without_the_norm_given(scale):
+  """CpuCompute.clip_by_global_norm: optax's clipping (bitwise where it does not clip, to float
   rounding where it does), whether the train step hands it the norm or it computes the norm
   itself, with optax's (empty) state, so checkpoints keep their structure; a wrong norm handed in
   changes the result (it is used, not recomputed)."""
   rng = np.random.default_rng(0)
   grads = {"a": scale * rng.standard_normal((3, 4)).astype(np.float32),
            "b": {"c": scale * rng.standard_normal(5).astype(np.float32)}}
-  ours, theirs = builders.clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
+  ours, theirs = cpu.CpuCompute().clip_by_global_norm(1.0), optax.clip_by_global_norm(1.0)
   state = ours.init(grads)
   assert jax.tree.structure(state) == jax.tree.structure(theirs.init(grads))
   want, _ = theirs.update(grads, theirs.init(grads))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU-scale paper tables of docs/results/, from scratch, in the order they were made.
 #
-#   bash docs/results/cpu_tables.sh [samplers|depth|surrogate|objectives ...]   # default: all
+#   bash docs/results/cpu_tables.sh [samplers|depth|surrogate|objectives|anchors ...]   # default: all
 #
 #   DATA_DIR=<folder> WEIGHTS=<file.pth> bash docs/results/cpu_tables.sh ...
 #
@@ -80,6 +80,20 @@ objectives() {
       --config.evaluation.metrics=fid,kid,digits_fd --config.evaluation.inception_weights="$WEIGHTS"
 }
 
-for table in "${@:-samplers depth surrogate objectives}"; do
+anchors() {
+  # Real-data and noise anchors of the tables, scored as their rows: 100 real CIFAR-10 images
+  # against the sampler table's reference (needs DATA_DIR), and 256 real digits against the
+  # digits tables' (depth, surrogate, objectives, quickstart). ANCHORS="digits" runs one of them.
+  for set in ${ANCHORS:-cifar10 digits}; do
+    if [[ $set == cifar10 ]]; then
+      need DATA_DIR "the folder that holds cifar10_exact_subset.npz"
+      RUNS="$RUNS" DATA_DIR="$DATA_DIR" WEIGHTS="$WEIGHTS" "$PYTHON" docs/results/samplers_cifar10_cpu/anchors.py
+    else
+      WEIGHTS="$WEIGHTS" "$PYTHON" docs/results/digits_anchors/anchors.py
+    fi
+  done
+}
+
+for table in "${@:-samplers depth surrogate objectives anchors}"; do
   for name in $table; do "$name"; done
 done

@@ -98,7 +98,7 @@ def samples_signature(config, generator) -> dict:
                "model": config.model.to_dict(), "depth": config.depth.to_dict(),
                "surrogate": config.surrogate.to_dict(), "seed": config.seed,
                "batch_size": generator.batch_size, "sample_shape": list(generator.image_shape)}
-  if generator.mels is not None:  # a vocoder's samples follow the clips it is given
+  if generator.cond:  # conditioned samples follow their conditioning (a vocoder's clips)
     signature["conditioning_data"] = config.data.to_dict()
   return json.loads(json.dumps(signature))  # as stored: tuples become lists
 

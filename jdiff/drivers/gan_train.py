@@ -16,7 +16,7 @@ from clu import metric_writers, periodic_actions
 from jdiff import builders
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
-from jdiff import cpu_kernels
+from jdiff import compute as compute_lib
 from jdiff import data as data_lib
 from jdiff import parallel
 from jdiff.builders import GANState
@@ -104,9 +104,10 @@ def train(config, workdir: str, from_scratch: bool = False):
             checkpointer, {checkpoint_lib.STATE: builders.abstract_gan_state(config, mesh)},
             identity, builders.gan_legacy(config, mesh), from_scratch)
         if restored is None:
-          init = cpu_kernels.jit(functools.partial(builders.init_gan_state, config, generator,
-                                                   discriminator, optimizer),
-                                 out_shardings=parallel.replicated(mesh), run_once=True)
+          init = compute_lib.for_backend(config).jit(
+              functools.partial(builders.init_gan_state, config, generator, discriminator,
+                                optimizer),
+              out_shardings=parallel.replicated(mesh), run_once=True)
           state = init(jax.random.key(config.seed))
         else:
           state = restored[1][checkpoint_lib.STATE]
@@ -125,9 +126,10 @@ def _train_loop(config, workdir, state, stream, checkpointer, record, interrupti
                 discriminator, optimizer, mesh) -> GANState:
   replicated = parallel.replicated(mesh)
   real_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, parallel.DATA_AXIS))
-  train_step = cpu_kernels.jit(make_train_step(config, generator, discriminator, optimizer),
-                               in_shardings=(replicated, real_sharding),
-                               out_shardings=(replicated, replicated), donate_argnums=0)
+  train_step = compute_lib.for_backend(config).jit(
+      make_train_step(config, generator, discriminator, optimizer),
+      in_shardings=(replicated, real_sharding), out_shardings=(replicated, replicated),
+      donate_argnums=0)
   n_dis, num_steps = config.gan.n_dis, config.training.num_steps
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_secs=30)

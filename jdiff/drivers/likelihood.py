@@ -12,7 +12,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from jdiff import cpu_kernels
+from jdiff import compute as compute_lib
+from jdiff import conditioning
 from jdiff import data as data_lib
 from jdiff import files
 from jdiff import builders
@@ -36,17 +37,25 @@ def evaluate_bits_per_dim(config, workdir: str, num_examples: int = 0, batch_siz
   data_config = config.data.copy_and_resolve_references()
   data_config.split = split
   images = data_lib.load_images(data_config)
+  # A class-conditional model's bits/dim are those of log p(x | its label).
+  labels = (data_lib.load_labels(data_config) if conditioning.kind_of(config) == "class"
+            else np.zeros(len(images), np.int32))
   if num_examples:
-    images = images[:num_examples]
+    images, labels = images[:num_examples], labels[:num_examples]
 
-  model = builders.build_model(config)
+  compute = compute_lib.for_backend(config)
+  model = builders.build_model(config, compute)
   diffusion = builders.build_diffusion(config)
   params, step = builders.restore_ema_params(config, workdir, model, mesh)
 
-  @cpu_kernels.jit
-  def batch_bpd(params, images_uint8, rng):
+  @compute.jit
+  def batch_bpd(params, batch, rng):
+    images_uint8, data_cond = conditioning.split_batch(batch)
+    x_start = data_lib.to_float(images_uint8)
+    # The true labels, never dropped (no training's p_uncond here); unconditional: none.
+    cond = {"label": data_cond["label"]} if conditioning.kind_of(config) == "class" else {}
     return objectives.bits_per_dim(
-        diffusion, builders.make_model_fn(model, params), data_lib.to_float(images_uint8), rng,
+        diffusion, builders.make_model_fn(model, params, cond=cond), x_start, rng,
         variance_type=config.diffusion.variance_type, clip_denoised=builders.clip_x0(config, "ancestral"))
 
   rng = jax.random.fold_in(jax.random.key(config.seed), step)
@@ -55,12 +64,14 @@ def evaluate_bits_per_dim(config, workdir: str, num_examples: int = 0, batch_siz
   start = time.time()
   report = progress.batches("bits/dim batches", num_batches)
   for i in range(num_batches):
-    batch = images[i * batch_size:(i + 1) * batch_size]
-    valid = len(batch)
+    rows = slice(i * batch_size, (i + 1) * batch_size)
+    valid = len(images[rows])
     # The last batch is padded to a full one (one compiled shape); the padding is dropped.
-    batch = np.concatenate([batch, np.repeat(batch[-1:], batch_size - valid, axis=0)])
+    pad = lambda a: np.concatenate([a, np.repeat(a[-1:], batch_size - valid, axis=0)])
+    batch = {"image": pad(images[rows]), "label": pad(labels[rows])}
     # Every process passes the whole batch and keeps its own rows of the sharded array.
-    local = np.array_split(batch, jax.process_count())[jax.process_index()]
+    local = {key: np.array_split(value, jax.process_count())[jax.process_index()]
+             for key, value in batch.items()}
     result = multihost_utils.process_allgather(
         batch_bpd(params, parallel.global_batch_from_local(local, mesh), jax.random.fold_in(rng, i)),
         tiled=True)

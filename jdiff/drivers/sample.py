@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import os
 import time
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -19,8 +19,8 @@ from jax.experimental import multihost_utils
 
 from jdiff import audio
 from jdiff import builders
-from jdiff import cpu_kernels
-from jdiff import data as data_lib
+from jdiff import conditioning
+from jdiff import compute as compute_lib
 from jdiff import errors
 from jdiff import files
 from jdiff import images as images_lib
@@ -51,20 +51,23 @@ class Generator:
   image_shape: Tuple[int, ...] = ()
   evaluation_fn: Optional[Callable] = None  # jitted (params, x [B, ...]) -> one network evaluation
   to_output: Callable = sampling.to_uint8  # [-1, 1] floats -> what files hold (audio: to_int16)
-  mels: Optional[np.ndarray] = None  # a vocoder's conditioning: one mel per sample, in order
+  # The samples' conditioning (jdiff/conditioning.py): one row per sample, in order, padded to
+  # whole batches ({}: unconditional).
+  cond: Dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
-  def _mel(self, index: int):
-    """Batch `index`'s conditioning mels (None for an unconditional model)."""
-    if self.mels is None:
+  def _cond(self, index: int):
+    """Batch `index`'s conditioning pytree (None for an unconditional model)."""
+    if not self.cond:
       return None
-    return self.mels[index * self.batch_size:(index + 1) * self.batch_size]
+    return {key: value[index * self.batch_size:(index + 1) * self.batch_size]
+            for key, value in self.cond.items()}
 
   def compile(self) -> float:
     """Compiles the sampler now; returns the seconds it took."""
     if not hasattr(self.sample_fn, "lower"):
       return 0.0  # compiled already
     start = time.perf_counter()
-    self.sample_fn = self.sample_fn.lower(self.params, self.rng, self._mel(0)).compile()
+    self.sample_fn = self.sample_fn.lower(self.params, self.rng, self._cond(0)).compile()
     return time.perf_counter() - start
 
   def seconds_per_evaluation(self, repeats: int = 3) -> float:
@@ -91,26 +94,15 @@ class Generator:
     return digest.hexdigest()[:16]
 
   def sample(self, index: int) -> np.ndarray:
-    images = self.sample_fn(self.params, jax.random.fold_in(self.rng, index), self._mel(index))
+    images = self.sample_fn(self.params, jax.random.fold_in(self.rng, index), self._cond(index))
     # Gathers every process's rows (a no-op copy to host with one process).
     return self.to_output(multihost_utils.process_allgather(images, tiled=True))
 
 
-def conditioning_clips(config, num_samples: int) -> np.ndarray:
-  """A vocoder's given clips: the first num_samples of config.data's sampling.mel_split (int16
-  [num_samples, L, 1], repeated in order when the split has fewer)."""
-  data_config = config.data.copy_and_resolve_references()
-  data_config.split = config.sampling.mel_split
-  clips = np.asarray(data_lib.load_images(data_config))
-  return clips[np.arange(num_samples) % len(clips)]
-
-
-def conditioning_mels(config, num_samples: int, batch_size: int) -> Optional[np.ndarray]:
-  """Mels of conditioning_clips, padded to whole sampling batches; None when unconditional."""
-  if not builders.mel_conditioned(config):
-    return None
-  clips = conditioning_clips(config, -(-num_samples // batch_size) * batch_size)
-  return np.asarray(builders.conditioning_mel(config, data_lib.to_float(clips)))
+def conditioning_of(config, num_samples: int, batch_size: int) -> Dict[str, np.ndarray]:
+  """The conditioning of num_samples samples, padded to whole sampling batches ({} when
+  unconditional)."""
+  return conditioning.sampling_cond(config, -(-num_samples // batch_size) * batch_size)
 
 
 def batch_size_for(config, num_samples: int) -> int:
@@ -125,7 +117,8 @@ def build_generator(config, workdir: str, mesh, num_samples: Optional[int] = Non
   the batch size and sets how many mels a vocoder is given."""
   num_samples = num_samples or config.sampling.num_samples
   batch_size = batch_size_for(config, num_samples)
-  model = builders.build_model(config)
+  compute = compute_lib.for_backend(config)
+  model = builders.build_model(config, compute)
   diffusion = builders.build_diffusion(config)
   params, step = builders.restore_ema_params(config, workdir, model, mesh)
   surrogate_fn, surrogate_evaluations = None, 0
@@ -137,16 +130,18 @@ def build_generator(config, workdir: str, mesh, num_samples: Optional[int] = Non
   # executable with host callbacks is not kept in XLA's persistent compilation cache.
   tick = (progress.within_batch("sampling: one batch", evaluations)
           if evaluations >= PROGRESS_WITHIN_BATCH_FROM else None)
-  sample_fn = builders.make_sample_fn(sampler, model, mesh, builders.image_shape(config),
-                                      batch_size, tick)
+  sample_fn = builders.make_sample_fn(
+      sampler, model, mesh, builders.image_shape(config), batch_size, tick, compute,
+      model_fn_of=lambda params, cond: builders.make_sampling_model_fn(config, model, params,
+                                                                       cond))
   last_step = float(config.diffusion.num_timesteps - 1)
-  evaluation_fn = cpu_kernels.jit(lambda params, x: builders.make_model_fn(model, params)(
+  evaluation_fn = compute.jit(lambda params, x: builders.make_model_fn(model, params)(
       x, jnp.full(x.shape[:1], last_step)))
   return Generator(sample_fn, params, step, evaluations, batch_size,
                    jax.random.fold_in(jax.random.key(config.seed), 1 + step),
                    surrogate_evaluations, builders.image_shape(config), evaluation_fn,
                    audio.to_int16 if config.data.kind == "audio" else sampling.to_uint8,
-                   conditioning_mels(config, num_samples, batch_size))
+                   conditioning_of(config, num_samples, batch_size))
 
 
 def sample(config, workdir: str) -> str:
@@ -197,8 +192,14 @@ def write_samples(config, samples: np.ndarray, checkpoint_step: int, folder: str
     for i, wave in enumerate(samples):
       audio.write_wav(os.path.join(folder, f"sample_{i:04d}.wav"), config.data.sample_rate, wave)
     audio.save_waveforms_png(samples, config.data.sample_rate, grid_path)
-    if builders.mel_conditioned(config):  # the clips whose mels the vocoder was given
-      audio.save_waveforms_png(conditioning_clips(config, len(samples)), config.data.sample_rate,
-                               os.path.join(folder, "given_clips.png"))
+    if conditioning.kind_of(config) == "mel":  # the clips whose mels the vocoder was given
+      audio.save_waveforms_png(conditioning.conditioning_clips(config, len(samples)),
+                               config.data.sample_rate, os.path.join(folder, "given_clips.png"))
+  elif conditioning.kind_of(config) == "class":
+    # One row per class (conditioning.sample_labels orders the samples class by class).
+    num_classes = config.model.num_classes
+    per_class = -(-len(samples) // num_classes)
+    columns = len(samples) if config.sampling.class_label >= 0 else per_class
+    images_lib.save_grid(samples[:256], grid_path, num_columns=min(columns, 256))
   else:
     images_lib.save_grid(samples[:256], grid_path)

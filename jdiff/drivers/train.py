@@ -17,7 +17,8 @@ from absl import logging
 from jdiff import builders
 from jdiff import checkpoint as checkpoint_lib
 from jdiff import config_lib
-from jdiff import cpu_kernels
+from jdiff import compute as compute_lib
+from jdiff import conditioning
 from jdiff import data as data_lib
 from jdiff import depth as depth_lib
 from jdiff import files
@@ -120,8 +121,10 @@ def apply_gradients(optimizer, ema_decay_at: Callable, state: TrainState, loss, 
   return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
 
-def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
-  """The data-parallel train step (batch sharded, state replicated, state donated).
+def make_train_step(config, model, diffusion, optimizer, mesh,
+                    compute: Optional[compute_lib.Compute] = None) -> TrainStep:
+  """The data-parallel train step (batch sharded, state replicated, state donated), compiled by
+  `compute` (default: the process's backend's, compute.for_backend(config)).
 
   The batch has images_per_step(config) images: row b (1 + N) is example b's training image and
   the N rows after it are images for the "+N" history updates, so each device keeps its rows.
@@ -138,13 +141,13 @@ def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
   scheme = config.depth.training
   depth_args = (model.num_levels, config.depth.power, num_timesteps)
 
-  def make_draw_loss_fn(x_start, t, depth, mel=None):
-    """(params, noise, dropout_rng) -> per-example losses of one noise draw (mel: a vocoder's
-    conditioning, the mel of its clean clip)."""
+  def make_draw_loss_fn(x_start, t, depth, cond):
+    """(params, noise, dropout_rng) -> per-example losses of one noise draw (cond: the batch's
+    conditioning pytree, jdiff/conditioning.py)."""
 
     def draw_loss_fn(params, noise, dropout_rng):
       model_fn = builders.make_model_fn(model, params, train=True, dropout_rng=dropout_rng,
-                                        mel=mel)
+                                        cond=cond)
       return objectives.example_losses(training.loss, diffusion,
                                        lambda x, t: model_fn(x, t, depth), x_start, t, noise,
                                        config.diffusion.variance_type)
@@ -156,14 +159,23 @@ def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
     return (jax.random.normal(noise_rng, (num_draws,) + x_shape),
             jax.random.split(dropout_rng, num_draws))
 
-  def loss_and_grads(params, loss_history, images, rng, static_depth):
+  def grouped_rows(batch):
+    """(x_start, data_cond) of row group `row` (0: the training rows; 1..: the history's)."""
+    images, data_cond = conditioning.split_batch(batch)
+    group = lambda a: a.reshape((-1, 1 + extra_batches) + a.shape[1:])
+    grouped_images, grouped_cond = group(images), jax.tree.map(group, data_cond)
+    return lambda row: (data_lib.to_float(grouped_images[:, row]),
+                        jax.tree.map(lambda a: a[:, row], grouped_cond))
+
+  def loss_and_grads(params, loss_history, batch, rng, static_depth):
     flip_rng, time_rng, draw_rng = jax.random.split(rng, 3)
-    grouped = images.reshape((-1, 1 + extra_batches) + images.shape[1:])
-    x_start = data_lib.to_float(grouped[:, 0])
+    rows = grouped_rows(batch)
+    x_start, data_cond = rows(0)
     batch_size = x_start.shape[0]
-    mel = builders.conditioning_mel(config, x_start)  # a vocoder hears its clean clip's mel
-    if training.crop_mel_frames:  # (its own key: the draws of uncropped runs stay as they were)
-      x_start, mel = builders.random_crops(config, jax.random.fold_in(rng, 2), x_start, mel)
+    # Each random choice of the conditioning has a key of its own, so runs without it keep their
+    # draws: crops fold in 2, label dropout 3.
+    cond = conditioning.train_cond(config, x_start, data_cond, jax.random.fold_in(rng, 3))
+    x_start, cond = conditioning.crop(config, jax.random.fold_in(rng, 2), x_start, cond)
     if config.data.random_flip:
       flip = jax.random.bernoulli(flip_rng, 0.5, (batch_size, 1, 1, 1))
       x_start = jnp.where(flip, x_start[:, :, ::-1, :], x_start)
@@ -181,7 +193,7 @@ def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
       time_weights = jnp.ones((batch_size,), jnp.float32)
     model_depth = None if scheme == "full" else depth
     loss, grads, example_losses = objectives.objective_value_and_grad(
-        make_draw_loss_fn(x_start, t, model_depth, mel), params, *draws(draw_rng, x_start.shape),
+        make_draw_loss_fn(x_start, t, model_depth, cond), params, *draws(draw_rng, x_start.shape),
         time_weights, accumulate=training.iwdiff_accumulate, weight_scale=weight_scale)
     if loss_aware:
       loss_history = objectives.update_loss_history(loss_history, t, example_losses)
@@ -189,28 +201,31 @@ def make_train_step(config, model, diffusion, optimizer, mesh) -> TrainStep:
       def forward_only_losses(update, extra_t, extra_rng):
         # Images of their own, not the training batch's (the HSE coursework, section 4.5: "two
         # additional updates ... two batch loss calculations").
-        extra_x = data_lib.to_float(grouped[:, 1 + update])
-        extra_mel = builders.conditioning_mel(config, extra_x)
+        extra_x, extra_data_cond = rows(1 + update)
+        extra_cond = conditioning.train_cond(config, extra_x, extra_data_cond,
+                                             jax.random.fold_in(extra_rng, 3))
         return objectives.forward_only_losses(
-            make_draw_loss_fn(extra_x, extra_t, None, extra_mel), params,
+            make_draw_loss_fn(extra_x, extra_t, None, extra_cond), params,
             *draws(extra_rng, extra_x.shape), weight_scale)
       loss_history = objectives.refresh_loss_history(
           loss_history, forward_only_losses, jax.random.fold_in(rng, 1), batch_size,
           training.extra_updates)
     return loss, grads, loss_history, jnp.int32(depth)
 
-  def train_step(state: TrainState, images, static_depth=None):
+  def train_step(state: TrainState, batch, static_depth=None):
+    """batch: uint8 images, or {"image": images, "label": ...} (conditioning.split_batch)."""
     rng = jax.random.fold_in(base_key, state.step)
-    loss, grads, loss_history, depth = loss_and_grads(state.params, state.loss_history, images,
+    loss, grads, loss_history, depth = loss_and_grads(state.params, state.loss_history, batch,
                                                       rng, static_depth)
     new_state, metrics = apply_gradients(optimizer, ema_decay_at, state, loss, grads,
                                          loss_history)
     return new_state, dict(metrics, depth=depth)
 
   replicated = parallel.replicated(mesh)
+  jit = (compute or compute_lib.for_backend(config)).jit
 
   def compile_at(static_depth):
-    return cpu_kernels.jit(functools.partial(train_step, static_depth=static_depth),
+    return jit(functools.partial(train_step, static_depth=static_depth),
                            in_shardings=(replicated, parallel.batch_sharding(mesh)),
                            out_shardings=(replicated, replicated), donate_argnums=0)
 
@@ -261,14 +276,16 @@ def write_config_record(config, workdir: str) -> None:
   files.write_json(path, json.loads(json.dumps(config.to_dict(), sort_keys=True, default=str)))
 
 
-def build_fresh_training(config, mesh):
+def build_fresh_training(config, mesh, compute: Optional[compute_lib.Compute] = None):
   """(model, a new state at step 0, the jitted train step) of config on mesh: what a benchmark
-  or a test of the train step needs (train() restores its state from the workdir instead)."""
-  model = builders.build_model(config)
-  optimizer = builders.build_optimizer(config.training)
+  or a test of the train step needs (train() restores its state from the workdir instead).
+  compute: the backend's Compute to build with (default: the process's, for_backend(config))."""
+  compute = compute or compute_lib.for_backend(config)
+  model = builders.build_model(config, compute)
+  optimizer = builders.build_optimizer(config.training, compute)
   state = builders.build_state(config, model, optimizer, mesh)
   return model, state, make_train_step(config, model, builders.build_diffusion(config), optimizer,
-                                       mesh)
+                                       mesh, compute)
 
 
 def train(config, workdir: str, from_scratch: bool = False) -> TrainResult:
@@ -281,12 +298,15 @@ def train(config, workdir: str, from_scratch: bool = False) -> TrainResult:
   mesh = parallel.make_mesh()
   parallel.check_batch_divisible(config.training.batch_size, "training.batch_size")
   images = data_lib.load_image_source(config.data)  # an array, or a TFDS set read by index
-  stream = data_lib.BatchStream(images, images_per_step(config), config.seed)
+  # Labels (data.label_key) make each batch {"image", "label"}: the train step's conditioning.
+  labels = data_lib.load_labels(config.data) if conditioning.kind_of(config) == "class" else None
+  stream = data_lib.BatchStream(images, images_per_step(config), config.seed, labels=labels)
   logging.info("data: %s, %d images of shape %s", config.data.source, len(images), images.shape[1:])
 
-  model = builders.build_model(config)
+  compute = compute_lib.for_backend(config)
+  model = builders.build_model(config, compute)
   diffusion = builders.build_diffusion(config)
-  optimizer = builders.build_optimizer(config.training)
+  optimizer = builders.build_optimizer(config.training, compute)
   record = checkpoint_lib.identity_record(config.to_dict(),
                                           config_lib.checkpoint_identity(config, "train"))
   interruption = checkpoint_lib.Interruption()
@@ -299,7 +319,7 @@ def train(config, workdir: str, from_scratch: bool = False) -> TrainResult:
         write_config_record(config, workdir)
         state, stepping_seconds = _train_loop(
             config, workdir, state, stream, checkpointer, record, interruption,
-            make_train_step(config, model, diffusion, optimizer, mesh), mesh)
+            make_train_step(config, model, diffusion, optimizer, mesh, compute), mesh)
       finally:
         checkpoint_lib.close_or_fail(checkpointer)
   finally:

@@ -18,7 +18,7 @@ import optax
 import sklearn.datasets
 from flax import traverse_util
 
-from jdiff import cpu_kernels
+from jdiff import compute as compute_lib
 from jdiff import files
 from jdiff.evaluation import cache_dir, metrics
 
@@ -83,7 +83,7 @@ def _train(settings) -> dict:
     updates, opt_state = optimizer.update(grads, opt_state)
     return (optax.apply_updates(params, updates), opt_state), None
 
-  train = cpu_kernels.jit(
+  train = compute_lib.for_backend().jit(
       lambda params, batches: jax.lax.scan(step, (params, optimizer.init(params)), batches))
   (params, _), _ = train(params, jnp.asarray(batches))
   return {"params": params}
@@ -108,8 +108,16 @@ def digits_classifier(directory: str = "") -> dict:
 def held_out_accuracy(variables) -> float:
   """Classification accuracy on the held-out split (never seen in training)."""
   _, _, images, labels = load_digits_split()
-  _, logits = cpu_kernels.jit(_classifier_apply)(variables, images)
+  _, logits = compute_lib.for_backend().jit(_classifier_apply)(variables, images)
   return float(np.mean(np.argmax(np.asarray(logits), axis=1) == labels))
+
+
+def predicted_classes(variables, images: np.ndarray) -> np.ndarray:
+  """The classifier's digit (argmax of its logits) for each image [N, H, W, 1] in [-1, 1]
+  (resized to 8x8 by to_digits_size): int [N]."""
+  _, logits = compute_lib.for_backend().jit(_classifier_apply)(
+      variables, jnp.asarray(to_digits_size(images)))
+  return np.argmax(np.asarray(logits), axis=1)
 
 
 def to_digits_size(images: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from absl import logging
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jdiff import cpu_kernels
+from jdiff import compute as compute_lib
 from jdiff import errors
 from jdiff import files
 from jdiff import progress
@@ -249,7 +249,7 @@ def extract_features(apply_fn: Callable, variables, images: Union[np.ndarray, It
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
   # Outputs are small (features), so they are gathered onto every device inside the program.
-  run = cpu_kernels.jit(apply_fn, in_shardings=(replicated, batch_sharding),
+  run = compute_lib.for_backend().jit(apply_fn, in_shardings=(replicated, batch_sharding),
                         out_shardings=replicated)
   variables = jax.device_put(variables, replicated)
   outputs = []

@@ -30,7 +30,7 @@ import optax
 from flax import traverse_util
 
 from jdiff import audio
-from jdiff import cpu_kernels
+from jdiff import compute as compute_lib
 from jdiff import files
 from jdiff.evaluation import cache_dir, metrics
 
@@ -111,8 +111,8 @@ def _train(settings, waves: np.ndarray, labels: np.ndarray) -> dict:
 
   # One compiled step called from a host loop, not a lax.scan over the steps: XLA:CPU's
   # convolution gradients inside a loop body run ~18x slower (128 ms against 7 ms a step here;
-  # the same as models/conv.py's docstring says of the U-Net).
-  @functools.partial(cpu_kernels.jit, donate_argnums=(0, 1))
+  # the same as jdiff/cpu/convolutions.py's docstring says of the U-Net).
+  @functools.partial(compute_lib.for_backend().jit, donate_argnums=(0, 1))
   def train_step(params, opt_state, index, shift):
     grads = jax.grad(loss_fn)(params, index, shift)
     updates, opt_state = optimizer.update(grads, opt_state)
@@ -150,7 +150,7 @@ def speech_classifier(train_waves: np.ndarray, train_labels: np.ndarray, directo
 
 def features_and_logits(variables, waves_8k: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
   """(features [N, 64], logits [N, 10]) of waves [N, 8000] at 8 kHz."""
-  features, logits = cpu_kernels.jit(_apply)(variables, jnp.asarray(waves_8k, jnp.float32))
+  features, logits = compute_lib.for_backend().jit(_apply)(variables, jnp.asarray(waves_8k, jnp.float32))
   return np.asarray(features, np.float64), np.asarray(logits, np.float64)
 
 

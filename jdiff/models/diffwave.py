@@ -29,14 +29,14 @@ s and kernel 2 s), then projected per layer by a 1x1 conv to 2C.
 
 import functools
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 
 from jdiff import choices
-from jdiff.models import conv as conv_lib
 from jdiff.models import layers
 
 REFERENCE_MEL_HOP = 256  # lmnt-com/diffwave's hop at 22.05 kHz (16 x 16)
@@ -59,7 +59,7 @@ class Conv1x(nn.Module):
   weight_norm: bool = True
   zero_init: bool = False
   dtype: Any = jnp.float32
-  conv_filter_grad: str = "auto"  # how the weight gradient is computed (models/conv.py)
+  convolution: Callable = lax.conv_general_dilated  # the backend's (jdiff/compute.py)
 
   @nn.compact
   def __call__(self, x):
@@ -67,7 +67,7 @@ class Conv1x(nn.Module):
     init = nn.initializers.zeros if self.zero_init else _TORCH_CONV_INIT
     conv = nn.Conv(self.features, (self.kernel_size,), kernel_dilation=(self.dilation,),
                    padding=[(pad, pad)], kernel_init=init, dtype=self.dtype, name="conv",
-                   conv_general_dilated=conv_lib.filter_grad_fn(self.conv_filter_grad))
+                   conv_general_dilated=self.convolution)
     if self.weight_norm:
       # One gain per output channel: the norm is over (kernel, input channels), as torch's dim=0.
       conv = nn.WeightNorm(conv, scale_init=nn.initializers.constant(math.sqrt(1.0 / 3.0)),
@@ -109,7 +109,7 @@ class ResidualLayer(nn.Module):
   dilation: int
   weight_norm: bool = True
   dtype: Any = jnp.float32
-  conv_filter_grad: str = "auto"
+  convolution: Callable = lax.conv_general_dilated
   step_in_residual: bool = False  # DiffWave.step_in_residual
   own_upsampler_hop: int = 0       # DiffWave.mel_upsampler='per_layer': this layer's upsampler
 
@@ -117,7 +117,7 @@ class ResidualLayer(nn.Module):
   def __call__(self, x, temb, mel=None):
     c = self.residual_channels
     conv = functools.partial(Conv1x, weight_norm=self.weight_norm, dtype=self.dtype,
-                             conv_filter_grad=self.conv_filter_grad)
+                             convolution=self.convolution)
     h = x + nn.Dense(c, dtype=self.dtype, name="fc_t")(temb)[:, None, :]
     if self.step_in_residual:
       x = h
@@ -144,7 +144,7 @@ class DiffWave(nn.Module):
   mel_hop: int = REFERENCE_MEL_HOP     # audio samples per mel frame (the upsampler's factor)
   weight_norm: bool = True
   dtype: Any = jnp.float32
-  conv_filter_grad: str = "auto"  # auto | matmul | xla (models/conv.py)
+  convolution: Callable = lax.conv_general_dilated  # the backend's (jdiff/compute.py)
   # The reference code's residual as it runs: its `h = x; h += fc_t(temb)` adds the step
   # embedding to x in place, so a layer returns (x + fc_t(temb) + res) sqrt(1/2). Its released
   # checkpoints need it (jdiff.tools.import_weights --from=diffwave); jdiff's own training
@@ -170,7 +170,7 @@ class DiffWave(nn.Module):
     if (mel is None) != (self.n_mels == 0):
       raise ValueError(f"mel is {'missing' if mel is None else 'given'} but n_mels={self.n_mels}")
     x = x.astype(self.dtype)
-    conv = functools.partial(Conv1x, conv_filter_grad=self.conv_filter_grad)
+    conv = functools.partial(Conv1x, convolution=self.convolution)
     h = nn.relu(conv(self.residual_channels, 1, weight_norm=self.weight_norm, dtype=self.dtype,
                      name="init_conv")(x))
     temb = layers.timestep_embedding(t, self.embed_dims[0])
@@ -187,7 +187,7 @@ class DiffWave(nn.Module):
     for n in range(self.num_layers):
       h, skip_n = ResidualLayer(self.residual_channels, self.skip_channels,
                                 2 ** (n % self.dilation_cycle), self.weight_norm,
-                                dtype=self.dtype, conv_filter_grad=self.conv_filter_grad,
+                                dtype=self.dtype, convolution=self.convolution,
                                 step_in_residual=self.step_in_residual,
                                 own_upsampler_hop=self.mel_hop if per_layer else 0,
                                 name=f"residual_{n}")(h, temb, mel)

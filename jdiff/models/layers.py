@@ -8,14 +8,14 @@ squeeze-excitation average.
 """
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from jdiff.models import conv
 
 # Ho et al. initialise with variance_scaling(scale, 'fan_avg', 'uniform'); the last conv of a
 # residual branch starts at (almost) zero so every block starts as the identity.
@@ -64,18 +64,19 @@ def resize_bicubic(x: jax.Array, height: int, width: int) -> jax.Array:
 
 
 class Conv3x3(nn.Module):
-  """3x3 conv; `conv_filter_grad` picks how its weight gradient is computed (models/conv.py)."""
+  """3x3 conv with the model's `convolution` (lax.conv_general_dilated's signature; what
+  jdiff/compute.py hands the model for its backend)."""
   features: int
   init_scale: float = 1.0
   strides: int = 1
   dtype: Any = jnp.float32
-  conv_filter_grad: str = "auto"
+  convolution: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x):
     return nn.Conv(self.features, (3, 3), strides=(self.strides, self.strides), padding="SAME",
                    kernel_init=default_init(self.init_scale), dtype=self.dtype,
-                   conv_general_dilated=conv.filter_grad_fn(self.conv_filter_grad))(x)
+                   conv_general_dilated=self.convolution)(x)
 
 
 class Dense(nn.Module):
@@ -94,17 +95,17 @@ class ResBlock(nn.Module):
   dropout: float = 0.0
   num_groups: int = 32
   dtype: Any = jnp.float32
-  conv_filter_grad: str = "auto"
+  convolution: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x, temb, train: bool):
     h = nn.swish(group_norm(self.num_groups, self.dtype)(x))
-    h = Conv3x3(self.out_ch, dtype=self.dtype, conv_filter_grad=self.conv_filter_grad)(h)
+    h = Conv3x3(self.out_ch, dtype=self.dtype, convolution=self.convolution)(h)
     h = h + Dense(self.out_ch, dtype=self.dtype)(nn.swish(temb))[:, None, None, :]
     h = nn.swish(group_norm(self.num_groups, self.dtype)(h))
     h = nn.Dropout(self.dropout, deterministic=not train)(h)
     h = Conv3x3(self.out_ch, init_scale=0.0, dtype=self.dtype,
-                conv_filter_grad=self.conv_filter_grad)(h)
+                convolution=self.convolution)(h)
     if x.shape[-1] != self.out_ch:
       x = Dense(self.out_ch, dtype=self.dtype, name="shortcut")(x)
     return x + h
@@ -131,23 +132,23 @@ class AttnBlock(nn.Module):
 
 class Downsample(nn.Module):
   dtype: Any = jnp.float32
-  conv_filter_grad: str = "auto"
+  convolution: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x):
     return Conv3x3(x.shape[-1], strides=2, dtype=self.dtype,
-                   conv_filter_grad=self.conv_filter_grad)(x)
+                   convolution=self.convolution)(x)
 
 
 class Upsample(nn.Module):
   dtype: Any = jnp.float32
-  conv_filter_grad: str = "auto"
+  convolution: Callable = lax.conv_general_dilated
 
   @nn.compact
   def __call__(self, x):
     batch, height, width, channels = x.shape
     x = jax.image.resize(x, (batch, height * 2, width * 2, channels), "nearest")
-    return Conv3x3(channels, dtype=self.dtype, conv_filter_grad=self.conv_filter_grad)(x)
+    return Conv3x3(channels, dtype=self.dtype, convolution=self.convolution)(x)
 
 
 class SqueezeExcitation(nn.Module):

@@ -20,9 +20,10 @@ jax.checkpoint, so their activations are recomputed in the backward pass instead
 outputs and gradients are unchanged (dropout masks too: the lifted rngs are replayed).
 """
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
+from jax import lax
 import jax.numpy as jnp
 
 from jdiff import choices
@@ -51,7 +52,11 @@ class UNet(nn.Module):
   block_type: str = "res"   # res: Ho et al.'s residual block; mbconv: MBConv + SE (Table 4.3)
   remat: bool = False
   dtype: Any = jnp.float32
-  conv_filter_grad: str = "auto"  # how 3x3 convs compute weight gradients (models/conv.py)
+  convolution: Callable = lax.conv_general_dilated  # the backend's (jdiff/compute.py)
+  # Class-conditional (num_classes > 0): a learned embedding of the label, added to the timestep
+  # embedding (improved-diffusion's class_cond). Row num_classes is the null label that
+  # classifier-free guidance's unconditional half sees (Ho & Salimans 2021).
+  num_classes: int = 0
 
   @property
   def num_levels(self) -> int:
@@ -63,7 +68,7 @@ class UNet(nn.Module):
     if self.block_type == "res":
       block_cls = _REMAT_BLOCKS[layers.ResBlock] if self.remat else layers.ResBlock
       return block_cls(out_ch, dropout=self.dropout, num_groups=self.num_groups, dtype=self.dtype,
-                       conv_filter_grad=self.conv_filter_grad, name=name)
+                       convolution=self.convolution, name=name)
     block_cls = _REMAT_BLOCKS[layers.MBConvBlock] if self.remat else layers.MBConvBlock
     return block_cls(out_ch, dropout=self.dropout, num_groups=self.num_groups, dtype=self.dtype,
                      name=name)
@@ -100,8 +105,9 @@ class UNet(nn.Module):
     raise ValueError(f"skip_type {self.skip_type!r}: allowed {SKIP_TYPES}")
 
   @nn.compact
-  def __call__(self, x, t, *, shortcut_depth: int = 0, train: bool = False):
-    """x: [B, H, W, C] in [-1, 1]; t: [B] real-valued steps; shortcut_depth: a Python int."""
+  def __call__(self, x, t, *, shortcut_depth: int = 0, train: bool = False, label=None):
+    """x: [B, H, W, C] in [-1, 1]; t: [B] real-valued steps; shortcut_depth: a Python int;
+    label: [B] int class labels in 0..num_classes (num_classes: none), for num_classes > 0."""
     if not 0 <= shortcut_depth < self.num_levels:
       raise ValueError(f"shortcut_depth={shortcut_depth}: allowed 0..{self.num_levels - 1}")
     last_level = self.num_levels - 1 - shortcut_depth  # the lowest-resolution active level
@@ -110,9 +116,17 @@ class UNet(nn.Module):
     temb = layers.timestep_embedding(t, self.ch)
     temb = layers.Dense(self.ch * 4, dtype=self.dtype, name="temb_0")(temb)
     temb = layers.Dense(self.ch * 4, dtype=self.dtype, name="temb_1")(nn.swish(temb))
+    if self.num_classes:
+      if label is None:
+        raise ValueError(f"a class-conditional U-Net (num_classes={self.num_classes}) needs "
+                         "label= (num_classes itself for none)")
+      temb = temb + nn.Embed(self.num_classes + 1, self.ch * 4, dtype=self.dtype,
+                             name="label_embedding")(label)
+    elif label is not None:
+      raise ValueError("label= given to an unconditional U-Net (num_classes=0)")
 
     # Contracting path.
-    hs = [layers.Conv3x3(self.ch, dtype=self.dtype, conv_filter_grad=self.conv_filter_grad,
+    hs = [layers.Conv3x3(self.ch, dtype=self.dtype, convolution=self.convolution,
                          name="conv_in")(x)]
     for level in range(last_level + 1):
       for block in range(self.num_res_blocks):
@@ -122,7 +136,7 @@ class UNet(nn.Module):
           h = self._attn(f"down_{level}_attn_{block}")(h)
         hs.append(h)
       if level != self.num_levels - 1 and level < last_level:
-        hs.append(layers.Downsample(dtype=self.dtype, conv_filter_grad=self.conv_filter_grad,
+        hs.append(layers.Downsample(dtype=self.dtype, convolution=self.convolution,
                                      name=f"down_{level}_downsample")(hs[-1]))
 
     if shortcut_depth == 0:
@@ -138,7 +152,7 @@ class UNet(nn.Module):
         if h.shape[1] in self.attn_resolutions:
           h = self._attn(f"up_{level}_attn_{block}")(h)
       if level != 0:
-        h = layers.Upsample(dtype=self.dtype, conv_filter_grad=self.conv_filter_grad,
+        h = layers.Upsample(dtype=self.dtype, convolution=self.convolution,
                             name=f"up_{level}_upsample")(h)
     assert not hs
 
@@ -147,8 +161,10 @@ class UNet(nn.Module):
     h = h.astype(jnp.float32)
     h = nn.swish(layers.group_norm(self.num_groups, jnp.float32, name="norm_out")(h))
     return layers.Conv3x3(self.out_ch, init_scale=0.0, dtype=jnp.float32,
-                          conv_filter_grad=self.conv_filter_grad, name="conv_out")(h)
+                          convolution=self.convolution, name="conv_out")(h)
 
-  def init_all_depths(self, x, t):
+  def init_all_depths(self, x, t, **cond):
     """Runs every depth once, so that `init` creates the parameters of all of them."""
-    return [self(x, t, shortcut_depth=k) for k in range(self.num_levels)]
+    if self.num_classes and "label" not in cond:
+      cond = dict(cond, label=jnp.full(t.shape, self.num_classes, jnp.int32))
+    return [self(x, t, shortcut_depth=k, **cond) for k in range(self.num_levels)]

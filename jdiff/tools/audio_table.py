@@ -31,11 +31,10 @@ from absl import flags
 from absl import logging
 
 from jdiff import builders
+from jdiff import conditioning as conditioning_lib
 from jdiff import config_lib
-from jdiff import data as data_lib
 from jdiff import parallel
 from jdiff import sampling
-from jdiff.drivers import sample as sample_driver
 from jdiff.errors import ConfigError
 from jdiff.evaluation import speech_classifier
 from jdiff.tools import cli
@@ -68,10 +67,9 @@ def run(config, workdir: str, reference: str, num_samples: int, rounds: int, ste
   logging.info("speech classifier: held-out accuracy %.3f (%d train / %d held-out clips)",
                scorer.held_out_accuracy, scorer.num_train, scorer.num_held_out)
   shape = builders.image_shape(config)
-  mels, conditioning = None, "none (unconditional)"
-  if builders.mel_conditioned(config):
-    clips = sample_driver.conditioning_clips(config, num_samples)
-    mels = np.asarray(builders.conditioning_mel(config, data_lib.to_float(clips)))
+  cond, conditioning = None, "none (unconditional)"
+  if conditioning_lib.kind_of(config) == "mel":
+    cond = conditioning_lib.sampling_cond(config, num_samples)
     source = config.data.path or config.data.source
     conditioning = (f"mels of the first {num_samples} clips of {source} split "
                     f"{config.sampling.mel_split!r} (reconstruction)")
@@ -87,10 +85,10 @@ def run(config, workdir: str, reference: str, num_samples: int, rounds: int, ste
       label = row["sampler"]
       if label not in compiled:
         stats, compiled[label] = timing.compile_only(sample_fns[label],
-                                                     (params, jax.random.key(0), mels))
+                                                     (params, jax.random.key(0), cond))
         row["compile_s"] = stats["compile_s"]
       start = time.perf_counter()
-      out = jax.block_until_ready(compiled[label](params, jax.random.key(round_index), mels))
+      out = jax.block_until_ready(compiled[label](params, jax.random.key(round_index), cond))
       row["times"].append((time.perf_counter() - start) / num_samples)
       if round_index == 0:
         outputs[label] = np.asarray(jax.device_get(out))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jdiff import builders
-from jdiff import cpu_kernels
+from jdiff import compute as compute_lib
 from jdiff import diffusion as diffusion_lib
 from jdiff import files
 from jdiff import parallel
@@ -33,9 +33,10 @@ from jdiff.tools import timing
 
 def bench_core(config) -> dict:
   mesh = parallel.make_mesh()
-  model = builders.build_model(config)
+  compute = compute_lib.for_backend(config)
+  model = builders.build_model(config, compute)
   diffusion = builders.build_diffusion(config)
-  optimizer = builders.build_optimizer(config.training)
+  optimizer = builders.build_optimizer(config.training, compute)
   state = builders.build_state(config, model, optimizer, mesh)
   shape = builders.image_shape(config)
   num_iters = config.bench.num_iters
@@ -43,7 +44,7 @@ def bench_core(config) -> dict:
   results = {"forward": {}, "device": str(jax.devices()[0].device_kind),
              "num_devices": jax.device_count(), "host": platform.node()}
 
-  forward = cpu_kernels.jit(lambda params, x, t: builders.make_model_fn(model, params)(x, t))
+  forward = compute.jit(lambda params, x, t: builders.make_model_fn(model, params)(x, t))
   for batch_size in config.bench.batch_sizes:
     x = jnp.asarray(rng.standard_normal((batch_size,) + shape), jnp.float32)
     t = jnp.asarray(rng.integers(0, config.diffusion.num_timesteps, batch_size), jnp.float32)
@@ -53,7 +54,7 @@ def bench_core(config) -> dict:
     stats["achieved_flops_per_s"] = stats["flops"] / stats["best_s"]
     results["forward"][str(batch_size)] = stats
 
-  train_step = train_lib.make_train_step(config, model, diffusion, optimizer, mesh)
+  train_step = train_lib.make_train_step(config, model, diffusion, optimizer, mesh, compute)
   batch_size = config.training.batch_size
   images = parallel.global_batch_from_local(
       rng.integers(0, 256, (batch_size // jax.process_count(),) + shape, dtype=np.uint8), mesh)

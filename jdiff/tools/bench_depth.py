@@ -4,7 +4,7 @@ Training (the config's skip type): the train step compiled at each static depth 
 dispatch, as --mode=train runs it with depth.dispatch=host) and the one lax.switch step
 (depth.dispatch=switch, its state's step set so that its in-graph draw picks k), all
 interleaved round by round, each call blocked on. Per depth: XLA's FLOPs of the step (cost
-analysis of the static-depth program compiled with direct convolutions, cpu_convolutions=eigen:
+analysis of the static-depth program compiled with direct convolutions, cpu.convolutions=eigen:
 the network's FLOPs, where a Winograd program counts fewer) and the median over rounds of
 time(k) / time(0) with its min..max; per scheme (full, random, bucketed at c = depth.power or
 2) the expected step time sum_k p(k) time(k) against full depth, beside the FLOP ratio
@@ -15,9 +15,12 @@ too, the part of a step that can shrink with depth. Timed as a program of its ow
 pays its own dispatch and state traffic: on tiny nets, where that dominates, the net ratio is
 meaningless (it can go negative); read it on nets whose steps take tenths of a second or more.
 
-Sampling (each skip type in bench.skip_types, c in {1, 2, 3, 5}, against c = 0), the ancestral
-sampler over all T steps at batch sampling.batch_size:
-  flops:  sum over steps of the U-Net forward's FLOPs at k(t). XLA's cost analysis counts a
+Sampling (each skip type in bench.skip_types, c in {1, 2, 3, 5}, against c = 0), the config's
+sampler (sampling.name and sampling.steps: the ancestral sampler over all T steps by default;
+e.g. --config.sampling.name=dpm_solver_pp --config.sampling.steps=20) at batch
+sampling.batch_size:
+  flops:  sum over the plan's network evaluations of the U-Net forward's FLOPs at k(t) of each
+          evaluation's step. XLA's cost analysis counts a
           while loop's body once and a lax.switch as its costliest branch, so the sampler's own
           count says nothing; the forward is compiled at each static depth and those summed.
   time:   the jitted sampler as --mode=sample runs it (one scan, lax.switch per step; at c = 0
@@ -36,14 +39,14 @@ bench.depth_parts picks the halves to run (training, sampling; default both).
 
 import functools
 import os
-from typing import Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jdiff import builders
-from jdiff import cpu_kernels
+from jdiff import compute as compute_lib
 from jdiff import depth as depth_lib
 from jdiff import parallel
 from jdiff import sampling
@@ -65,31 +68,33 @@ PAPER_TABLE_2 = {
 }
 
 
-def forward_flops_per_depth(model, params, x, t) -> list:
-  """XLA's FLOP count of one U-Net forward at each static depth k, with direct convolutions
-  (cpu_convolutions=eigen: the network's FLOPs; a Winograd program counts fewer)."""
+def forward_flops_per_depth(config, params, x, t) -> list:
+  """XLA's FLOP count of one U-Net forward of config's model at each static depth k: the
+  network's FLOPs (Compute.flop_counting: a Winograd program counts fewer)."""
+  counting = compute_lib.for_backend(config).flop_counting()
+  model = builders.build_model(config, counting)
   flops = []
-  with cpu_kernels.convolutions_set_to("eigen"):
-    for k in range(model.num_levels):
-      forward = cpu_kernels.jit(
-          lambda params, x, t, k=k: builders.make_model_fn(model, params)(x, t, depth=k))
-      stats, _ = timing.compile_only(forward, (params, x, t))
-      flops.append(stats["flops"])
+  for k in range(model.num_levels):
+    forward = counting.jit(
+        lambda params, x, t, k=k: builders.make_model_fn(model, params)(x, t, depth=k))
+    stats, _ = timing.compile_only(forward, (params, x, t))
+    flops.append(stats["flops"])
   return flops
 
 
-def make_sampler(config, model, diffusion, schedule, batch_size) -> Callable:
-  """Jitted (params, rng) -> images: the ancestral sampler at k(t), as --mode=sample runs it."""
+def make_sampler(config, model, diffusion, power: float, batch_size) -> Tuple[Callable, Any]:
+  """(jitted (params, rng) -> images, its plan): config's sampler (sampling.name, steps) at
+  k(t) with c = power (0: the plain full network), as --mode=sample runs it."""
   shape = builders.image_shape(config)
+  power_config = config.copy_and_resolve_references()
+  power_config.depth.power = power
+  plan = builders.build_plan(power_config, diffusion)
 
-  @cpu_kernels.jit
+  @compute_lib.for_backend(config).jit
   def sample(params, rng):
     x_T = jax.random.normal(rng, (batch_size,) + shape)
-    return sampling.ancestral_sample(
-        builders.make_model_fn(model, params), diffusion, x_T, rng,
-        variance_type=config.diffusion.variance_type,
-        clip_denoised=builders.clip_x0(config, "ancestral"), depth_schedule=schedule)
-  return sample
+    return sampling.run_plan(plan, builders.make_model_fn(model, params), x_T, rng)
+  return sample, plan
 
 
 def make_dispatch_samplers(config, model, diffusion, schedule, batch_size) -> Dict[str, Callable]:
@@ -105,7 +110,7 @@ def make_dispatch_samplers(config, model, diffusion, schedule, batch_size) -> Di
                                    plan.table)
 
   def make(run):
-    @cpu_kernels.jit
+    @compute_lib.for_backend(config).jit
     def sample(params, rng):
       x_T = jax.random.normal(rng, (batch_size,) + shape)
       return run(builders.make_model_fn(model, params), x_T, rng)
@@ -133,8 +138,8 @@ def bench_training(config, num_rounds: int) -> dict:
   switch_config = host_config.copy_and_resolve_references()
   switch_config.depth.dispatch = "switch"
   model, state, host_step = train_lib.build_fresh_training(host_config, mesh)
-  # Its own model: where the gradient sits inside lax.switch, conv_filter_grad=auto is the
-  # matrix products (builders.conv_filter_grad); the parameters are the same.
+  # Its own model: the backend's convolution may differ where the gradient sits inside
+  # lax.switch (builders.gradient_in_loop); the parameters are the same.
   switch_step = train_lib.make_train_step(switch_config, builders.build_model(switch_config),
                                           builders.build_diffusion(switch_config),
                                           builders.build_optimizer(switch_config.training), mesh)
@@ -143,19 +148,20 @@ def bench_training(config, num_rounds: int) -> dict:
   images = parallel.global_batch_from_local(
       np.random.default_rng(0).integers(0, 256, (batch_size // jax.process_count(),)
                                         + builders.image_shape(config), dtype=np.uint8), mesh)
-  # The network's FLOPs per depth. A Winograd program counts fewer multiply-adds (cpu_kernels),
-  # so then programs of their own with direct convolutions are compiled for the count only;
-  # elsewhere (Eigen, YNNPACK, GPU/TPU) the timed programs are the direct ones.
-  if cpu_kernels.convolutions() == "winograd":
-    with cpu_kernels.convolutions_set_to("eigen"):
-      counting_step = train_lib.make_train_step(
-          host_config, builders.build_model(host_config), builders.build_diffusion(host_config),
-          builders.build_optimizer(host_config.training), mesh)
-      flops = [timing.compile_only(counting_step.programs[k], (state, images))[0]["flops"]
-               for k in range(num_levels)]
-  else:  # traced under the caller's setting, as they are timed
-    flops = [timing.compile_only(host_step.programs[k], (state, images))[0]["flops"]
-             for k in range(num_levels)]
+  # The network's FLOPs per depth. A Winograd program counts fewer multiply-adds, so then
+  # programs of their own are compiled for the count only (Compute.flop_counting); elsewhere
+  # the timed programs are counted.
+  compute = compute_lib.for_backend(host_config)
+  counting = compute.flop_counting()
+  if counting != compute:
+    counting_step = train_lib.make_train_step(
+        host_config, builders.build_model(host_config, counting),
+        builders.build_diffusion(host_config), builders.build_optimizer(host_config.training),
+        mesh, counting)
+  else:
+    counting_step = host_step
+  flops = [timing.compile_only(counting_step.programs[k], (state, images))[0]["flops"]
+           for k in range(num_levels)]
   compile_s = {"host (all depths)": host_step.compile_all(state, images),
                "switch": switch_step.compile_all(state, images)}
   # A step whose in-graph draw picks k, for each k: the switch program then runs depth k.
@@ -226,7 +232,8 @@ def bench_training(config, num_rounds: int) -> dict:
 def make_update_program(config, mesh) -> Callable:
   """Jitted (state, grads) -> state: the train step's optimizer and EMA updates alone
   (train.apply_gradients), state donated as in the train step."""
-  optimizer = builders.build_optimizer(config.training)
+  compute = compute_lib.for_backend(config)
+  optimizer = builders.build_optimizer(config.training, compute)
   ema_decay_at = functools.partial(train_lib.ema_decay_of_step, config.training.ema_decay,
                                    config.training.ema_warmup)
   replicated = parallel.replicated(mesh)
@@ -234,8 +241,8 @@ def make_update_program(config, mesh) -> Callable:
   def update(state, grads):
     return train_lib.apply_gradients(optimizer, ema_decay_at, state, jnp.float32(0.0), grads,
                                      state.loss_history)[0]
-  return cpu_kernels.jit(update, in_shardings=(replicated, replicated),
-                         out_shardings=replicated, donate_argnums=0)
+  return compute.jit(update, in_shardings=(replicated, replicated), out_shardings=replicated,
+                     donate_argnums=0)
 
 
 def _model_with_skip(config, skip_type: str):
@@ -255,24 +262,22 @@ def bench_sampling(config, skip_types, num_rounds: int) -> dict:
   sampler's time of that round by the mean of the two, so that a drift of the machine's speed
   during the run cancels in the ratios; the spread of those two baseline times is reported.
   """
-  num_timesteps = config.diffusion.num_timesteps
   batch_size = config.sampling.batch_size
   diffusion = builders.build_diffusion(config)
   shape = builders.image_shape(config)
   x = jnp.zeros((batch_size,) + shape, jnp.float32)
   t = jnp.zeros((batch_size,), jnp.float32)
-  args, per_depth, calls = {}, {}, {}
+  args, per_depth, calls, plans = {}, {}, {}, {}
   for skip_type in skip_types:
     skip_config, model, params = _model_with_skip(config, skip_type)
     args[skip_type] = (params, jax.random.key(0))
-    per_depth[skip_type] = forward_flops_per_depth(model, params, x, t)
+    per_depth[skip_type] = forward_flops_per_depth(skip_config, params, x, t)
     if not calls:
-      full_network = make_sampler(skip_config, model, diffusion, None, batch_size)
+      full_network, full_plan = make_sampler(skip_config, model, diffusion, 0, batch_size)
       calls["0 first"] = lambda s=full_network, a=args[skip_type]: s(*a)
     for power in POWERS[1:]:
-      sampler = make_sampler(skip_config, model, diffusion,
-                             depth_lib.depth_schedule(model.num_levels, power, num_timesteps),
-                             batch_size)
+      sampler, plans[(skip_type, power)] = make_sampler(skip_config, model, diffusion, power,
+                                                        batch_size)
       calls[f"{skip_type} {power}"] = lambda s=sampler, a=args[skip_type]: s(*a)
   # The order of a round: baseline, c = 1 and 2 of every skip type, baseline, c = 3 and 5.
   order = (["0 first"] + [f"{skip} {power}" for power in POWERS[1:3] for skip in skip_types]
@@ -282,19 +287,22 @@ def bench_sampling(config, skip_types, num_rounds: int) -> dict:
   times = timing.interleaved_rounds(calls, num_rounds)
   baseline = (np.asarray(times["0 first"]) + np.asarray(times["0 halfway"])) / 2
   num_levels = len(next(iter(per_depth.values())))
+  evaluations = full_plan.num_evaluations
   results = {
+      "sampler": config.sampling.name, "network_evaluations": evaluations,
       "baseline": {"median_s": float(np.median(baseline)),
                    "halfway_over_first": timing.ratio_stats(times["0 halfway"],
                                                             times["0 first"])},
       "skip_types": {}}
   for skip_type in skip_types:
-    full_flops = float(num_timesteps * per_depth[skip_type][0])
+    full_flops = float(evaluations * per_depth[skip_type][0])
     rows = {"0": {"flops": full_flops, "median_s": float(np.median(baseline)),
-                  "steps_per_depth": [num_timesteps] + [0] * (num_levels - 1), "flops_saved": 0.0,
+                  "steps_per_depth": [evaluations] + [0] * (num_levels - 1), "flops_saved": 0.0,
                   "time_saved": 0.0, "time_saved_min": 0.0, "time_saved_max": 0.0,
                   "saved_ratio": None}}  # null in the JSON: nothing saved, no ratio
     for power in POWERS[1:]:
-      schedule = depth_lib.depth_schedule(num_levels, power, num_timesteps)
+      # The depth of each network evaluation of the plan (k(t) at its step).
+      schedule = np.asarray(plans[(skip_type, power)].table["depth"])
       flops = float(sum(per_depth[skip_type][k] for k in schedule))
       row_times = times[f"{skip_type} {power}"]
       kept = timing.ratio_stats(row_times, baseline)  # time(c) / time(0), per round
@@ -392,7 +400,9 @@ def print_table(results: dict) -> str:
                             f"{e['powers'][p]['flops_saved']:.1%} | paper "
                             + (f"{PAPER_TABLE_2[e['skip_type']][p]:.1f}%" if p != "0" else "0%")))
           for power in POWERS],
-      title=(f"sampling, device: {results['device']}, T={results['num_timesteps']}, batch "
+      title=(f"sampling, {results['sampler']} ({results['network_evaluations']} network "
+             f"evaluations), device: "
+             f"{results['device']}, T={results['num_timesteps']}, batch "
              f"{results['batch_size']}: time saved / FLOPs saved against c = 0 | the paper's "
              f"Table 2 time saved (its CIFAR-10 net, T = 1000, its hardware)"))
   spread = report.print_table(

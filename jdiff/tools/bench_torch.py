@@ -8,11 +8,12 @@ Adam 2e-4, gradient clipping at 1, dropout 0.1, EMA 0.9999) of jdiff, then of Py
 call finished before the next (jax.block_until_ready; PyTorch on CPU is synchronous). Reports
 images/s (median over rounds), jdiff / PyTorch per round (median, min..max) and the GFLOP/s both
 reach on XLA's FLOP count of jdiff's programs with direct convolutions (under
-cpu_convolutions=eigen; a Winograd program's own, smaller count is in the JSON as
+cpu.convolutions=eigen; a Winograd program's own, smaller count is in the JSON as
 program_gflop_per_image). CPU only, torch.set_num_threads(--threads).
 
-`--cpu_convolutions=winograd,eigen,ynn` times jdiff under each setting of jdiff/cpu_kernels.py
-against the same PyTorch calls.
+`--cpu_convolutions=winograd,eigen,ynn,plain` times jdiff under each cpu.convolutions setting of
+jdiff/cpu (and `plain`: jdiff/compute.py's Compute, the plain jax.jit, lax convolutions and
+optax clipping that GPU and TPU run) against the same PyTorch calls.
 
   python -m jdiff.tools.bench_torch --config=configs/cifar10_ddpm.py --workdir=/tmp/bt
 """
@@ -25,9 +26,10 @@ import numpy as np
 from absl import app, flags
 
 from jdiff import builders
-from jdiff import cpu_kernels
+from jdiff import choices
+from jdiff import compute as compute_lib
+from jdiff import cpu
 from jdiff import errors
-from jdiff import host_memory
 from jdiff import parallel
 from jdiff.drivers import train as train_lib
 from jdiff.tools import cli
@@ -48,7 +50,9 @@ flags.DEFINE_integer("threads", 2, "torch.set_num_threads.")
 flags.DEFINE_integer("min_images_per_sample", 8, "Each timed sample of a forward of batch b "
                      "runs it ceil(this / b) times and reports the time per call.")
 flags.DEFINE_list("cpu_convolutions", [], "jdiff's XLA:CPU convolution kernels to time, each "
-                  "against the same PyTorch calls (default: the config's; e.g. winograd,eigen).")
+                  "against the same PyTorch calls (default: the config's cpu.convolutions; e.g. "
+                  "winograd,eigen; plain: no CPU tuning, as GPU and TPU run).")
+PLAIN = "plain"  # jdiff/compute.py's Compute: no CPU tuning
 FLAGS = flags.FLAGS
 
 
@@ -98,15 +102,25 @@ def make_torch_train_step(model, config, num_timesteps):
   return step
 
 
-def _jdiff_calls(config, mesh, batch_sizes, train_batch: int, rng, tag: str):
-  """jdiff's forwards and train step, compiled now under the caller's cpu_kernels setting:
+def compute_for(config, kernels: str) -> compute_lib.Compute:
+  """The Compute jdiff is timed under: config.cpu with convolutions=kernels, or (PLAIN) the
+  backend-neutral one."""
+  if kernels == PLAIN:
+    return compute_lib.Compute()
+  return cpu.CpuCompute(convolutions=kernels, filter_grad=config.cpu.filter_grad,
+                        host_memory=config.cpu.host_memory)
+
+
+def _jdiff_calls(config, mesh, batch_sizes, train_batch: int, rng, tag: str,
+                 compute: compute_lib.Compute):
+  """jdiff's forwards and train step, compiled now with `compute`:
   ({name: call}, {what: XLA FLOPs}, {batch: (x, t)}, train images, parameter count); the inputs
   depend only on rng, so every library and PyTorch see the same ones."""
-  model, state, train_step = train_lib.build_fresh_training(config, mesh)
+  model, state, train_step = train_lib.build_fresh_training(config, mesh, compute)
   shape = builders.image_shape(config)
   num_timesteps = config.diffusion.num_timesteps
   calls, flops, inputs = {}, {}, {}
-  forward = cpu_kernels.jit(lambda params, x, t: builders.make_model_fn(model, params)(x, t))
+  forward = compute.jit(lambda params, x, t: builders.make_model_fn(model, params)(x, t))
   for b in batch_sizes:
     x = rng.standard_normal((b,) + shape).astype(np.float32)
     t = rng.integers(0, num_timesteps, b)
@@ -141,15 +155,15 @@ def _repeated(call: Callable[[], Any], times: int) -> Callable[[], Any]:
 
 def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, threads: int,
         kernel_libraries=(), warmup_rounds: int = 3, min_images_per_sample: int = 8):
-  """kernel_libraries: the cpu_convolutions settings jdiff is timed under (default: the
-  config's); with more than one, each is a row of its own against the same PyTorch calls.
+  """kernel_libraries: the cpu.convolutions settings (or PLAIN) jdiff is timed under (default:
+  the config's); with more than one, each is a row of its own against the same PyTorch calls.
   A timed sample of a forward of batch b is ceil(min_images_per_sample / b) calls."""
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   config = config.copy_and_resolve_references()
   config.training.batch_size = train_batch
-  kernel_libraries = tuple(kernel_libraries) or (config.cpu_convolutions,)
+  kernel_libraries = tuple(kernel_libraries) or (config.cpu.convolutions,)
   mesh = parallel.make_mesh()
   T = config.diffusion.num_timesteps
   peer = torch_unet(config)
@@ -160,20 +174,19 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
   program_flops = {}
   for kernels in kernel_libraries:
     # Same seed for every library: the same inputs, the same initial parameters.
-    with cpu_kernels.convolutions_set_to(kernels):
-      jdiff_calls, program_flops[kernels], inputs, images, jdiff_params = _jdiff_calls(
-          config, mesh, batch_sizes, train_batch, np.random.default_rng(0), f" [{kernels}]")
+    jdiff_calls, program_flops[kernels], inputs, images, jdiff_params = _jdiff_calls(
+        config, mesh, batch_sizes, train_batch, np.random.default_rng(0), f" [{kernels}]",
+        compute_for(config, kernels))
     calls.update(jdiff_calls)
   # The network's FLOPs: XLA's count of a program with direct convolutions (Winograd's does
-  # fewer multiply-adds for the same network; cpu_kernels). Built for the count where only
+  # fewer multiply-adds for the same network; jdiff/cpu). Built for the count where only
   # Winograd is timed.
-  direct = [kernels for kernels in ("eigen", "ynn") if kernels in program_flops]
+  direct = [kernels for kernels in ("eigen", "ynn", PLAIN) if kernels in program_flops]
   if direct:
     flops = program_flops[direct[0]]
   else:
-    with cpu_kernels.convolutions_set_to("eigen"):
-      flops = _jdiff_calls(config, mesh, batch_sizes, train_batch, np.random.default_rng(0),
-                           "")[1]
+    flops = _jdiff_calls(config, mesh, batch_sizes, train_batch, np.random.default_rng(0), "",
+                         compute_for(config, "eigen"))[1]
   for b in batch_sizes:
     x, t = inputs[b]
     x_torch, t_torch = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()), torch.from_numpy(t)
@@ -235,8 +248,8 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
              f"CPU, {threads} threads; median of {num_rounds} alternated rounds; params "
              f"{jdiff_params} / {torch_params}"),
       notes=["GFLOP/img: XLA's count of the network's program with direct convolutions "
-             "(cpu_convolutions=eigen); GFLOP/s of both on it",
-             "jdiff kernels: its cpu_convolutions (Winograd F(2x2,3x3) for the large 3x3 "
+             "(cpu.convolutions=eigen); GFLOP/s of both on it",
+             "jdiff kernels: its cpu.convolutions (Winograd F(2x2,3x3) for the large 3x3 "
              "convolutions, or XLA:CPU's Eigen or YNNPACK convolutions)",
              f"a forward of batch b: ceil({min_images_per_sample} / b) calls per timed sample, "
              "time per call",
@@ -248,7 +261,7 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
 def main(argv):
   del argv
   config = cli.load_config(FLAGS["config"])
-  host_memory.apply(config.host_memory)  # as --mode runs do (PyTorch's allocations share it)
+  compute_lib.for_backend(config).prepare_host()  # as --mode runs do (PyTorch shares the heap)
   workdir = FLAGS.workdir or "/tmp/bench_torch"
   os.makedirs(workdir, exist_ok=True)
   if FLAGS.warmup_rounds < 0 or FLAGS.rounds < 1:
@@ -257,9 +270,9 @@ def main(argv):
   if FLAGS.min_images_per_sample < 1:
     raise errors.ConfigError(f"--min_images_per_sample={FLAGS.min_images_per_sample}: need >= 1")
   for kernels in FLAGS.cpu_convolutions:
-    if kernels not in cpu_kernels.CPU_CONVOLUTIONS:
+    if kernels not in choices.CPU_CONVOLUTIONS + (PLAIN,):
       raise errors.ConfigError(f"--cpu_convolutions={kernels!r}: must be a list from "
-                               f"{list(cpu_kernels.CPU_CONVOLUTIONS)}")
+                               f"{list(choices.CPU_CONVOLUTIONS + (PLAIN,))}")
   run(config, workdir, [int(b) for b in FLAGS.batch_sizes], FLAGS.train_batch, FLAGS.rounds,
       FLAGS.threads, FLAGS.cpu_convolutions, FLAGS.warmup_rounds, FLAGS.min_images_per_sample)
 

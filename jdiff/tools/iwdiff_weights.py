@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags
 
 from jdiff import builders
-from jdiff import cpu_kernels
+from jdiff import compute as compute_lib
 from jdiff import data as data_lib
 from jdiff import objectives
 from jdiff import parallel
@@ -49,7 +49,7 @@ def largest_weights(config, params, images: np.ndarray, t: int, k: int, seed: in
   x_start = data_lib.to_float(jnp.asarray(images))
   steps = jnp.full((len(images),), t)
 
-  @cpu_kernels.jit
+  @compute_lib.for_backend(config).jit
   def draw_losses(key):
     noises = jax.random.normal(key, (k,) + x_start.shape)
     return jnp.stack([objectives.l_simple(diffusion, model_fn, x_start, steps, noise,

@@ -62,6 +62,7 @@ import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from jdiff import checkpoint as checkpoint_lib
+from jdiff import compute
 from jdiff import config_lib
 from jdiff import files
 from jdiff import parallel
@@ -118,10 +119,15 @@ def sampler_rows(config, settings: Mapping) -> List[Row]:
       "ddpm", f"DDPM ancestral (T={T})", T,
       {**_sampling(name="ancestral"),
        **({"evaluation.num_samples": ddpm_samples} if ddpm_samples > 0 else {})})]
+  chosen = settings.get("samplers") or list(samplers.REGISTRY)
+  for name in chosen:
+    if name not in samplers.REGISTRY:
+      raise config_lib.ConfigError(f"--samplers={','.join(chosen)}: {name!r} is not one of "
+                                   f"{list(samplers.REGISTRY)}")
   for steps in settings["steps"]:
     if steps > T:
       raise config_lib.ConfigError(f"--steps={steps}: must be <= diffusion.num_timesteps ({T})")
-    for sampler in samplers.REGISTRY.values():
+    for sampler in (samplers.REGISTRY[name] for name in chosen):
       rows += [Row(key, label, steps, _sampling(**fields))
                for key, label, fields in sampler.table_rows(config, steps, settings)]
   return rows
@@ -460,6 +466,8 @@ def define_flags():
   flags.DEFINE_list("schemes", ["random"], f"depth: training schemes, from {list(DEPTH_SCHEMES)}.")
   flags.DEFINE_float("bucketed_power", 2.0, "depth: the c that bucketed training buckets by "
                      "(the paper's 2).")
+  flags.DEFINE_list("samplers", [], "samplers: the registered samplers whose rows to run "
+                    "(default: all; e.g. dpm_solver_pp,unipc).")
   flags.DEFINE_string("label", "", "A line the table and plot carry, e.g. 'CPU-scale, contended'.")
   flags.mark_flags_as_required(["config", "workdir", "table"])
 
@@ -470,6 +478,7 @@ def main(argv):
   console.quiet_absl_handler()
   config = cli.load_config(FLAGS["config"])
   parallel.maybe_initialize_distributed(config.distributed)  # a pod / SLURM job: every process
+  compute.for_backend(config).prepare_host()
   if FLAGS.num_samples:
     config.evaluation.num_samples = FLAGS.num_samples
   config_lib.validate(config)
@@ -477,7 +486,7 @@ def main(argv):
               "powers": _numbers("powers", FLAGS.powers, float),
               "fastdpm_schedule": FLAGS.fastdpm_schedule, "skip_types": FLAGS.skip_types,
               "schemes": FLAGS.schemes, "bucketed_power": FLAGS.bucketed_power,
-              "ddpm_num_samples": FLAGS.ddpm_num_samples,
+              "ddpm_num_samples": FLAGS.ddpm_num_samples, "samplers": FLAGS.samplers,
               "label": FLAGS.label}
   command = shlex.join(["python", "-m", "jdiff.tools.paper_tables"] + sys.argv[1:])
   run_table(FLAGS.table, config, FLAGS.workdir, settings, command)

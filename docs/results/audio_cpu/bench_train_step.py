@@ -1,4 +1,4 @@
-"""configs/sc09_cpu.py's train step with model.conv_filter_grad = xla vs matmul, in one process,
+"""configs/sc09_cpu.py's train step with cpu.filter_grad = xla vs matmul, in one process,
 alternating round by round (jdiff.tools.timing.interleaved_rounds), so that load from other
 processes falls on both alike. Prints the median / min / max seconds per step of each and the
 per-round ratio xla / matmul.
@@ -23,7 +23,7 @@ def main(config_path="configs/sc09_cpu.py", rounds="5"):
   calls = {}
   for choice in ("xla", "matmul"):
     config = config_lib.load_config(config_path)
-    config.model.conv_filter_grad = choice
+    config.cpu.filter_grad = choice
     _, state, train_step = train_lib.build_fresh_training(config, mesh)
     shape = (config.training.batch_size, config.data.audio_length, 1)
     waves = parallel.global_batch_from_local(

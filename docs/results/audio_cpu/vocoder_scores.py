@@ -25,7 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jdiff import audio
-from jdiff.drivers import sample as sample_driver
+from jdiff import conditioning
 from jdiff.evaluation import speech_classifier
 from jdiff.tools import report
 
@@ -75,7 +75,7 @@ def main(_):
   rate = config.data.sample_rate
   samples = np.load(f"{flags.FLAGS.workdir}/samples/samples.npz")["images"][..., 0]
   count = len(samples)
-  clips = sample_driver.conditioning_clips(config, count)[:count, :, 0]
+  clips = conditioning.conditioning_clips(config, count)[:count, :, 0]
   _, words = audio.read_folder(config.data.path, words=config.data.words,
                                split=config.sampling.mel_split, sample_rate=rate,
                                length=config.data.audio_length)

@@ -21,7 +21,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jdiff import audio, builders, data as data_lib, diffusion as diffusion_lib, parallel, sampling
-from jdiff.drivers import sample as sample_driver
+from jdiff import conditioning
 from jdiff.tools import report
 
 config_flags.DEFINE_config_file("config", None, "The vocoder's config file.")
@@ -34,14 +34,14 @@ flags.DEFINE_string("out", "", "JSON file for the table (default: print only).")
 def main(_):
   config = flags.FLAGS.config
   count, rate = flags.FLAGS.num_clips, config.data.sample_rate
-  clips = data_lib.to_float(sample_driver.conditioning_clips(config, count))
-  mel = builders.conditioning_mel(config, clips)
+  clips = data_lib.to_float(conditioning.conditioning_clips(config, count))
+  mel = conditioning.mel_of(config, clips)
   model = builders.build_model(config)
   diffusion = builders.build_diffusion(config)
   params, step = builders.restore_ema_params(config, flags.FLAGS.workdir, model,
                                              parallel.make_mesh())
   plan = builders.build_plan(config, diffusion)
-  model_fn = builders.make_model_fn(model, params, mel=mel)
+  model_fn = builders.make_model_fn(model, params, cond={"mel": mel})
   rows = []
   for start in (int(s) for s in flags.FLAGS.starts):
     rng = jax.random.fold_in(jax.random.key(config.seed), start)

@@ -1,6 +1,6 @@
 """The Ho net's 3x3 convolutions at each of its resolutions, batch 8, on both XLA:CPU kernel
-libraries (`cpu_convolutions`: eigen, jdiff's default, and ynn, XLA's): forward, input gradient,
-XLA's filter gradient and jdiff's matrix-product one (model.conv_filter_grad=matmul); time and
+libraries (`cpu.convolutions`: eigen and ynn, XLA's default): forward, input gradient,
+XLA's filter gradient and jdiff's matrix-product one (cpu.filter_grad=matmul); time and
 GFLOP/s, every call blocked on, all variants interleaved round by round. Why the train step's
 32x32 level ran at a lower FLOP rate than the rest (README, adaptive depth) and why jdiff
 compiles convolutions for Eigen (README, CPU kernels).
@@ -14,8 +14,8 @@ import jax
 from jax import lax
 import numpy as np
 
-from jdiff import cpu_kernels
-from jdiff.models import conv
+from jdiff import cpu
+from jdiff.cpu import convolutions as conv
 from jdiff.tools import report
 from jdiff.tools import timing
 
@@ -59,8 +59,7 @@ def main():
   for size, in_channels, out_channels in SHAPES:
     for part, (fn, args) in _programs(size, in_channels, out_channels).items():
       for kernels in ("eigen", "ynn"):  # the kernel libraries; Winograd: winograd_by_shape.py
-        with cpu_kernels.convolutions_set_to(kernels):
-          program = cpu_kernels.jit(fn)
+        program = cpu.CpuCompute(convolutions=kernels).jit(fn)
         name = f"{size}x{size} {in_channels}->{out_channels} {part} [{kernels}]"
         calls[name] = lambda program=program, args=args: _blocked_calls(program, args)
         flops[name] = 2 * 9 * in_channels * out_channels * BATCH * size * size
@@ -72,7 +71,7 @@ def main():
                  "ms_min": 1e3 * min(seconds) / CALLS_PER_TIMING,
                  "ms_max": 1e3 * max(seconds) / CALLS_PER_TIMING})
   report.print_table(
-      rows, [report.Column("op [cpu_convolutions]", "op"),
+      rows, [report.Column("op [cpu.convolutions]", "op"),
              report.Column(f"ms (median of {ROUNDS})", "ms", ".2f"),
              report.Column("GFLOP/s", "gflop_per_s", ".1f")],
       title=f"3x3 convolutions of the Ho net, batch {BATCH}, {jax.devices()[0]}, each call "

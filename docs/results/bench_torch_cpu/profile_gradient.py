@@ -30,8 +30,7 @@ import numpy as np
 
 from jdiff import builders
 from jdiff import config_lib
-from jdiff import cpu_kernels
-from jdiff import host_memory
+from jdiff import compute
 from jdiff import parallel
 from jdiff.drivers import train as train_lib
 
@@ -68,7 +67,7 @@ def _gradient():
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((FLAGS.batch, 32, 32, 3)), jnp.float32)
   t = jnp.asarray(rng.integers(0, 1000, FLAGS.batch), jnp.float32)
-  gradient = cpu_kernels.jit(jax.grad(
+  gradient = compute.for_backend(config).jit(jax.grad(
       lambda p: jnp.mean((model.apply({"params": p}, x, t) - x) ** 2)))
   return lambda: jax.block_until_ready(gradient(params))
 
@@ -94,7 +93,7 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: profile_gradient.py OUT.json [--batch=N] [--steps=N] "
                          "[--program=gradient|train_step]")
-  host_memory.keep()  # as jdiff's --mode runs do (before anything starts threads)
+  compute.for_backend().prepare_host()  # as jdiff's --mode runs do
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
   step = _train_step() if FLAGS.program == "train_step" else _gradient()
   step()  # compiles, and a warm-up
@@ -125,7 +124,7 @@ def main(argv):
     raise SystemExit("no XLA thunk events: run with XLA_FLAGS=--xla_cpu_enable_xprof_traceme=true")
   result = {"program": FLAGS.program, "batch": FLAGS.batch, "steps": FLAGS.steps,
             f"wall_s_per_{FLAGS.program}": wall_s,
-            "convolutions": cpu_kernels.convolutions(), "jax": jax.__version__,
+            "convolutions": compute.for_backend().kernels(), "jax": jax.__version__,
             f"thread_ms_per_{FLAGS.program}": {k: round(v, 1) for k, v in total_ms.most_common()},
             f"events_per_{FLAGS.program}": {k: round(count[k]) for k, _ in total_ms.most_common()}}
   print(f"wall {wall_s:.3f} s per {FLAGS.program} (profiled), batch {FLAGS.batch}")

@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) (jdiff.models.conv.winograd_conv3x3) against XLA:CPU's Eigen convolution
+"""Winograd F(2x2, 3x3) (jdiff.cpu.convolutions.winograd_conv3x3) against XLA:CPU's Eigen convolution
 at the Ho net's 3x3 shapes: the forward, and the forward with both gradients (jax.vjp), time and
 GFLOP/s on the direct convolution's FLOPs, every call blocked on, all variants interleaved round
 by round. Where `winograd_applies`' thresholds come from (README, "CPU kernels").
@@ -15,9 +15,9 @@ import jax
 from jax import lax
 import numpy as np
 
-from jdiff import cpu_kernels
-from jdiff import host_memory
-from jdiff.models import conv
+from jdiff import cpu
+from jdiff.cpu import convolutions as conv
+from jdiff.cpu import host_memory
 from jdiff.tools import report
 from jdiff.tools import timing
 
@@ -53,9 +53,9 @@ def main(argv):
     kernel = 0.05 * jax.random.normal(jax.random.key(1), (3, 3, in_channels, out_channels))
     dy = jax.random.normal(jax.random.key(2), (FLAGS.batch, size, size, out_channels))
     for method, conv_fn in (("eigen", _direct), ("winograd", conv.winograd_conv3x3)):
-      with cpu_kernels.convolutions_set_to("eigen"):
-        forward = cpu_kernels.jit(conv_fn)
-        gradients = cpu_kernels.jit(_with_gradients(conv_fn))
+      eigen = cpu.CpuCompute(convolutions="eigen")
+      forward = eigen.jit(conv_fn)
+      gradients = eigen.jit(_with_gradients(conv_fn))
       shape = (size, in_channels, out_channels)
       calls[shape + ("forward", method)] = lambda f=forward, a=(x, kernel): f(*a)
       calls[shape + ("forward + gradients", method)] = lambda f=gradients, a=(x, kernel, dy): f(*a)

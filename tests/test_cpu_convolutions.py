@@ -1,4 +1,5 @@
-"""jdiff.models.conv: XLA's forward and input gradient, the filter gradient as matrix products."""
+"""jdiff.cpu.convolutions: XLA's forward and input gradient, the filter gradient as matrix
+products, Winograd; and which convolution CpuCompute hands a model."""
 
 import jax
 from jax import lax
@@ -8,8 +9,9 @@ import pytest
 
 from jdiff import config_lib
 from jdiff import builders
-from jdiff import cpu_kernels
-from jdiff.models import conv
+from jdiff import compute
+from jdiff import cpu
+from jdiff.cpu import convolutions as conv
 
 
 def _gradients(conv_fn, x, kernel, dy, **kwargs):
@@ -90,20 +92,24 @@ def test_grouped_convolutions_fall_back_to_lax():
   assert "custom_vjp" not in jaxpr
 
 
-@pytest.mark.parametrize("cpu_convolutions", cpu_kernels.CPU_CONVOLUTIONS)
-def test_filter_grad_choice(cpu_convolutions):
-  on_cpu = jax.default_backend() == "cpu"
-  with cpu_kernels.convolutions_set_to(cpu_convolutions):
-    winograd = on_cpu and cpu_convolutions == "winograd"
-    xla = conv.winograd_or_xla if winograd else lax.conv_general_dilated
-    matmul = conv.winograd_or_matmul if winograd else conv.conv_general_dilated
-    assert conv.filter_grad_fn("xla") is xla
-    assert conv.filter_grad_fn("matmul") is matmul
-    # auto: the matrix products only where XLA:CPU's convolutions are YNNPACK's.
-    on_ynn = on_cpu and cpu_convolutions == "ynn"
-    assert conv.filter_grad_fn("auto") is (matmul if on_ynn else xla)
-  with pytest.raises(ValueError, match="conv_filter_grad='fast'"):
-    conv.filter_grad_fn("fast")
+@pytest.mark.parametrize("kernels", cpu.choices.CPU_CONVOLUTIONS)
+def test_filter_grad_choice(kernels):
+  winograd = kernels == "winograd"
+  xla = conv.winograd_or_xla if winograd else lax.conv_general_dilated
+  matmul = conv.winograd_or_matmul if winograd else conv.conv_general_dilated
+  choose = lambda filter_grad, **use: cpu.CpuCompute(kernels, filter_grad).convolution(**use)
+  assert choose("xla") is xla and choose("xla", gradient_in_loop=True) is xla
+  assert choose("matmul") is matmul
+  # auto: the matrix products where XLA:CPU's convolutions are YNNPACK's, where the gradient is
+  # taken inside a loop or branch, and for 1-D (DiffWave) convolutions.
+  assert choose("auto") is (matmul if kernels == "ynn" else xla)
+  assert choose("auto", gradient_in_loop=True) is matmul
+  assert choose("auto", one_dimensional=True) is matmul
+  with pytest.raises(ValueError, match=r"cpu.filter_grad='fast': must be one of \('auto'"):
+    cpu.CpuCompute(kernels, "fast")
+  # Off the CPU: lax's own, whatever the use.
+  plain = compute.Compute()
+  assert plain.convolution(gradient_in_loop=True, one_dimensional=True) is lax.conv_general_dilated
 
 
 def _direct_correlation(x, kernel):
@@ -233,8 +239,8 @@ def test_unet_gradients_do_not_depend_on_the_filter_grad_choice():
   config = config_lib.load_config("configs/quickstart.py:tiny")
   grads = {}
   for choice in ("xla", "matmul"):
-    config.model.conv_filter_grad = choice
-    model = builders.build_model(config)
+    config.cpu.filter_grad = choice
+    model = builders.build_model(config, compute.for_backend(config, backend="cpu"))
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2,) + builders.image_shape(config)),
                     jnp.float32)
     t = jnp.asarray([3.0, 50.0])
@@ -260,16 +266,16 @@ def test_unet_gradients_do_not_depend_on_the_filter_grad_choice():
     np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-6 * scale)
   assert conv_kernels >= 10
   identity = config_lib.checkpoint_identity(config, "train")
-  assert "model.conv_filter_grad" not in identity
+  assert not any(field.startswith("cpu.") for field in identity)
 
 
 def test_unet_under_winograd_computes_the_same_loss_and_gradients():
-  """cpu_convolutions=winograd on a U-Net whose first level qualifies (128 channels, 8x8, batch
+  """cpu.convolutions=winograd on a U-Net whose first level qualifies (128 channels, 8x8, batch
   32: 512 tiles): its 3x3 convolutions leave the program, the loss and gradients stay."""
   config = config_lib.load_config("configs/quickstart.py:tiny")
   config.model.ch, config.model.ch_mult, config.model.num_res_blocks = 128, (1, 1), 1
   config.model.attn_resolutions = ()
-  model = builders.build_model(config)
+  model = builders.build_model(config, compute.Compute())  # only its shapes are used here
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.standard_normal((32,) + builders.image_shape(config)), jnp.float32)
   t = jnp.asarray(rng.integers(0, config.diffusion.num_timesteps, 32), jnp.float32)
@@ -280,18 +286,17 @@ def test_unet_under_winograd_computes_the_same_loss_and_gradients():
                                         for k, leaf in zip(keys, leaves)])
   results, convolutions = {}, {}
   for setting in ("eigen", "winograd"):
-    # A new function per setting: jax caches a function's trace, and the setting is read while
-    # tracing (cpu_kernels).
-    def loss(p):
-      return jnp.mean(model.apply({"params": p}, x, t) ** 2)
-    with cpu_kernels.convolutions_set_to(setting):
-      convolutions[setting] = str(jax.make_jaxpr(loss)(params)).count("conv_general_dilated")
-      results[setting] = cpu_kernels.jit(jax.value_and_grad(loss))(params)
-  if jax.default_backend() == "cpu":
-    # Level 0's 3x3 convolutions with 128+ channels in and out: the down res block's 2, the
-    # two up res blocks' 4, the upsampling's 1. conv_in (1 channel in), conv_out (1 out), the
-    # strided downsampling and level 1 (4x4: 128 tiles) stay convolutions.
-    assert convolutions["winograd"] == convolutions["eigen"] - 7
+    setting_compute = cpu.CpuCompute(convolutions=setting)
+    setting_model = builders.build_model(config, setting_compute)
+
+    def loss(p, setting_model=setting_model):
+      return jnp.mean(setting_model.apply({"params": p}, x, t) ** 2)
+    convolutions[setting] = str(jax.make_jaxpr(loss)(params)).count("conv_general_dilated")
+    results[setting] = setting_compute.jit(jax.value_and_grad(loss))(params)
+  # Level 0's 3x3 convolutions with 128+ channels in and out: the down res block's 2, the two up
+  # res blocks' 4, the upsampling's 1. conv_in (1 channel in), conv_out (1 out), the strided
+  # downsampling and level 1 (4x4: 128 tiles) stay convolutions.
+  assert convolutions["winograd"] == convolutions["eigen"] - 7
   (loss_eigen, grads_eigen), (loss_winograd, grads_winograd) = results["eigen"], results["winograd"]
   np.testing.assert_allclose(loss_winograd, loss_eigen, rtol=1e-5)
   scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(grads_eigen))
@@ -299,28 +304,36 @@ def test_unet_under_winograd_computes_the_same_loss_and_gradients():
     np.testing.assert_allclose(have, want, rtol=1e-4, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("depth_training,dispatch,loss,accumulate,expected", [
-    ("full", "host", "simple", False, "auto"),
-    ("random", "host", "simple", False, "auto"),
-    ("random", "switch", "simple", False, "matmul"),   # the gradient inside lax.switch
-    ("full", "switch", "simple", False, "auto"),       # full depth: no switch in the step
-    ("full", "host", "iwdiff", True, "matmul"),        # IWDiff's scan over draws
-    ("full", "host", "iwdiff", False, "auto"),
+@pytest.mark.parametrize("depth_training,dispatch,loss,accumulate,in_loop", [
+    ("full", "host", "simple", False, False),
+    ("random", "host", "simple", False, False),
+    ("random", "switch", "simple", False, True),   # the gradient inside lax.switch
+    ("full", "switch", "simple", False, False),    # full depth: no switch in the step
+    ("full", "host", "iwdiff", True, True),        # IWDiff's scan over draws
+    ("full", "host", "iwdiff", False, False),
 ])
-def test_auto_filter_grad_is_the_matrix_products_where_the_gradient_is_inside_control_flow(
-    depth_training, dispatch, loss, accumulate, expected):
+def test_the_model_gets_the_convolution_for_its_gradient_s_place(
+    depth_training, dispatch, loss, accumulate, in_loop):
+  """builders.gradient_in_loop tells the CPU's Compute where the gradient is taken; with
+  cpu.filter_grad=auto that is the matrix products inside control flow (eigen kernels: XLA's
+  own elsewhere), and an explicit choice is kept."""
   config = config_lib.load_config("configs/quickstart.py:tiny")
   config.depth.training, config.depth.dispatch = depth_training, dispatch
   config.training.loss, config.training.iwdiff_accumulate = loss, accumulate
-  on_cpu = jax.default_backend() == "cpu"
-  assert builders.conv_filter_grad(config) == (expected if on_cpu else "auto")
-  assert builders.build_model(config).conv_filter_grad == builders.conv_filter_grad(config)
-  config.model.conv_filter_grad = "xla"  # an explicit choice is kept
-  assert builders.conv_filter_grad(config) == "xla"
+  config.cpu.convolutions = "eigen"
+  assert builders.gradient_in_loop(config) == in_loop
+  cpu_compute = compute.for_backend(config, backend="cpu")
+  model = builders.build_model(config, cpu_compute)
+  assert model.convolution is (conv.conv_general_dilated if in_loop else lax.conv_general_dilated)
+  config.cpu.filter_grad = "xla"
+  model = builders.build_model(config, compute.for_backend(config, backend="cpu"))
+  assert model.convolution is lax.conv_general_dilated
+  # Any other backend: lax's own.
+  assert (builders.build_model(config, compute.for_backend(config, backend="gpu")).convolution
+          is lax.conv_general_dilated)
 
 
-def test_auto_filter_grad_of_diffwave_is_the_matrix_products():
+def test_diffwave_on_the_cpu_gets_the_matrix_products():
   config = config_lib.load_config("configs/sc09_cpu.py:tiny")
-  on_cpu = jax.default_backend() == "cpu"
-  assert builders.conv_filter_grad(config) == ("matmul" if on_cpu else "auto")
-  assert builders.build_model(config).conv_filter_grad == builders.conv_filter_grad(config)
+  model = builders.build_model(config, compute.for_backend(config, backend="cpu"))
+  assert model.convolution is conv.winograd_or_matmul  # Winograd never applies to 1-D ones

@@ -1,6 +1,6 @@
 """Convolutions for XLA:CPU: the filter gradient as matrix products, and Winograd F(2x2, 3x3).
 
-Measured when XLA:CPU ran convolutions on YNNPACK (`cpu_convolutions=ynn`, XLA's default in
+Measured when XLA:CPU ran convolutions on YNNPACK (`cpu.convolutions=ynn`, XLA's default in
 jax 0.10), its filter (weight) gradient convolution is 3.5x slower than the forward
 convolution of the same size at 32x32 (Ho net, batch 8, [8, 32, 32, 128] x 3x3 -> 128: forward
 15.5 ms, YNNPACK's filter gradient 54.9 ms; jax 0.4's XLA:CPU was 4-12x slower than its
@@ -8,7 +8,7 @@ forward). Written as one matrix product per kernel tap,
 
     dW[tap] = sum over batch and output positions of x_padded[at tap, strided]^T @ dy,
 
-the same gradient takes 43.0 ms there. On XLA's Eigen convolutions (`cpu_convolutions=eigen`,
+the same gradient takes 43.0 ms there. On XLA's Eigen convolutions (`cpu.convolutions=eigen`,
 and under jdiff's default `winograd` for the convolutions Winograd leaves to Eigen) XLA's own
 filter gradient is faster than both (16.8 ms;
 docs/results/bench_depth_ho_cpu/conv_by_resolution.py), so `auto` uses these matrix products
@@ -20,15 +20,15 @@ rounding (sums in another order, ~1e-6 relative).
 XLA:CPU's own filter gradient is fast only at a program's top level: inside a loop or a branch
 (lax.scan, lax.switch) the gradient of that convolution (forward and filter gradient) took 7.8 s
 against 29 ms outside, on either library; with these matrix products it takes 69 ms anywhere.
-So builders.conv_filter_grad settles `auto` to them for train steps that take their gradient
-inside one.
+So `cpu.filter_grad=auto` means them for train steps that take their gradient inside one
+(jdiff/cpu: CpuCompute.convolution).
 
 Grouped and input-dilated convolutions and non-channels-last layouts fall back to
-`lax.conv_general_dilated` unchanged. `filter_grad_fn("auto")` uses the matrix products on the
-CPU backend under `cpu_convolutions=ynn` only: Eigen's and the GPU/TPU compilers' own filter
-gradients are faster.
+`lax.conv_general_dilated` unchanged. Otherwise `cpu.filter_grad=auto` uses the matrix products
+under `cpu.convolutions=ynn` only: Eigen's own filter gradient is faster. Off the CPU none of this
+module is used: GPU and TPU run lax's convolution (jdiff/compute.py).
 
-Winograd (`cpu_convolutions=winograd`, jdiff's default on CPU). A 3x3, stride-1, SAME convolution
+Winograd (`cpu.convolutions=winograd`, jdiff's default on CPU). A 3x3, stride-1, SAME convolution
 computed as Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016, "Fast Algorithms for
 Convolutional Neural Networks", section 4.1, with its F(2x2, 3x3) matrices B^T, G, A^T): each 2x2
 output tile is Y = A^T [(G g G^T) * (B^T d B)] A for the 4x4 input tile d around it, i.e. 16 matrix
@@ -53,7 +53,7 @@ channel convolutions 0.69-0.85x, measured 2026-12-07): `winograd_applies` keeps 
 convolutions with >= WINOGRAD_MIN_CHANNELS input and output channels and >= WINOGRAD_MIN_TILES
 output tiles (batch x H x W / 4; 256, the 32x32 level at batch 1: with it the Ho net's batch-1
 forward and train step ran 1.07-1.08x faster than with 512, measured 2026-12-07), the rest go
-to the convolution `filter_grad_fn` would give.
+to the other convolution of the setting (`with_winograd`).
 """
 
 import functools
@@ -64,8 +64,6 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from jdiff import choices
-from jdiff import cpu_kernels
 
 
 def _channels_last_numbers(num_spatial: int) -> lax.ConvDimensionNumbers:
@@ -342,7 +340,7 @@ def winograd_applies(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_d
           and batch * height * width // 4 >= WINOGRAD_MIN_TILES)
 
 
-def _with_winograd(other: Callable) -> Callable:
+def with_winograd(other: Callable) -> Callable:
   """A lax.conv_general_dilated that runs winograd_conv3x3 where winograd_applies, `other`
   elsewhere."""
   def conv_fn(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
@@ -359,19 +357,5 @@ def _with_winograd(other: Callable) -> Callable:
   return conv_fn
 
 
-winograd_or_xla = _with_winograd(lax.conv_general_dilated)
-winograd_or_matmul = _with_winograd(conv_general_dilated)
-
-
-def filter_grad_fn(filter_grad: str) -> Callable:
-  """The conv function for model.conv_filter_grad: 'xla' (lax's own), 'matmul' (this module's),
-  'auto' (matmul where XLA:CPU's convolutions are YNNPACK's, XLA's own elsewhere); under
-  cpu_convolutions=winograd, wrapped so that the convolutions winograd_applies to are
-  Winograd's."""
-  if filter_grad not in choices.FILTER_GRADS:
-    raise ValueError(f"conv_filter_grad={filter_grad!r}: allowed {choices.FILTER_GRADS}")
-  if filter_grad == "auto":
-    filter_grad = "matmul" if cpu_kernels.convolutions() == "ynn" else "xla"
-  if cpu_kernels.convolutions() == "winograd":
-    return winograd_or_matmul if filter_grad == "matmul" else winograd_or_xla
-  return conv_general_dilated if filter_grad == "matmul" else lax.conv_general_dilated
+winograd_or_xla = with_winograd(lax.conv_general_dilated)
+winograd_or_matmul = with_winograd(conv_general_dilated)
