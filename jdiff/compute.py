@@ -5,8 +5,11 @@ drivers' steps, the evaluation nets):
 
   jit(fun, **jit_kwargs)         compiles every jdiff program (shardings, donation as jax.jit);
   convolution(...)               the models' convolution (flax's `conv_general_dilated=`);
-  clip_by_global_norm(max_norm)  the optimizer's gradient clipping;
-  prepare_host()                 process-wide host settings, once, before the first program.
+  clip_by_global_norm(max_norm)  the optimizer's gradient clipping.
+
+`start(config)` makes the process's Compute once, at the start of a run: the CPU's host memory
+setting must precede jax's backend (jdiff/cpu/host_memory.py), so it goes in first and is taken
+back at once when the backend turns out not to be the CPU.
 
 On GPU and TPU, and on any backend but the CPU, it is this module's `Compute`: plain `jax.jit`,
 `lax.conv_general_dilated` and `optax.clip_by_global_norm`. On the CPU backend it is jdiff/cpu's
@@ -55,13 +58,25 @@ class Compute:
     """Global-norm clipping for the optimizer; its state is optax.EmptyState on every backend."""
     return optax.clip_by_global_norm(max_norm)
 
-  def prepare_host(self) -> None:
-    """Process-wide host settings (none here); called once, before the first program runs."""
-
   def flop_counting(self) -> "Compute":
     """The Compute whose programs XLA's FLOP count is the network's of: this one, unless it
     computes convolutions by a fast algorithm (fewer multiply-adds than the network has)."""
     return self
+
+
+def start(config=None, before_backend: Callable[[], None] = lambda: None,
+          backend: Optional[str] = None) -> Compute:
+  """The process's Compute (for_backend), made before jax's backend starts: with
+  config.cpu.host_memory='keep' (the default) glibc keeps freed memory from now on, and gives it
+  back again unless the backend is the CPU. before_backend runs after that and before the backend
+  starts (jax.distributed.initialize must precede it too). Call it once, first."""
+  from jdiff.cpu import host_memory  # pylint: disable=g-import-not-at-top  (ctypes only)
+  kept = (config is None or config.cpu.host_memory == "keep") and host_memory.keep()
+  before_backend()
+  chosen = for_backend(config, backend)
+  if kept and not getattr(chosen, "keeps_host_memory", False):
+    host_memory.release()
+  return chosen
 
 
 def for_backend(config=None, backend: Optional[str] = None) -> Compute:

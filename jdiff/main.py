@@ -109,8 +109,8 @@ def _run(config, mode: str, workdir: str) -> int:
   # Imported after validation, so a bad flag fails before anything heavy loads.
   from jdiff import compute  # pylint: disable=g-import-not-at-top
   from jdiff import parallel  # pylint: disable=g-import-not-at-top
-  parallel.maybe_initialize_distributed(config.distributed)  # before jax starts its backend
-  compute.for_backend(config).prepare_host()  # before the first program runs
+  # The host settings and jax.distributed both precede jax's backend (compute.start).
+  compute.start(config, lambda: parallel.maybe_initialize_distributed(config.distributed))
 
   if mode == "train":
     if config.model.kind == "sngan":

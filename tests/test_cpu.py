@@ -133,7 +133,6 @@ def test_cpu_compute_has_every_method_of_compute():
   """CpuCompute stands in for compute.Compute wherever one is handed (no shared base class:
   jdiff/compute.py imports jdiff/cpu, not the other way round)."""
   public = [name for name in dir(compute.Compute) if not name.startswith("_")]
-  assert set(public) >= {"jit", "convolution", "clip_by_global_norm", "prepare_host",
-                         "flop_counting"}
+  assert set(public) >= {"jit", "convolution", "clip_by_global_norm", "flop_counting"}
   for name in public:
     assert callable(getattr(cpu.CpuCompute(), name)), name

@@ -45,24 +45,20 @@ def _pooled(per_run):
           "rounds": int(sum(rounds for _, _, rounds in per_run)), "runs": len(per_run)}
 
 
-# Run a was made before bench_torch timed ceil(8 / b) calls per sample of a batch-b forward
-# (--min_images_per_sample): its batch-1 forward is one ~0.1 s call per timed sample. Its JSON
-# does not record that (the seconds are per call in every run).
-ONE_CALL_PER_SAMPLE = {("bench_torch_a.json", "forward 1")}
 
 
 def torch_cells():
   """jdiff / PyTorch images per second, per round = torch seconds / jdiff seconds of that round
-  (both time the same images). A batch-1 forward timed as one call per sample (images per timed
-  sample = 1) is its own cell: one ~0.1 s call is too short to time here."""
+  (both time the same images)."""
   runs = _load("bench_torch_cpu/bench_torch_*.json")
   cells = {}
   for name, run in runs.items():
     for row in run["rows"]:
       jdiff_s, torch_s = np.asarray(row["jdiff_s"]), np.asarray(row["torch_s"])
       images = row["batch"]  # the JSONs give seconds per call of one batch
-      cell = row["what"] + (" (one call a timed sample)" if (os.path.basename(name), row["what"])
-                            in ONE_CALL_PER_SAMPLE else "")
+      # jdiff's CPU settings are cells of their own ("plain": no CPU tuning, as GPU/TPU run).
+      kernels = row.get("cpu_convolutions", "winograd")
+      cell = row["what"] + ("" if kernels == "winograd" else f" [{kernels}]")
       ratios = torch_s / jdiff_s
       # The run's own median of per-round ratios, recomputed: must equal its JSON's.
       assert abs(np.median(ratios) - row["speed_ratio"]["median"]) < 1e-9, (name, row["what"])
@@ -74,7 +70,8 @@ def torch_cells():
       entry["torch_images_per_s"].extend((images / torch_s).tolist())
   order = ["forward 1", "forward 8", "forward 32", "train"]
   cells = dict(sorted(cells.items(), key=lambda item: (
-      order.index(item[0]) if item[0] in order else len(order), item[0])))
+      order.index(item[0].split(" [")[0]) if item[0].split(" [")[0] in order else len(order),
+      item[0])))
   return {cell: {"jdiff_over_torch": _spread(e["ratios"]), "per_run": e["runs"],
                  "jdiff_images_per_s": _spread(e["jdiff_images_per_s"]),
                  "torch_images_per_s": _spread(e["torch_images_per_s"])}

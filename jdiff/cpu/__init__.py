@@ -36,7 +36,7 @@ Clipping: `clip_by_global_norm` takes the gradients' global norm as `grad_norm=`
 step has it, and clips by one scalar multiply (see its docstring; measured on XLA:CPU).
 
 Host memory (`config.cpu.host_memory`, cpu/host_memory.py): glibc's malloc keeps the memory
-XLA:CPU frees for the next step; set by `prepare_host()`.
+XLA:CPU frees for the next step; set by compute.start() before the backend starts.
 
 Programs that run once (`jit(..., run_once=True)`, parameter init above all) compile with
 XLA:CPU's LLVM optimisation off (xla_backend_optimization_level=0). Flax's initialisers are a
@@ -61,7 +61,6 @@ from absl import logging
 
 from jdiff import choices
 from jdiff.cpu import convolutions as convolutions_lib
-from jdiff.cpu import host_memory as host_memory_lib
 
 # YNNPACK fusions kept for "eigen": XLA's default set less convolutions, i.e. matrix products and
 # reductions (the enum names as the compiler option takes them; XLA_FLAGS spells them
@@ -173,7 +172,7 @@ class CpuCompute:
     """Winograd's programs count fewer multiply-adds than the network has: Eigen's do not."""
     return dataclasses.replace(self, convolutions="eigen") if self.kernels() == "winograd" else self
 
-  def prepare_host(self) -> None:
-    """host_memory=keep: glibc keeps freed memory for the next step (cpu/host_memory.py)."""
-    if self.host_memory == "keep":
-      host_memory_lib.keep()
+  @property
+  def keeps_host_memory(self) -> bool:
+    """Whether glibc keeps freed memory for the next step (compute.start; cpu/host_memory.py)."""
+    return self.host_memory == "keep"

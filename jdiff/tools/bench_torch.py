@@ -261,7 +261,7 @@ def run(config, workdir: str, batch_sizes, train_batch: int, num_rounds: int, th
 def main(argv):
   del argv
   config = cli.load_config(FLAGS["config"])
-  compute_lib.for_backend(config).prepare_host()  # as --mode runs do (PyTorch shares the heap)
+  compute_lib.start(config)  # as --mode runs do (PyTorch shares the heap)
   workdir = FLAGS.workdir or "/tmp/bench_torch"
   os.makedirs(workdir, exist_ok=True)
   if FLAGS.warmup_rounds < 0 or FLAGS.rounds < 1:

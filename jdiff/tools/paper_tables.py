@@ -477,8 +477,8 @@ def main(argv):
   del argv
   console.quiet_absl_handler()
   config = cli.load_config(FLAGS["config"])
-  parallel.maybe_initialize_distributed(config.distributed)  # a pod / SLURM job: every process
-  compute.for_backend(config).prepare_host()
+  # A pod / SLURM job: every process; the host settings and jax.distributed precede the backend.
+  compute.start(config, lambda: parallel.maybe_initialize_distributed(config.distributed))
   if FLAGS.num_samples:
     config.evaluation.num_samples = FLAGS.num_samples
   config_lib.validate(config)

@@ -93,7 +93,7 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: profile_gradient.py OUT.json [--batch=N] [--steps=N] "
                          "[--program=gradient|train_step]")
-  compute.for_backend().prepare_host()  # as jdiff's --mode runs do
+  compute.start()  # as jdiff's --mode runs do
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
   step = _train_step() if FLAGS.program == "train_step" else _gradient()
   step()  # compiles, and a warm-up
