@@ -391,6 +391,10 @@ def test_depth_bench_divides_each_round_by_the_shared_baseline(monkeypatch):
   # interpolate, c = 5: 1.8 / 2 = 0.9 and 1.5 / 3 = 0.5 kept -> 0.3 saved (median), 0.1..0.5.
   np.testing.assert_allclose([interpolate["5"]["time_saved"], interpolate["5"]["time_saved_min"],
                               interpolate["5"]["time_saved_max"]], [0.3, 0.1, 0.5])
+  # Every round is kept, for pooling runs: 1.8 s of a 2 s baseline, 1.5 s of 3 s.
+  np.testing.assert_allclose(interpolate["5"]["time_saved_per_round"], [0.1, 0.5])
+  np.testing.assert_allclose(interpolate["5"]["seconds_per_round"], [1.8, 1.5])
+  np.testing.assert_allclose(results["baseline"]["seconds_per_round"], [2.0, 3.0])
   steps_per_depth = {"1": [4, 4], "2": [3, 5], "3": [2, 6], "5": [2, 6]}  # k(t) by hand
   for skip_type, rows in (("zero", zero), ("interpolate", interpolate)):
     full, shortcut = results["skip_types"][skip_type]["forward_flops_per_depth"]
